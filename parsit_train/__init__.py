@@ -1,0 +1,1 @@
+"""Parsit trainer: DeepSpeed training of LLaVA-style models on Parsit shards."""
