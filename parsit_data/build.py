@@ -78,7 +78,12 @@ def _check_out_dir(out: Path, chash: str, overwrite: bool) -> None:
     (out / PARTS_DIR).mkdir(parents=True, exist_ok=True)
 
 
-def _engine(name: str):
+def _engine(name: str, config: BuildConfig | None = None, specs: list[SourceSpec] = ()):
+    if name == "auto":
+        from parsit_data.engines.choose import choose_engine
+
+        name, why = choose_engine(config, specs)
+        log.info("--engine auto: %s (%s)", name, why)
     if name == "local":
         from parsit_data.engines import local
 
@@ -92,8 +97,12 @@ def _engine(name: str):
     raise ParsitError(f"unknown engine {name!r}: choose local or ray")
 
 
-def build(config: BuildConfig, on_progress=None) -> dict:
-    """Run a build; returns the manifest (also written to ``OUT/manifest.json``)."""
+def build(config: BuildConfig, on_progress=None, on_start=None) -> dict:
+    """Run a build; returns the manifest (also written to ``OUT/manifest.json``).
+
+    ``on_start(specs)`` is called once the sources are known (the CLI counts records for its ETA);
+    ``on_progress(result)`` once per partition, reused ones included.
+    """
     started = time.time()
     if config.label_policy not in LABEL_POLICIES:
         raise ParsitError(f"unknown label policy {config.label_policy!r}: choose one of {', '.join(LABEL_POLICIES)}")
@@ -106,6 +115,8 @@ def build(config: BuildConfig, on_progress=None) -> dict:
     chash = config_hash(config.output_config(), fingerprints)
     out = Path(config.out)
     _check_out_dir(out, chash, config.overwrite)
+    if on_start:
+        on_start(specs)
 
     # Control tokens of the template and every special token of the tokenizer: never allowed in text.
     control = frozenset(template.control_tokens) | frozenset(
@@ -127,7 +138,7 @@ def build(config: BuildConfig, on_progress=None) -> dict:
             else:
                 yield part
 
-    _engine(config.engine)(todo(), config, chash, control, out, on_result)
+    _engine(config.engine, config, specs)(todo(), config, chash, control, out, on_result)
     return _finalize(out, config, chash, tok_info, template, specs, results, started)
 
 

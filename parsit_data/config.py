@@ -43,8 +43,8 @@ class BuildConfig(BaseModel):
         default_factory=lambda: [(384, 768), (768, 384), (768, 768), (1152, 384), (384, 1152)]
     )
     # runtime only
-    engine: Literal["local", "ray"] = "local"
-    workers: int = Field(1, gt=0)
+    engine: Literal["local", "ray", "auto"] = "local"
+    workers: int | None = Field(None, gt=0, description="Ray workers; None: one per CPU of the cluster")
     ray_address: str | None = None
     overwrite: bool = False
     progress: bool = False

@@ -14,6 +14,7 @@ from rich.table import Table
 from parsit_data.errors import ParsitError
 
 console = Console()
+PROGRESS_EVERY_S = 1.0
 
 
 def build_command(
@@ -54,8 +55,11 @@ def build_command(
                                                  "per crop.")] = 14,
     aspect: Annotated[str, typer.Option(help="Image aspect mode: pad, square, or anyres (adds a crop per grid "
                                              "cell plus the base image).")] = "pad",
-    engine: Annotated[str, typer.Option(help="local (in-process) or ray.")] = "local",
-    workers: Annotated[int, typer.Option(help="Parallel workers (ray engine).")] = 1,
+    engine: Annotated[str, typer.Option(help="local (in-process), ray, or auto: ray when --ray-address or "
+                                             "RAY_ADDRESS names a cluster or the inputs are large (>= 64 MiB on a "
+                                             "multi-core machine), else local.")] = "auto",
+    workers: Annotated[Optional[int], typer.Option(help="Ray workers (actors), each loading the tokenizer once. "
+                                                        "Default: one per CPU of the cluster.")] = None,
     ray_address: Annotated[Optional[str], typer.Option(help="Join this Ray cluster instead of starting Ray "
                                                             "embedded.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a finished build of other inputs/options in --out.")] = False,
@@ -84,21 +88,21 @@ def build_command(
         msgs = "; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors())
         raise ParsitError(f"invalid options: {msgs}") from None
 
-    t0 = time.time()
-    counts = {"partitions": 0, "kept": 0, "quarantined": 0}
+    from parsit_data.progress import BuildProgress
+
+    prog = BuildProgress()
+    last = [0.0]
 
     def progress(r) -> None:
-        counts["partitions"] += 1
-        counts["kept"] += r.shard["rows"]
-        counts["quarantined"] += r.quarantined
-        if not quiet:
-            n = counts["kept"] + counts["quarantined"]
-            rate = n / max(time.time() - t0, 1e-6)
-            console.print(f"  partition {r.index:5d}{' (reused)' if r.reused else ''}: {counts['kept']} kept, "
-                          f"{counts['quarantined']} quarantined, {rate:,.0f} records/s", highlight=False)
+        prog.update(r)
+        # At most one line a second: a long build prints a steady trickle, also in `ray job logs`.
+        if not quiet and time.monotonic() - last[0] >= PROGRESS_EVERY_S:
+            last[0] = time.monotonic()
+            console.print(f"  {prog.line()}", highlight=False, soft_wrap=True)
 
-    manifest = build(cfg, on_progress=progress)
+    manifest = build(cfg, on_progress=progress, on_start=prog.start)
     if not quiet:
+        console.print(f"  {prog.line()}", highlight=False, soft_wrap=True)
         _summary(out, manifest)
 
 

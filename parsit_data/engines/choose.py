@@ -1,0 +1,40 @@
+"""``--engine auto``: Ray where it pays for its start-up, the in-process engine everywhere else.
+
+Starting Ray embedded costs seconds (10-20 s on a loaded 2-core machine: ``ray.init`` plus each worker
+loading the tokenizer); a 2-core machine can at best halve a build. So Ray is chosen when:
+
+- a cluster is named (``--ray-address``, or ``RAY_ADDRESS``, which ``ray job submit`` sets for its
+  entrypoint): the user asked for Ray;
+- or the inputs are large (at least ``AUTO_RAY_BYTES``, about 60k LLaVA-style text records, roughly a
+  minute of single-core work) and this machine has more than one CPU.
+
+Otherwise the local engine runs: for small builds and tests it is faster and has no moving parts.
+"""
+
+from __future__ import annotations
+
+import os
+
+from parsit_data.config import BuildConfig
+from parsit_data.sources import SourceSpec
+
+AUTO_RAY_BYTES = 64 * 1024 * 1024
+
+
+def choose_engine(config: BuildConfig, specs: list[SourceSpec]) -> tuple[str, str]:
+    """(engine name, the reason, for the log)."""
+    if config.ray_address:
+        return "ray", f"--ray-address {config.ray_address}"
+    if os.environ.get("RAY_ADDRESS"):
+        return "ray", f"RAY_ADDRESS={os.environ['RAY_ADDRESS']} (running as a Ray job or on a cluster)"
+    size = sum(s.path.stat().st_size for s in specs)
+    cpus = os.cpu_count() or 1
+    if cpus < 2:
+        return "local", "one CPU: Ray cannot run anything in parallel here"
+    if size < AUTO_RAY_BYTES:
+        return "local", f"inputs are {size / 2**20:.1f} MiB (< {AUTO_RAY_BYTES // 2**20} MiB): Ray's start-up would cost more than it saves"
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return "local", "Ray is not installed"
+    return "ray", f"inputs are {size / 2**20:.0f} MiB on {cpus} CPUs"
