@@ -100,10 +100,24 @@ def build_command(
             last[0] = time.monotonic()
             console.print(f"  {prog.line()}", highlight=False, soft_wrap=True)
 
-    manifest = build(cfg, on_progress=progress, on_start=prog.start)
+    def start(specs) -> None:
+        prog.start(specs)
+        if not quiet:
+            console.print(f"engine: {_engine_line(cfg, specs)}", highlight=False, soft_wrap=True)
+
+    manifest = build(cfg, on_progress=progress, on_start=start)
     if not quiet:
         console.print(f"  {prog.line()}", highlight=False, soft_wrap=True)
         _summary(out, manifest)
+
+
+def _engine_line(cfg, specs) -> str:
+    if cfg.engine != "auto":
+        return cfg.engine
+    from parsit_data.engines.choose import choose_engine
+
+    name, why = choose_engine(cfg, specs)
+    return f"{name} (auto: {why})"
 
 
 def _summary(out: Path, manifest: dict) -> None:
