@@ -4,7 +4,8 @@
     python benchmarks/ray_scaling.py --records 20000 --repeats 3
 
 Each configuration builds the same JSONL file into its own directory (fresh each repeat, so nothing is
-reused). Ray is started once per worker count; start-up is shown apart from the build: ``ray.init``,
+reused). Ray is started once (embedded, every core) and the configurations take turns, repeat after
+repeat, so that a machine whose load drifts treats them alike. Start-up is shown apart: ``ray.init``,
 then "workers ready" (the actors start and load the tokenizer, once per build). "Steady" is the engine's
 dispatch loop with the workers up (partitions streamed from the driver, processed, committed): what a
 long build on a running cluster is made of. "Whole build" is ``build()`` end to end, start-up of the
@@ -73,6 +74,33 @@ def _digest(out: Path) -> str:
     return h.hexdigest()
 
 
+def _parallel_capacity(ray, n: int = 20_000_000) -> float:
+    """Control: throughput of 2 Ray actors burning pure-Python CPU at once, relative to 1 alone.
+
+    2.0 on an idle 2-core machine; near 1.0 when other processes already take a core. It tells apart
+    "Ray does not scale" from "this machine has no second core to give right now".
+    """
+
+    @ray.remote(num_cpus=0.5)
+    class Burn:
+        def burn(self, k: int) -> None:
+            x = 0
+            for i in range(k):
+                x += i * i
+
+    actors = [Burn.remote() for _ in range(2)]
+    ray.get([a.burn.remote(10) for a in actors])
+    t0 = time.perf_counter()
+    ray.get(actors[0].burn.remote(n))
+    one = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ray.get([a.burn.remote(n) for a in actors])
+    two = time.perf_counter() - t0
+    for a in actors:
+        ray.kill(a)
+    return 2 * one / two
+
+
 def _build(data: Path, out: Path, engine: str, workers: int | None, shard_rows: int) -> float:
     shutil.rmtree(out, ignore_errors=True)
     cfg = BuildConfig(inputs=[str(data)], out=str(out), engine=engine, workers=workers, shard_rows=shard_rows)
@@ -102,34 +130,39 @@ def main(argv: list[str] | None = None) -> int:
           f"{time.perf_counter() - t0:.1f}s; {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}",
           flush=True)
 
-    rows: list[dict] = []
+    configs = [("local", "local", None), ("ray x1", "ray", 1), ("ray x2", "ray", 2)]
+    rows = {name: {"name": name, "init": None, "ready": [], "steady": [], "total": []} for name, _, _ in configs}
     digests: dict[str, str] = {}
+    capacity: list[float] = []
 
-    times = []
-    for r in range(args.repeats):
-        times.append(_build(data, work / "local", "local", None, args.shard_rows))
-        print(f"  local repeat {r}: {times[-1]:.2f}s", flush=True)
-    digests["local"] = _digest(work / "local")
-    rows.append({"name": "local", "init": None, "ready": None, "steady": times, "total": times})
-
-    for workers in (1, 2):
-        name = f"ray x{workers}"
-        t0 = time.perf_counter()
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 object_store_memory=ray_engine.EMBEDDED_OBJECT_STORE_BYTES)
-        init = time.perf_counter() - t0
-        row = {"name": name, "init": init, "ready": [], "steady": [], "total": []}
-        try:
-            for r in range(args.repeats):
-                row["total"].append(_build(data, work / name.replace(" ", ""), "ray", workers, args.shard_rows))
-                row["ready"].append(ray_engine.LAST_RUN["workers_ready_s"])
-                row["steady"].append(ray_engine.LAST_RUN["steady_s"])
-                print(f"  {name} repeat {r}: {row['total'][-1]:.2f}s (workers ready {row['ready'][-1]:.2f}s, "
-                      f"steady {row['steady'][-1]:.2f}s)", flush=True)
-        finally:
-            ray.shutdown()
-        digests[name] = _digest(work / name.replace(" ", ""))
-        rows.append(row)
+    t0 = time.perf_counter()
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+             object_store_memory=ray_engine.EMBEDDED_OBJECT_STORE_BYTES)
+    init = time.perf_counter() - t0
+    rows["ray x1"]["init"] = rows["ray x2"]["init"] = init
+    print(f"  ray.init: {init:.2f}s", flush=True)
+    try:
+        # Interleaved (local, x1, x2, local, ...): a machine whose load drifts treats every engine alike.
+        for r in range(args.repeats):
+            capacity.append(_parallel_capacity(ray))
+            print(f"  control repeat {r}: 2 CPU-burning actors give {capacity[-1]:.2f}x one", flush=True)
+            for name, engine, workers in configs:
+                out = work / name.replace(" ", "")
+                row = rows[name]
+                row["total"].append(_build(data, out, engine, workers, args.shard_rows))
+                if engine == "ray":
+                    row["ready"].append(ray_engine.LAST_RUN["workers_ready_s"])
+                    row["steady"].append(ray_engine.LAST_RUN["steady_s"])
+                else:
+                    row["steady"].append(row["total"][-1])
+                print(f"  {name} repeat {r}: {row['total'][-1]:.2f}s"
+                      + (f" (workers ready {row['ready'][-1]:.2f}s, steady {row['steady'][-1]:.2f}s)"
+                         if engine == "ray" else "")
+                      + f"; load {os.getloadavg()[0]:.1f}", flush=True)
+                digests[name] = _digest(out)
+    finally:
+        ray.shutdown()
+    rows = list(rows.values())
 
     if len(set(digests.values())) != 1:
         print(f"OUTPUTS DIFFER between engines: {digests}", file=sys.stderr)
@@ -147,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         steady = med(row["steady"])
         print(f"| {row['name']} | {init} | {ready} | {steady:.2f} | {med(row['total']):.2f} | "
               f"{args.records / steady:,.0f} | {base / steady:.2f}x |")
+    x2 = base / med(rows[2]["steady"])
+    print(f"control: 2 actors burning CPU run {med(capacity):.2f}x one actor's throughput on this machine now "
+          f"(2.00x when 2 cores are free); ray x2 reaches {x2 / med(capacity):.0%} of that")
     print(f"load average after: {os.getloadavg()[0]:.2f} (1 min)")
     return 0
 
