@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -83,13 +84,24 @@ def _describe(part: Partition) -> str:
     return f"partition {part.index} (source {part.source!r}, {unit} {first.position}-{last.position})"
 
 
+_RAISED = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$", re.M)
+
+
 def _cause(exc: BaseException) -> str:
     """The worker's own exception, not Ray's wrapper around it."""
     cause = getattr(exc, "cause", None)
     if isinstance(cause, BaseException):
         return f"{type(cause).__name__}: {cause}"
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[-1] if text else ''}"
+    text = str(exc).strip()
+    # An actor that failed in __init__: Ray's message embeds the worker's traceback; its last
+    # "SomeError: message" line is the cause.
+    raised = _RAISED.findall(text)
+    if raised:
+        name, msg = raised[-1]
+        return f"{name.rsplit('.', 1)[-1]}: {msg}"
+    # Ray's own errors (an actor killed for memory, a lost node) say what happened on their first line.
+    lines = text.splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
 def default_workers(ray) -> int:

@@ -9,7 +9,9 @@ import json
 import os
 
 for _k, _v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "RAY_AUTH_MODE": "disabled",
-               "TOKENIZERS_PARALLELISM": "false"}.items():
+               "TOKENIZERS_PARALLELISM": "false",
+               # The machine is shared: Ray's memory monitor would kill our workers for another process's memory.
+               "RAY_memory_monitor_refresh_ms": "0"}.items():
     os.environ.setdefault(_k, _v)
 
 from pathlib import Path  # noqa: E402
@@ -170,3 +172,12 @@ def test_workers_load_the_tokenizer_once_each(inputs, tmp_path, ray_session):
     results = ray.get([actors[i % 2].process.remote(p) for i, p in enumerate(parts)])
     assert sum(r.shard["rows"] + r.quarantined for r in results) == sum(len(p.items) for p in parts)
     assert ray.get([a.count.remote() for a in actors]) == [1, 1]
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_that_cannot_see_the_build_directory_stops_the_build_clearly(tmp_path, ray_session):
+    """What a node without the shared filesystem sees: the engine says so instead of failing later."""
+    cfg = BuildConfig(inputs=[str(DEMO / "mixture.yaml")], out=str(tmp_path / "elsewhere"), engine="ray", workers=1)
+    with pytest.raises(ParsitError, match=r"a Ray worker failed to start: .*is not visible on Ray node .*shared"):
+        ray_engine.run(iter([]), cfg, "h", frozenset(), tmp_path / "elsewhere", lambda r: None)
+    assert ray.is_initialized()  # Ray that the engine did not start is left running (the fixture stops it)

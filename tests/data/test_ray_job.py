@@ -11,7 +11,9 @@ import json
 import os
 
 for _k, _v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "RAY_AUTH_MODE": "disabled",
-               "TOKENIZERS_PARALLELISM": "false"}.items():
+               "TOKENIZERS_PARALLELISM": "false",
+               # The machine is shared: Ray's memory monitor would kill our workers for another process's memory.
+               "RAY_memory_monitor_refresh_ms": "0"}.items():
     os.environ.setdefault(_k, _v)
 
 import shutil  # noqa: E402
