@@ -155,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
                 if engine == "ray":
                     row["ready"].append(ray_engine.LAST_RUN["workers_ready_s"])
                     row["steady"].append(ray_engine.LAST_RUN["steady_s"])
+                    row.setdefault("wcpu", []).append(ray_engine.LAST_RUN["workers_cpu_s"])
+                    row.setdefault("dcpu", []).append(ray_engine.LAST_RUN["driver_cpu_s"])
                 else:
                     row["steady"].append(row["total"][-1])
                 print(f"  {name} repeat {r}: {row['total'][-1]:.2f}s"
@@ -182,6 +184,18 @@ def main(argv: list[str] | None = None) -> int:
         steady = med(row["steady"])
         print(f"| {row['name']} | {init} | {ready} | {steady:.2f} | {med(row['total']):.2f} | "
               f"{args.records / steady:,.0f} | {base / steady:.2f}x |")
+    # CPU accounting, which the machine's load does not change: the work per record of each worker
+    # count, and the steady speed-up it implies when every worker and the driver have a core of their own.
+    print("\nCPU seconds per 1,000 records (steady), and the speed-up they imply on free cores:")
+    print("| engine | workers CPU | driver CPU | implied steady speed-up vs ray x1 (1 free core per process) |")
+    print("|---|---|---|---|")
+    k = args.records / 1000
+    w1 = med(rows[1]["wcpu"])
+    for row in rows[1:]:
+        n = 1 if row["name"] == "ray x1" else 2
+        w, d = med(row["wcpu"]), med(row["dcpu"])
+        implied = w1 / max(w / n, d)
+        print(f"| {row['name']} | {w / k:.2f} | {d / k:.2f} | {implied:.2f}x |")
     x2 = base / med(rows[2]["steady"])
     print(f"control: 2 actors burning CPU run {med(capacity):.2f}x one actor's throughput on this machine now "
           f"(2.00x when 2 cores are free); ray x2 reaches {x2 / med(capacity):.0%} of that")

@@ -72,6 +72,10 @@ class _Worker:
     def ready(self) -> int:
         return self.pid
 
+    def cpu_seconds(self) -> float:
+        """CPU time of this worker process so far (for benchmarks: work per record, whatever the load)."""
+        return time.process_time()
+
     def process(self, part: Partition) -> PartitionResult:
         return process_partition(part, self.ctx, self.out)
 
@@ -151,8 +155,12 @@ def run(partitions: Iterable[Partition], config: BuildConfig, config_hash: str, 
         _wait_ready(ray, actors)
         t1 = time.perf_counter()
         LAST_RUN["workers_ready_s"] = t1 - t0 - LAST_RUN["ray_init_s"]
+        cpu0 = sum(ray.get([a.cpu_seconds.remote() for a in actors]))
+        driver0 = time.process_time()
         _dispatch(ray, actors, partitions, on_result)
         LAST_RUN["steady_s"] = time.perf_counter() - t1
+        LAST_RUN["driver_cpu_s"] = time.process_time() - driver0
+        LAST_RUN["workers_cpu_s"] = sum(ray.get([a.cpu_seconds.remote() for a in actors])) - cpu0
     finally:
         for a in actors:
             try:
