@@ -21,6 +21,7 @@ from parsit_data.config import BuildConfig, config_hash
 from parsit_data.constants import (FORMAT_VERSION, IGNORE_INDEX, IMAGE_TOKEN_INDEX, MANIFEST_NAME, PARTS_DIR,
                                    QUARANTINE_NAME, SHARDS_DIR)
 from parsit_data.errors import ParsitError
+from parsit_data.manifest import Manifest
 from parsit_data.pipeline import Partition, PartitionResult, quarantine_part_path, reuse_finished
 from parsit_data.records import Rejection
 from parsit_data.shards import atomic_write_bytes
@@ -28,7 +29,7 @@ from parsit_data.sources import RawItem, SourceSpec, expand_inputs, iter_source
 from parsit_data.stats import PartitionStats
 from parsit_data.templates import LABEL_POLICIES, get_template
 from parsit_data.tokenizer import describe_tokenizer
-from parsit_data.validate import sample_id_of
+from parsit_data.validate import control_tokens_of, sample_id_of
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +109,7 @@ def build(config: BuildConfig, on_progress=None) -> dict:
     _check_out_dir(out, chash, config.overwrite)
 
     # Control tokens of the template and every special token of the tokenizer: never allowed in text.
-    control = frozenset(template.control_tokens) | frozenset(
-        t.content for t in tok.get_added_tokens_decoder().values() if t.special)
+    control = control_tokens_of(template, tok)
 
     results: dict[int, PartitionResult] = {}
 
@@ -186,6 +186,7 @@ def _finalize(out: Path, config: BuildConfig, chash: str, tok_info, template, sp
         "finished_at": datetime.fromtimestamp(finished, timezone.utc).isoformat(),
         "seconds": round(finished - started, 3),
     }
+    Manifest.model_validate(manifest)  # the contract, accounting included; a failure here is a bug
     atomic_write_bytes(out / MANIFEST_NAME, (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
     return manifest
 

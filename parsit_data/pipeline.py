@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from parsit_data.config import BuildConfig
 from parsit_data.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX, PARTS_DIR, SHARD_SCHEMA, SHARDS_DIR, shard_name
-from parsit_data.images import LoadedImage, load_image
+from parsit_data.images import LoadedImage
 from parsit_data.records import QuarantineRecord, Record, Reject, Rejection
 from parsit_data.shards import atomic_write_bytes, sha256_file, write_shard
 from parsit_data.sources import RawItem
@@ -23,7 +23,7 @@ from parsit_data.stats import PartitionStats
 from parsit_data.templates import get_template
 from parsit_data.tokenize import SegmentTokenizer, Tokenized
 from parsit_data.tokenizer import load_tokenizer
-from parsit_data.validate import ValidationOptions, check_record, sample_id_of
+from parsit_data.validate import ValidationOptions, check_item, sample_id_of
 
 
 @dataclass
@@ -132,13 +132,8 @@ def process_partition(part: Partition, ctx: WorkerContext, out: Path) -> Partiti
     for item in part.items:
         sstats.read += 1
         sid = sample_id_of(item.value, item.source, item.position) if item.value is not None else None
-        if item.rejection is not None:
-            qlines.append(_quarantine_line(item, sid, item.rejection))
-            sstats.quarantined[item.rejection.reason] += 1
-            continue
         try:
-            record, notes = check_record(item.value, item.source, item.position, ctx.vopts)
-            images = [load_image(p, ctx.iopts) for p in record.images]
+            record, images, notes = check_item(item, ctx.vopts, ctx.iopts)
         except Reject as r:
             qlines.append(_quarantine_line(item, sid, r.rejection))
             sstats.quarantined[r.rejection.reason] += 1
