@@ -96,7 +96,13 @@ def _quarantine_line(item: RawItem, sample_id: str | None, rej: Rejection) -> st
         detail=rej.detail,
         record=item.value if item.value is not None else item.raw,
     )
-    return json.dumps(q.model_dump(mode="json"), ensure_ascii=False, sort_keys=False)
+    line = json.dumps(q.model_dump(mode="json"), ensure_ascii=False, sort_keys=False)
+    # Characters that str.splitlines() (and other readers) treat as line breaks stay escaped, so that
+    # one rejected record is always exactly one line. They can only occur inside JSON strings here.
+    return line.translate(_LINE_BREAKS_ESCAPED)
+
+
+_LINE_BREAKS_ESCAPED = {c: f"\\u{c:04x}" for c in (0x85, 0x2028, 0x2029)}  # json escapes < 0x20 itself
 
 
 def _truncate(tok: Tokenized, record: Record, image_tokens: list[int], max_length: int) -> tuple[Tokenized, int] | None:

@@ -157,17 +157,31 @@ def _iter_jsonl(spec: SourceSpec) -> Iterator[RawItem]:
 
 
 def _iter_json_list(spec: SourceSpec) -> Iterator[RawItem]:
-    """Stream the elements of a top-level JSON list without loading the file whole."""
+    """Stream the elements of a top-level JSON list without loading the file whole.
+
+    The fast C parser (yajl) refuses integers beyond 64 bits, which are valid JSON; from the element
+    where that happens on, the pure-Python parser takes over, so no valid record is lost to it.
+    """
     index = -1
-    with open(spec.path, "rb") as f:
-        try:
-            for index, value in enumerate(ijson.items(f, "item", use_float=True)):
-                yield RawItem(spec.name, index, "index", value=value)
-        except (ijson.JSONError, UnicodeDecodeError) as exc:
-            # The rest of the file cannot be parsed; say where it broke as one quarantined entry.
-            reason = "non_utf8" if isinstance(exc, UnicodeDecodeError) else "invalid_json"
-            yield RawItem(spec.name, index + 1, "index", raw=None,
-                          rejection=Rejection(reason, f"the JSON list is malformed after element {index}: {exc}"))
+    items = ijson.items
+    while True:
+        with open(spec.path, "rb") as f:
+            try:
+                for i, value in enumerate(items(f, "item", use_float=True)):
+                    if i <= index:  # already yielded before the switch of parser
+                        continue
+                    index = i
+                    yield RawItem(spec.name, index, "index", value=value)
+                return
+            except (ijson.JSONError, UnicodeDecodeError) as exc:
+                if "integer overflow" in str(exc) and items is ijson.items:
+                    items = ijson.get_backend("python").items
+                    continue
+                # The rest of the file cannot be parsed; say where it broke as one quarantined entry.
+                reason = "non_utf8" if isinstance(exc, UnicodeDecodeError) else "invalid_json"
+                yield RawItem(spec.name, index + 1, "index", raw=None,
+                              rejection=Rejection(reason, f"the JSON list is malformed after element {index}: {exc}"))
+                return
 
 
 def _iter_all(spec: SourceSpec) -> Iterator[RawItem]:
