@@ -8,6 +8,7 @@ instead of padded with grey.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -115,10 +116,9 @@ def resolve_image_path(rel: str, root: Path | None) -> Path:
         raise Reject("image_outside_root", f"image path {rel!r} is absolute")
     if ".." in pure.parts:
         raise Reject("image_outside_root", f"image path {rel!r} contains '..'")
-    root_real = Path(os.path.realpath(root))
-    candidate = root_real / Path(*pure.parts)
-    real = Path(os.path.realpath(candidate))
-    if real != root_real and root_real not in real.parents:
+    root_real = _real_root(str(root))
+    real = os.path.realpath(os.path.join(root_real, *pure.parts))
+    if real != root_real and not real.startswith(root_real.rstrip(os.sep) + os.sep):
         raise Reject("image_outside_root", f"image path {rel!r} resolves outside the image root (symlink)")
     try:
         st = os.stat(real)
@@ -126,7 +126,12 @@ def resolve_image_path(rel: str, root: Path | None) -> Path:
         raise Reject("image_missing", f"image {rel!r} does not exist under {root}") from None
     if not stat.S_ISREG(st.st_mode):
         raise Reject("image_unreadable", f"image {rel!r} is not a regular file")
-    return real
+    return Path(real)
+
+
+@functools.lru_cache(maxsize=64)
+def _real_root(root: str) -> str:
+    return os.path.realpath(root)
 
 
 def _open_fd(path: Path, rel: str):

@@ -83,3 +83,16 @@ def test_usage_errors_exit_2(argv, capsys):
 def test_help_lists_the_commands(capsys):
     code, out = _run(["--help"], capsys)
     assert code == 0 and "validate" in out and "schema" in out
+
+
+@pytest.mark.timeout(120)
+def test_throughput_benchmark_runs(tmp_path):
+    import subprocess
+    import sys
+
+    bench = Path(__file__).resolve().parents[2] / "benchmarks" / "validate_throughput.py"
+    r = subprocess.run([sys.executable, str(bench), "--n", "12", "--size", "64x48", "--repeat", "1",
+                        "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=110)
+    assert r.returncode == 0, r.stderr
+    for mode in ("no image checks", "header", "full", "baseline"):
+        assert mode in r.stdout
