@@ -147,3 +147,15 @@ def test_quarantine_lines_stay_single_lines(tmp_path):
     text = (tmp_path / "out" / "quarantine.jsonl").read_text(encoding="utf-8")
     assert len(text.splitlines()) == 1 == m["totals"]["quarantined"]
     assert json.loads(text)["record"] == odd
+
+
+def test_overlong_uses_the_multimodal_length(tmp_path):
+    """Some 30 text tokens, but the image adds 729 visual tokens: over 700, so quarantined as overlong."""
+    save_image(tmp_path / "img" / "a.png", (30, 30))
+    src = write_jsonl(tmp_path / "in.jsonl", [conv(user="<image>\nTitle?", reply="A.", image="a.png", id="img"),
+                                             conv(user="Title?", reply="A.", id="text")])
+    m = run_build([src], tmp_path / "out", image_root=str(tmp_path / "img"), max_length=700)
+    s = m["sources"][0]
+    assert (s["kept"], s["quarantined"]) == (1, {"overlong": 1})
+    (q,) = [json.loads(x) for x in (tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()]
+    assert q["sample_id"] == "img" and "multimodal length" in q["detail"]
