@@ -159,3 +159,27 @@ def test_overlong_uses_the_multimodal_length(tmp_path):
     assert (s["kept"], s["quarantined"]) == (1, {"overlong": 1})
     (q,) = [json.loads(x) for x in (tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()]
     assert q["sample_id"] == "img" and "multimodal length" in q["detail"]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json"])
+def test_hostile_nesting_is_quarantined_in_bounded_memory(tmp_path, fmt):
+    """``[[[[...]]]]`` neither crashes parsing (recursion) nor costs memory quadratic in its depth."""
+    import tracemalloc
+
+    from parsit_data.sources import MAX_NESTING, expand_inputs, iter_source
+
+    deep = '{"a": ' + "[" * 4000 + "]" * 4000 + "}"
+    fine = json.dumps({**conv(), "x": json.loads("[" * (MAX_NESTING - 2) + "]" * (MAX_NESTING - 2))})
+    good = json.dumps(conv())
+    src = tmp_path / f"in.{fmt}"
+    src.write_text("\n".join([deep, fine, good]) + "\n" if fmt == "jsonl" else f"[{deep}, {fine}, {good}]")
+    tracemalloc.start()
+    try:
+        items = list(iter_source(expand_inputs([src])[0]))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16e6  # ijson.items needs ~40 MB for this one 40 KB element (prefix strings per level)
+    assert [i.rejection.reason if i.rejection else "ok" for i in items] == ["invalid_json", "ok", "ok"]
+    m = run_build([src], tmp_path / "out")
+    assert (m["sources"][0]["kept"], m["sources"][0]["quarantined"]) == (2, {"invalid_json": 1})
