@@ -147,6 +147,12 @@ def _open_fd(path: Path, rel: str):
     return f
 
 
+def max_file_bytes(max_pixels: int) -> int:
+    """No image within the pixel limit needs more bytes than this (16-bit RGBA uncompressed, plus 16 MiB of
+    metadata), so a larger file is refused before it is read into memory."""
+    return max_pixels * 8 + (16 << 20)
+
+
 def _open_checked(fp, size: int, rel: str, opts: ImageOptions) -> Image.Image:
     """Open an image from ``fp`` under every guard; decode its pixels only in ``full`` mode.
 
@@ -199,6 +205,10 @@ def load_image(rel: str, opts: ImageOptions) -> LoadedImage:
     """
     path = resolve_image_path(rel, opts.root)
     with _open_fd(path, rel) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > max_file_bytes(opts.max_pixels):
+            raise Reject("image_too_large", f"image {rel!r} is {size} bytes, more than an image within the "
+                                            f"{opts.max_pixels}-pixel limit can take")
         try:
             data = f.read()
         except OSError as exc:

@@ -234,3 +234,20 @@ def test_open_does_not_follow_a_symlink_swapped_in_after_the_check(layout, monke
 
     monkeypatch.setattr(images_mod, "resolve_image_path", resolve_then_swap)
     assert _reason(load_image, "ok.png", ImageOptions(root=root)) == "image_unreadable"
+
+
+def test_oversized_file_is_refused_before_it_is_read(tmp_path):
+    import tracemalloc
+
+    from parsit_data.images import max_file_bytes
+
+    p = save_image(tmp_path / "a.png", (20, 20))
+    with open(p, "ab") as f:  # a valid image followed by a mountain of trailing bytes (sparse file)
+        f.truncate(max_file_bytes(20 * 20) + 1)
+    tracemalloc.start()
+    try:
+        assert _reason(load_image, "a.png", ImageOptions(root=tmp_path, max_pixels=20 * 20)) == "image_too_large"
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4e6  # reading the 16 MiB file would show up here
