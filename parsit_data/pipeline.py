@@ -190,6 +190,8 @@ def process_partition(part: Partition, ctx: WorkerContext, out: Path) -> Partiti
         sstats.supervised_tokens += supervised
         sstats.images += len(images)
 
+    stats.observe_partition(part.index, part.source, cols, qlines, ctx.tokenizer.tok)  # for the report
+
     # 4. commit: shard, quarantine part, then the part file (the partition's commit marker)
     table = pa.Table.from_pydict(cols, schema=SHARD_SCHEMA)
     rel = f"{SHARDS_DIR}/{shard_name(part.index)}"
