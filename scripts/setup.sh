@@ -13,3 +13,13 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
 .venv/bin/python -m pip install --quiet -e ".[train,test,demo]"
+# Headless Chromium renders report.html in the report test (tests/data/test_report_browser.py).
+# Installed only when missing and when we may (root); otherwise that test fails and says how to install it.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+      || echo "warning: apt-get install chromium failed; the report rendering test will fail" >&2
+  else
+    echo "warning: chromium is missing and this is not root: run 'sudo apt-get install -y chromium'" >&2
+  fi
+fi

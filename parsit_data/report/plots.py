@@ -24,13 +24,13 @@ _DISPLAY_BINS = 60
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
     return buf.getvalue()
 
 
 def _fig(width: float = 6.2, height: float = 2.7):
-    fig, ax = plt.subplots(figsize=(width, height))
+    fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
     ax.spines[["top", "right"]].set_visible(False)
     ax.grid(axis="y", color="#e5e5e5", linewidth=0.8)
     ax.set_axisbelow(True)
@@ -57,16 +57,18 @@ def histogram(per_source: dict[str, Distribution], overall: Distribution, max_le
     widths = np.array([hi - lo for lo, hi in slots])
     integer = overall.scheme == "int"  # an int bin [lo, hi] is drawn from lo - 0.5 to hi + 0.5
     fig, ax = _fig()
+    edges = np.append(starts, starts[-1] + widths[-1]) - (0.5 if integer else 0)
     bottom = np.zeros(len(slots))
     for i, (name, d) in enumerate(per_source.items()):
         counts = np.zeros(len(slots))
         for b in d.bins:  # a fixed bin lands in the slot holding its middle
             k = int(np.searchsorted(starts, (b.lo + b.hi) / 2, side="right")) - 1
             counts[min(max(k, 0), len(slots) - 1)] += b.count
-        if counts.any():
-            ax.bar(starts - (0.5 if integer else 0), counts, width=widths * 0.92, bottom=bottom, align="edge", label=name,
-                   color=COLORS[i % len(COLORS)], linewidth=0)
+        if counts.any():  # one artist per source (stairs): fast however many bins
+            ax.stairs(bottom + counts, edges, baseline=bottom.copy(), fill=True, label=name,
+                      color=COLORS[i % len(COLORS)], linewidth=0)
             bottom += counts
+    ax.set_ylim(0, bottom.max() * 1.05)
     if integer:
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     q = overall.quantiles
