@@ -50,7 +50,7 @@ def _n(v) -> str:
     if v is None:
         return "–"
     if isinstance(v, float) and not v.is_integer():
-        return f"{v:,.3f}".rstrip("0").rstrip(".")
+        return f"{v:,.{1 if abs(v) >= 100 else 3}f}".rstrip("0").rstrip(".")
     return f"{int(v):,}"
 
 
