@@ -116,9 +116,34 @@ def _example(ex: MaskedExample) -> str:
             + _spans_html(ex.spans))
 
 
+def _marked_spans(text: str, open_mark: str = "⟦", close_mark: str = "⟧") -> list[dict]:
+    """Text with supervised runs between marks (the templates' mask report) -> spans."""
+    spans, pos = [], 0
+    while pos < len(text):
+        i = text.find(open_mark, pos)
+        j = text.find(close_mark, i + 1) if i >= 0 else -1
+        if i < 0 or j < 0:
+            spans.append({"text": text[pos:], "supervised": False})
+            break
+        if i > pos:
+            spans.append({"text": text[pos:i], "supervised": False})
+        spans.append({"text": text[i + len(open_mark):j], "supervised": True})
+        pos = j + len(close_mark)
+    return spans
+
+
 def _manifest_example(v) -> str:
+    if isinstance(v, dict) and isinstance(v.get("rendered"), str):  # {"record", "rendered" with ⟦ ⟧, counts}
+        counts = ", ".join(f"{k.replace('_', ' ')} {v[k]:,}" for k in ("tokens", "supervised_tokens")
+                           if isinstance(v.get(k), int))
+        rec = ""
+        if v.get("record") is not None:
+            rec = ("<details><summary>the example record</summary><pre class=\"example\">"
+                   + escape(json.dumps(v["record"], indent=1, ensure_ascii=False)) + "</pre></details>")
+        return (f'<p class="muted">{escape(counts)}</p>' if counts else "") + _spans_html(
+            _marked_spans(v["rendered"])) + rec
     if isinstance(v, str):
-        return f'<pre class="example">{escape(v)}</pre>'
+        return _spans_html(_marked_spans(v))
     if isinstance(v, dict) and isinstance(v.get("spans"), list):
         v = v["spans"]
     if isinstance(v, list) and all(isinstance(x, dict) and "text" in x for x in v):
@@ -259,7 +284,8 @@ def render_html(r: Report, title: str = "") -> str:
         '<span>not supervised (label -100)</span><span><span class="img">&lt;image&gt;</span> one placeholder id '
         f"{r.image_token_index}, expanded to visual tokens by the collator</span></p>")
     if t.manifest_example is not None:
-        add("<h3>The template's mask report (from the manifest)</h3>" + _manifest_example(t.manifest_example))
+        add("<h3>The template's mask report (its example record, from the manifest)</h3>"
+            + _manifest_example(t.manifest_example))
     if t.examples:
         add("<h3>A built row, decoded from its own labels</h3>" + _example(t.examples[0]))
         if len(t.examples) > 1:

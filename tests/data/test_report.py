@@ -286,3 +286,19 @@ def test_cli_report_command(known, tmp_path):
     assert res.exit_code == 0, res.output
     assert "NO-GO" in res.output and "7 kept, 5 quarantined of 12 read" in res.output
     assert (out / "report.html").is_file()
+
+
+def test_templates_mask_report_is_shown_when_the_manifest_has_one(known, tmp_path):
+    """The templates' manifest block carries {"rendered": text with supervised runs in ⟦ ⟧, ...}."""
+    out = tmp_path / "m"
+    shutil.copytree(known / "out", out)
+    m = json.loads((out / "manifest.json").read_text())
+    m["template"]["mask_report"] = {"record": {"conversations": []}, "tokens": 12, "supervised_tokens": 3,
+                                    "rendered": "<|im_start|>user\n<image>\nQ?<|im_end|>\n<|im_start|>assistant\n"
+                                                "⟦A & B.<|im_end|>⟧\n"}
+    (out / "manifest.json").write_text(json.dumps(m))
+    r = regenerate(out)
+    assert r.template.manifest_example["supervised_tokens"] == 3
+    html = (out / "report.html").read_text()
+    assert '<span class="sup">A &amp; B.&lt;|im_end|&gt;</span>' in html
+    assert "mask report" in html and "⟦" not in html
