@@ -302,3 +302,14 @@ def test_templates_mask_report_is_shown_when_the_manifest_has_one(known, tmp_pat
     html = (out / "report.html").read_text()
     assert '<span class="sup">A &amp; B.&lt;|im_end|&gt;</span>' in html
     assert "mask report" in html and "⟦" not in html
+
+
+def test_a_build_that_keeps_nothing_still_reports(tmp_path):
+    src = tmp_path / "bad.jsonl"
+    src.write_text('{"id": "x", "conversations": [\n' + json.dumps({"id": "y", "conversations": []}) + "\n")
+    build(BuildConfig(inputs=[str(src)], out=str(tmp_path / "out")))
+    r = load(tmp_path / "out")
+    assert (r.summary.read, r.summary.kept, r.summary.verdict) == (2, 0, "no-go")
+    assert {c.name: c.status for c in r.checks}["rows kept"] == "fail"
+    assert r.overall["length"].quantiles.n == 0 and r.overall["length"].quantiles.p50 is None
+    assert "no data" in (tmp_path / "out" / "report.html").read_text()
