@@ -7,7 +7,6 @@ a report nobody has seen render is not a tested report.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
