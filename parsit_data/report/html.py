@@ -16,7 +16,7 @@ from parsit_data.report.model import Distribution, MaskedExample, Report
 
 CSS = """
 body{font:14px/1.45 -apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;color:#1d2329;margin:0;background:#f4f5f7}
-main{max-width:1180px;margin:0 auto;padding:20px 28px 40px}
+main{max-width:1220px;margin:0 auto;padding:20px 28px 40px}
 h1{font-size:24px;margin:0 0 2px}h2{font-size:19px;margin:30px 0 10px;padding-bottom:4px;border-bottom:2px solid #d9dde3}
 h3{font-size:15px;margin:16px 0 6px}.sub{color:#5a6570;margin:0 0 10px;font-size:13px}
 nav a{color:#3b6ea8;margin-right:14px;text-decoration:none;font-size:13px}
@@ -27,6 +27,7 @@ nav a{color:#3b6ea8;margin-right:14px;text-decoration:none;font-size:13px}
 .card{background:#fff;border:1px solid #dfe3e8;border-radius:6px;padding:10px 12px}
 .card .k{font-size:12px;color:#5a6570}.card .v{font-size:21px;font-weight:600}.card .d{font-size:12px;color:#5a6570}
 table{border-collapse:collapse;background:#fff;margin:6px 0 10px;width:100%;font-size:13px}
+td .muted{word-break:break-all}
 th,td{border:1px solid #dfe3e8;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#eef1f4;font-weight:600}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .pill{display:inline-block;border-radius:10px;padding:0 9px;font-size:12px;font-weight:700;color:#fff}
@@ -87,6 +88,10 @@ def _quantile_rows(dists: dict[str, Distribution], metrics: list[str], name: str
         rows.append(first + [escape(d.label), _n(q.n), *(fmt(v) if v is not None else "–" for v in (
             q.mean, q.p50, q.p90, q.p99, q.max))])
     return rows
+
+
+def _lengths(d: Distribution | None) -> str:
+    return f"{_n(d.quantiles.p50)} / {_n(d.quantiles.p99)}" if d is not None and d.quantiles.n else "–"
 
 
 def _quantiles(r: Report, metrics: list[str]) -> str:
@@ -194,13 +199,14 @@ def render_html(r: Report, title: str = "") -> str:
     # Sources
     add('<section id="sources"><h2>Sources</h2>')
     rows = [[f"<b>{escape(x.name)}</b><br><span class=muted>{escape(x.path)}</span>", escape(x.sampling), _n(x.read),
-             _n(x.kept), _n(x.quarantined), _pct(x.quarantine_rate), _n(x.truncated), _n(x.overlong_dropped),
-             _n(x.duplicate_rows), _n(x.tokens), _n(x.supervised_tokens), _n(x.images)] for x in r.sources]
-    rows.append(["<b>total</b>", "", _n(s.read), _n(s.kept), _n(s.quarantined), _pct(s.quarantine_rate),
+             _n(x.kept), f"{_n(x.quarantined)} ({_pct(x.quarantine_rate)})", _n(x.truncated), _n(x.overlong_dropped),
+             _n(x.duplicate_rows), _n(x.tokens), _n(x.supervised_tokens), _n(x.images),
+             _lengths(x.distributions.get("length"))] for x in r.sources]
+    rows.append(["<b>total</b>", "", _n(s.read), _n(s.kept), f"{_n(s.quarantined)} ({_pct(s.quarantine_rate)})",
                  _n(s.truncated), _n(s.overlong_dropped), _n(s.duplicate_rows), _n(s.tokens), _n(s.supervised_tokens),
-                 _n(s.images)])
-    add(_table(["source", "sampling", "read", "kept", "quarantined", "rate", "truncated", "overlong", "duplicates",
-                "tokens", "supervised", "images"], rows, set(range(2, 12))))
+                 _n(s.images), _lengths(r.overall.get("length"))])
+    add(_table(["source", "sampling", "read", "kept", "quarantined", "truncated", "overlong", "duplicates",
+                "tokens", "supervised", "images", "length p50 / p99"], rows, set(range(2, 12))))
     add("</section>")
 
     # Reasons
