@@ -14,6 +14,7 @@ block, with a mask report: an example record rendered with its supervised text i
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 
 from parsit_data.errors import ParsitError
@@ -67,13 +68,22 @@ def get_template(name: str, tokenizer: str | Path | None = None) -> Template:
     if name in ("plain", "tokenizer"):
         if tokenizer is None:
             raise ParsitError(f"template {name!r} needs the tokenizer (pass --tokenizer)")
-        if name == "plain":
-            return PlainTemplate(end=_plain_end_token(tokenizer))
-        from parsit_data.templates.jinja import JinjaTemplate
         from parsit_data.tokenizer import resolve_tokenizer_path
 
-        return JinjaTemplate(resolve_tokenizer_path(tokenizer))
+        folder = resolve_tokenizer_path(tokenizer)
+        stamp = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in sorted(folder.glob("*.json")))
+        return _bound_template(name, str(folder), stamp)
     raise ParsitError(f"unknown template {name!r}: choose one of {', '.join(TEMPLATE_NAMES)}")
+
+
+@lru_cache(maxsize=16)
+def _bound_template(name: str, folder: str, stamp: tuple) -> Template:
+    """Templates that read the tokenizer folder, cached per folder state (loading it takes a while)."""
+    if name == "plain":
+        return PlainTemplate(end=_plain_end_token(folder))
+    from parsit_data.templates.jinja import JinjaTemplate
+
+    return JinjaTemplate(Path(folder))
 
 
 def check_template(template: Template, tokenizer, policy: str, system_prompt: str | None = None) -> None:
