@@ -119,7 +119,8 @@ def _truncate(tok: Tokenized, record: Record, image_tokens: list[int], max_lengt
     if best is None:
         return None
     end, n_img = best
-    return Tokenized(tok.input_ids[:end], tok.labels[:end], {}), n_img
+    labels = tok.labels[:end]
+    return Tokenized(tok.input_ids[:end], labels, {}, sum(1 for x in labels if x != IGNORE_INDEX)), n_img
 
 
 def process_partition(part: Partition, ctx: WorkerContext, out: Path) -> PartitionResult:
@@ -174,7 +175,7 @@ def process_partition(part: Partition, ctx: WorkerContext, out: Path) -> Partiti
             length = len(tok.input_ids) - n_img + sum(image_tokens)
             truncated = True
             sstats.truncated += 1
-        supervised = sum(1 for x in tok.labels if x != IGNORE_INDEX)
+        supervised = tok.supervised
         cols["sample_id"].append(record.sample_id)
         cols["source"].append(record.source)
         cols["input_ids"].append(tok.input_ids)

@@ -32,6 +32,7 @@ class Tokenized:
     labels: list[int]
     #: For each turn index, the number of tokens up to and including that turn's segments.
     turn_ends: dict[int, int]
+    supervised: int = 0
 
 
 class SegmentTokenizer:
@@ -56,7 +57,9 @@ class SegmentTokenizer:
         todo = [p for p in pieces if p not in self._cache]
         out = {p: self._cache[p] for p in pieces if p in self._cache}
         if todo:
-            encs = self.tok.encode_batch(todo, add_special_tokens=False)
+            # encode_batch_fast skips character offsets, which Parsit never needs.
+            encode = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)
+            encs = encode(todo, add_special_tokens=False)
             for p, e in zip(todo, encs):
                 ids = e.ids
                 out[p] = ids
@@ -86,29 +89,38 @@ class SegmentTokenizer:
                             pieces.add(p)
         enc = self._encode_pieces(pieces)
         out: list[Tokenized] = []
+        special = self._special
         for segs in batch:
             ids: list[int] = []
             labels: list[int] = []
             turn_ends: dict[int, int] = {}
-            for s in segs:
-                if s.special:
-                    new = [self.special_id(s.text)]
-                else:
+            supervised = 0
+            for text, is_special, is_supervised, turn in segs:
+                if is_special:
+                    tid = special.get(text)
+                    new = [tid if tid is not None else self.special_id(text)]
+                elif IMAGE_PLACEHOLDER in text:
                     new = []
-                    parts = s.text.split(IMAGE_PLACEHOLDER)
-                    for k, p in enumerate(parts):
+                    for k, p in enumerate(text.split(IMAGE_PLACEHOLDER)):
                         if k:
                             new.append(IMAGE_TOKEN_INDEX)
                         if p:
                             new.extend(enc[p])
+                else:
+                    new = enc[text] if text else []
                 ids.extend(new)
-                labels.extend(new if s.supervised else [IGNORE_INDEX] * len(new))
-                turn_ends[s.turn] = len(ids)
+                if is_supervised:
+                    labels.extend(new)
+                    supervised += len(new)
+                else:
+                    labels.extend([IGNORE_INDEX] * len(new))
+                turn_ends[turn] = len(ids)
             if unmask_ids:
                 for k, x in enumerate(ids):
-                    if x in unmask_ids:
+                    if x in unmask_ids and labels[k] == IGNORE_INDEX:
                         labels[k] = x
-            out.append(Tokenized(ids, labels, turn_ends))
+                        supervised += 1
+            out.append(Tokenized(ids, labels, turn_ends, supervised))
         return out
 
 
