@@ -112,8 +112,18 @@ def mask_report(template: Template, tokenizer, policy: str = NATIVE, system_prom
     """The template's example record, tokenized, decoded, with supervised text between ⟦ and ⟧."""
     from parsit_data.tokenize import SegmentTokenizer, marked_text
 
+    from parsit_data.records import Reject
+
     record = template.example()
-    segs = template.render(record, system_prompt, policy)
+    try:
+        segs = template.render(record, system_prompt, policy)
+    except Reject:
+        record = example_record(1)
+        try:
+            segs = template.render(record, system_prompt, policy)
+        except Reject as exc:
+            return {"record": None, "rendered": None,
+                    "note": f"the template quarantines the example records ({exc.rejection.detail})"}
     tok = SegmentTokenizer(tokenizer).tokenize_batch([segs], template.unmask_tokens(policy))[0]
     return {
         "record": {"image": record.images, "conversations": [{"from": {"user": "human", "assistant": "gpt"}.get(

@@ -107,6 +107,11 @@ def check_boundaries(tok: Tokenizer, template, record: Record, expected_text: st
     assert all(y in (x, IGNORE_INDEX) for x, y in zip(out.input_ids, out.labels))
     got = [decode_ids(tok, run) for sup, run in supervised_runs(out.input_ids, out.labels) if sup]
     assert got == [r + (eot or "") for r in replies]
+    # truncation cuts at turn ends: each assistant turn's end falls right after its end-of-turn token
+    answered = [i for i, t in enumerate(record.turns) if t.role == "assistant"]
+    for i, r in zip(answered, replies):
+        head = decode_ids(tok, out.input_ids[:out.turn_ends[i]])
+        assert head.rstrip("\n").endswith(r + (eot or "")) or head.endswith(r + (eot or ""))
     return out.input_ids
 
 

@@ -131,3 +131,22 @@ def test_prefix_space_tokenizers_are_refused():
     with pytest.raises(ParsitError, match="prefix space"):
         check_segmentable(tok)
     check_segmentable(qwen())  # the real one passes
+
+
+def test_tokenizer_template_that_raises_quarantines_and_reports(tmp_path):
+    """raise_exception in a chat template quarantines the record; the mask report falls back."""
+    from parsit_data.templates import mask_report
+
+    tpl = ("{% for m in messages %}{% if '<image>' in m['content'] %}{{ raise_exception('no images here') }}"
+           "{% endif %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + m['content'] + '<|eot_id|>' }}"
+           "{% endfor %}")
+    folder = small_tokenizer(tmp_path / "t", LLAMA3_SPECIALS, "<|begin_of_text|>", "<|eot_id|>", chat_template=tpl)
+    t = get_template("tokenizer", folder)
+    with pytest.raises(Reject) as exc:
+        t.render(RECORDS["multi_image"])
+    assert exc.value.rejection.reason == "template_mismatch" and "no images here" in exc.value.rejection.detail
+    report = mask_report(t, load_tokenizer(folder))
+    assert report["rendered"] is None and "no images here" in report["note"]
+    check_boundaries(load_tokenizer(folder), t, RECORDS["text_only"],
+                     "<|start_header_id|>user<|end_header_id|>\n\nName a prime number.<|eot_id|>"
+                     "<|start_header_id|>assistant<|end_header_id|>\n\nSeven is prime.<|eot_id|>", eot="<|eot_id|>")
