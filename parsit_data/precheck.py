@@ -1,8 +1,9 @@
 """``parsit-data validate``: every check that needs no tokenization, over whole inputs, no shards.
 
 A fast first pass over a dataset before a build: the same driver that marks duplicate ids
-(:func:`parsit_data.build._partitions`), the same per-record checks (:func:`parsit_data.validate.check_item`)
-and the same quarantine lines (:func:`parsit_data.pipeline._quarantine_line`) as the build, so a record
+(:func:`parsit_data.build._partitions`), the same per-record checks (:func:`parsit_data.validate.check_item`),
+the same template rendering and the same quarantine lines (:func:`parsit_data.pipeline._quarantine_line`)
+as the build, so a record
 that passes here fails a build only for what needs tokens (``overlong``). The tokenizer, when given, is
 used only for its list of special tokens (``special_token_in_text``).
 """
@@ -45,9 +46,12 @@ class PrecheckResult:
         return sum(sum(s.quarantined.values()) for s in self.stats.sources.values())
 
 
-def precheck(inputs: list[str | Path], *, vopts: ValidationOptions, iopts: ImageOptions,
+def precheck(inputs: list[str | Path], *, vopts: ValidationOptions, iopts: ImageOptions, template=None,
+             label_policy: str = "native", system_prompt: str | None = None,
              quarantine_out: str | Path | None = None, seed: int = 0) -> PrecheckResult:
     """Check every record of ``inputs``; write rejected ones to ``quarantine_out`` when given.
+
+    With a ``template``, each record is also rendered as the build renders it (``template_mismatch``).
 
     Raises :class:`ParsitError` for usage problems (missing input, image root not a directory).
     """
@@ -75,7 +79,9 @@ def precheck(inputs: list[str | Path], *, vopts: ValidationOptions, iopts: Image
             for item in part.items:
                 sstats.read += 1
                 try:
-                    _, images, notes = check_item(item, vopts, iopts, load=False)
+                    record, images, notes = check_item(item, vopts, iopts, load=False)
+                    if template is not None:
+                        template.render(record, system_prompt, label_policy)  # may Reject, as in the build
                 except Reject as r:
                     sstats.quarantined[r.rejection.reason] += 1
                     if qfile is not None:

@@ -14,6 +14,8 @@ is marked by the driver (:func:`parsit_data.build._partitions`).
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +33,14 @@ class ValidationOptions:
     control_tokens: frozenset[str] = field(default_factory=frozenset)
     #: Insert a missing <image> at the start of the first user turn instead of quarantining.
     fix_missing_placeholder: bool = False
+
+
+@functools.lru_cache(maxsize=16)
+def _control_pattern(tokens: frozenset[str]) -> re.Pattern | None:
+    """One regex for all control tokens: a single pass over the text instead of one per token."""
+    if not tokens:
+        return None
+    return re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)))
 
 
 def control_tokens_of(template, tokenizer=None) -> frozenset[str]:
@@ -105,7 +115,7 @@ def check_record(value: Any, source: str, position: int, opts: ValidationOptions
     except ValidationError as exc:
         raise _reject_from(exc) from None
 
-    turns = [Turn(role=t.role, content=t.text) for t in rec.conversations]
+    turns = [Turn(t.role, t.text) for t in rec.conversations]
     for i, (raw, t) in enumerate(zip(rec.conversations, turns)):
         if not t.content.strip():
             said = raw.from_ if isinstance(raw, FromValueTurn) else raw.role
@@ -124,10 +134,12 @@ def check_record(value: Any, source: str, position: int, opts: ValidationOptions
     if len(body) < 2:
         raise Reject("no_assistant_turn", "the conversation has no assistant turn")
 
-    for i, t in enumerate(turns):
-        for tok in opts.control_tokens:
-            if tok in t.content:
-                raise Reject("special_token_in_text", f"turn {i} contains the control token {tok!r}")
+    pattern = _control_pattern(opts.control_tokens)
+    if pattern is not None:
+        for i, t in enumerate(turns):
+            m = pattern.search(t.content)
+            if m:
+                raise Reject("special_token_in_text", f"turn {i} contains the control token {m.group(0)!r}")
 
     img = rec.image
     images = [] if img is None else [img] if isinstance(img, str) else list(img)

@@ -32,7 +32,9 @@ def validate_command(
     fix_missing_placeholder: Annotated[bool, typer.Option(help="Count records whose one image lacks <image> as "
                                                                "fixable (the build inserts it) instead of "
                                                                "rejecting them.")] = False,
-    template: Annotated[str, typer.Option(help="Template whose control tokens text may not contain.")] = "qwen_1_5",
+    template: Annotated[str, typer.Option(help="Template the records are rendered with (as in build); its control "
+                                               "tokens may not appear in text.")] = "qwen_1_5",
+    label_policy: Annotated[str, typer.Option(help="Label policy (as in build).")] = "native",
     tokenizer: Annotated[str, typer.Option(help="Tokenizer whose special tokens text may not contain ('qwen3': the "
                                                 "bundled Qwen3 tokenizer; 'none': the template's tokens only).")]
     = "qwen3",
@@ -50,10 +52,14 @@ def validate_command(
         raise ParsitError(f"--image-check {image_check!r}: choose full or header")
     if min_image_side < 0 or max_image_pixels <= 0:
         raise ParsitError("--min-image-side must be >= 0 and --max-image-pixels > 0")
-    tok = None if tokenizer.lower() == "none" else load_tokenizer(tokenizer)
-    vopts = ValidationOptions(control_tokens_of(get_template(template), tok), fix_missing_placeholder)
+    tok_path = None if tokenizer.lower() == "none" else tokenizer
+    tok = load_tokenizer(tok_path) if tok_path else None
+    tmpl = get_template(template, tok_path)
+    tmpl.check_policy(label_policy)
+    vopts = ValidationOptions(control_tokens_of(tmpl, tok), fix_missing_placeholder)
     iopts = ImageOptions(root=image_root, max_pixels=max_image_pixels, min_side=min_image_side, check=image_check)
-    result = precheck(inputs, vopts=vopts, iopts=iopts, quarantine_out=quarantine_out, seed=seed)
+    result = precheck(inputs, vopts=vopts, iopts=iopts, template=tmpl, label_policy=label_policy,
+                      quarantine_out=quarantine_out, seed=seed)
     if not quiet:
         _summary(result)
     raise typer.Exit(1 if result.rejected else 0)

@@ -47,7 +47,13 @@ CASES: dict[str, list] = {
     "overlong": [conv(reply=LONG)],
     "duplicate_id": [conv(id="dup"), conv(user="Again?", id="dup")],
     "bad_field": [conv(user="<image>\nTitle?", image=5)],
+    # plain (pretraining captions) takes one image and one caption: a two-round chat does not fit it
+    "template_mismatch": [{"image": "ok.png", "conversations": [
+        {"from": "human", "value": "<image>\nDescribe."}, {"from": "gpt", "value": "A page."},
+        {"from": "human", "value": "More?"}, {"from": "gpt", "value": "No."}]}],
 }
+#: Codes whose case needs other build options than the shared build (each gets a build of its own).
+OWN_OPTIONS: dict[str, dict] = {"template_mismatch": {"template": "plain"}}
 MAX_LENGTH = 512
 MIN_SIDE = 16
 
@@ -61,26 +67,45 @@ def cases(tmp_path_factory) -> tuple[Path, dict]:
     (root / "zero.png").write_bytes(b"")
     (root / "bomb.png").write_bytes(png_header_only(100_000, 100_000))
     save_image(tmp / "outside" / "secret.png")
-    inputs = [write_jsonl(tmp / "in" / f"{code}.jsonl", lines) for code, lines in CASES.items()]
-    manifest = run_build(inputs, tmp / "out", image_root=str(root), max_length=MAX_LENGTH, min_image_side=MIN_SIDE)
-    return tmp / "out", manifest
+    inputs = {code: write_jsonl(tmp / "in" / f"{code}.jsonl", lines) for code, lines in CASES.items()}
+    common = dict(image_root=str(root), max_length=MAX_LENGTH, min_image_side=MIN_SIDE)
+    shared = [p for code, p in inputs.items() if code not in OWN_OPTIONS]
+    results = {}
+    manifest = run_build(shared, tmp / "out", **common)
+    for code in CASES:
+        results[code] = (tmp / "out", manifest)
+    for code, opts in OWN_OPTIONS.items():
+        out = tmp / f"out-{code}"
+        results[code] = (out, run_build([inputs[code]], out, **common, **opts))
+    return results
 
 
 @pytest.fixture(scope="module")
 def validated(cases, tmp_path_factory):
+    """The same cases through parsit-data validate's library function, grouped as the builds were."""
     tmp = tmp_path_factory.mktemp("reasons-validate")
-    src = cases[0].parent
-    vopts = ValidationOptions(control_tokens_of(get_template("qwen_1_5"), load_tokenizer("qwen3")))
+    src = next(iter(cases.values()))[0].parent
+    tok = load_tokenizer("qwen3")
     iopts = ImageOptions(root=src / "images", min_side=MIN_SIDE)
-    inputs = [src / "in" / f"{code}.jsonl" for code in CASES]
-    result = precheck(inputs, vopts=vopts, iopts=iopts, quarantine_out=tmp / "q.jsonl")
-    return result, [json.loads(x) for x in (tmp / "q.jsonl").read_text().splitlines()]
+    groups = {"shared": ([c for c in CASES if c not in OWN_OPTIONS], "qwen_1_5")}
+    groups |= {c: ([c], o.get("template", "qwen_1_5")) for c, o in OWN_OPTIONS.items()}
+    out = {}
+    for name, (codes, template) in groups.items():
+        tmpl = get_template(template, "qwen3")
+        vopts = ValidationOptions(control_tokens_of(tmpl, tok))
+        q = tmp / f"{name}.jsonl"
+        result = precheck([src / "in" / f"{c}.jsonl" for c in codes], vopts=vopts, iopts=iopts, template=tmpl,
+                          quarantine_out=q)
+        lines = [json.loads(x) for x in q.read_text().splitlines()]
+        for c in codes:
+            out[c] = (result, lines)
+    return out
 
 
 @pytest.mark.parametrize("code", list(REASONS))
 def test_reason_code_has_a_triggering_record(code, cases, validated):
     assert code in CASES, f"reason {code!r} has no minimal triggering record in CASES: add one"
-    out, manifest = cases
+    out, manifest = cases[code]
     (src,) = [s for s in manifest["sources"] if s["name"] == code]
     assert src["quarantined"] == {code: 1}, src
     lines = [q for q in quarantine_lines(out) if q["source"] == code]
@@ -94,7 +119,7 @@ def test_reason_code_has_a_triggering_record(code, cases, validated):
         assert q["record"] == raw  # the original record, untouched
 
     # parsit-data validate agrees on every code that needs no tokenizer
-    result, vlines = validated
+    result, vlines = validated[code]
     v = result.stats.sources[code]
     if code == "overlong":
         assert v.quarantined == {} and v.kept == 1  # needs token counts: only the build can tell
