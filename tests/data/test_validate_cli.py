@@ -96,3 +96,12 @@ def test_throughput_benchmark_runs(tmp_path):
     assert r.returncode == 0, r.stderr
     for mode in ("no image checks", "header", "full", "baseline"):
         assert mode in r.stdout
+
+
+def test_records_are_rendered_with_the_chosen_template(capsys):
+    """Multi-round chats do not fit ``plain``: validate says so (template_mismatch) as the build would."""
+    code, out = _run(["validate", str(DEMO / "conversations.jsonl"), "--image-root", str(DEMO / "images"),
+                      "--template", "plain"], capsys)
+    assert code == 1 and "template_mismatch" in out
+    assert _run(["validate", str(DEMO / "captions.json"), "--image-root", str(DEMO / "images"), "--template",
+                 "plain", "-q"], capsys)[0] == 0
