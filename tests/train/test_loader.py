@@ -122,8 +122,8 @@ def test_workers_are_seeded_per_seed_rank_and_worker():
     streams = [[d[k] for d in by_worker[w]] for w in (0, 1) for k in range(3)]
     assert len({tuple(s) for s in streams}) == 6  # python, numpy, torch differ, and differ per worker
     other_rank, other_seed = _draws(0, 1), _draws(1, 0)
-    assert {d[1:] for d in a}.isdisjoint({d[1:] for d in other_rank})
-    assert {d[1:] for d in a}.isdisjoint({d[1:] for d in other_seed})
+    assert {tuple(d[1:]) for d in a}.isdisjoint({tuple(d[1:]) for d in other_rank})
+    assert {tuple(d[1:]) for d in a}.isdisjoint({tuple(d[1:]) for d in other_seed})
 
 
 def test_factory_wires_seeded_persistent_prefetching_workers(builds, tok_path):
