@@ -171,7 +171,7 @@ class LlavaStyleDataset(Dataset):
         path = self.image_folder / source["image"]
         if self.fast is not None:  # Parsit's PIL+numpy image code, on the original file
             data = path.read_bytes()
-            pixels = torch.from_numpy(self.fast.process_sample([data], [Image.open(path).size])[0][0])
+            pixels = torch.from_numpy(self.fast.process_sample([data], [Image.open(path).size], source["id"])[0][0])
         else:
             image = Image.open(path).convert("RGB")
             mean = tuple(int(x * 255) for x in self.processor.image_mean)
@@ -208,17 +208,34 @@ def parsit_loader(build_dir: Path, args, workers: int | None = None, batch_size:
 
 # -- measurement ---------------------------------------------------------------------------------------
 
-def time_epoch(loader, batches: int, warmup: int, batch_size: int) -> float:
-    """samples/s over ``batches`` batches, after ``warmup`` batches (worker start-up, first prefetch)."""
+def _cpu_seconds() -> float:
+    """CPU time of this process and all its children (the DataLoader workers), user + system."""
+    import psutil
+
+    procs = [psutil.Process()] + psutil.Process().children(recursive=True)
+    total = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def time_epoch(loader, batches: int, warmup: int, batch_size: int) -> tuple[float, float]:
+    """(samples/s, CPU ms per sample) over ``batches`` batches, after ``warmup`` batches (worker start-up,
+    first prefetch). CPU time per sample is robust to other load on the machine; samples/s is not."""
     it = iter(loader)
     for _ in range(warmup):
         next(it)
-    t0 = time.perf_counter()
+    c0, t0 = _cpu_seconds(), time.perf_counter()
     for _ in range(batches):
         next(it)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
     del it
-    return batches * batch_size / elapsed
+    n = batches * batch_size
+    return n / elapsed, cpu / n * 1000
 
 
 def _status(pid: int) -> dict[str, int]:
@@ -307,22 +324,26 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_fastimg:
         loaders["llava-fastimg"] = llava_loader(src, img_dir, args, fast=True)
     rates: dict[str, list[float]] = {k: [] for k in loaders}
+    cpu: dict[str, list[float]] = {k: [] for k in loaders}
     for r in range(args.repeats):
         names = list(loaders) if r % 2 == 0 else list(reversed(loaders))  # alternate to cancel drift
         for name in names:
             lo = loaders[name]
             if hasattr(lo, "sampler") and hasattr(lo.sampler, "set_epoch"):
                 lo.sampler.set_epoch(r)
-            rates[name].append(time_epoch(lo, args.batches, args.warmup, args.batch_size))
-            print(f"#   repeat {r} {name}: {rates[name][-1]:.1f} samples/s", flush=True)
-    base = statistics.median(rates["llava"])
+            rate, ms = time_epoch(lo, args.batches, args.warmup, args.batch_size)
+            rates[name].append(rate)
+            cpu[name].append(ms)
+            print(f"#   repeat {r} {name}: {rate:.1f} samples/s, {ms:.1f} CPU ms/sample", flush=True)
+    base, base_cpu = statistics.median(rates["llava"]), statistics.median(cpu["llava"])
     print(f"\n## Throughput: {args.workers} workers, batch {args.batch_size}, prefetch {args.prefetch}, "
           f"{args.batches} timed batches x {args.repeats} repeats, images {w}x{h} -> {args.image_size}")
-    print(f"| loader | samples/s (median) | runs | vs llava |")
-    print(f"|---|---:|---|---:|")
+    print("| loader | samples/s (median) | runs | speed-up vs llava | CPU ms/sample (median) | CPU vs llava |")
+    print("|---|---:|---|---:|---:|---:|")
     for name, vals in rates.items():
-        med = statistics.median(vals)
-        print(f"| {name} | {med:.1f} | {', '.join(f'{v:.1f}' for v in vals)} | {med / base:.2f}x |")
+        med, mcpu = statistics.median(vals), statistics.median(cpu[name])
+        print(f"| {name} | {med:.1f} | {', '.join(f'{v:.1f}' for v in vals)} | {med / base:.2f}x | {mcpu:.2f} | "
+              f"{base_cpu / mcpu:.2f}x less |")
     del loaders
 
     if args.rss_rows:

@@ -24,10 +24,12 @@ Example (pad 151643, image token 151655, 2 tokens per image)::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 
 from parsit_data.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from parsit_data.errors import ParsitError
@@ -54,6 +56,16 @@ def expand_images(
     return ids, np.repeat(labels, repeats)
 
 
+def _empty_pixels(shape: tuple[int, ...]) -> torch.Tensor:
+    """A float32 tensor; in a DataLoader worker, allocated in shared memory (as ``default_collate`` does)
+    so that handing the batch to the main process does not copy it once more."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.float32)
+    strides = tuple(int(math.prod(shape[i + 1 :])) for i in range(len(shape)))
+    storage = torch.UntypedStorage._new_shared(int(math.prod(shape)) * 4)
+    return torch.empty(0, dtype=torch.float32).set_(storage, 0, shape, strides)
+
+
 class Collator:
     """Callable for ``DataLoader(collate_fn=...)`` over :class:`ShardDataset` items.
 
@@ -67,7 +79,7 @@ class Collator:
         pad_token_id: int,
         image_token_id: int,
         max_length: int,
-        tokens_per_crop: int | None = None,
+        image_processor=None,
         pad_to_multiple_of: int | None = None,
     ) -> None:
         if image_token_id < 0:
@@ -77,7 +89,8 @@ class Collator:
         self.pad_token_id = int(pad_token_id)
         self.image_token_id = int(image_token_id)
         self.max_length = int(max_length)
-        self.tokens_per_crop = tokens_per_crop
+        self.image_processor = image_processor
+        self.tokens_per_crop = image_processor.tokens_per_image if image_processor is not None else None
         self.pad_to_multiple_of = pad_to_multiple_of
 
     def _check_crops(self, item: dict) -> None:
@@ -91,12 +104,25 @@ class Collator:
                     "the run and of the build disagree"
                 )
 
+    def _pixels(self, crops: list[np.ndarray]) -> torch.Tensor | None:
+        if not crops:
+            return None
+        n = sum(c.shape[0] for c in crops)
+        _, h, w, _ = crops[0].shape
+        out = _empty_pixels((n, 3, h, w))
+        view, k = out.numpy(), 0
+        for c in crops:
+            self.image_processor.normalise(c, out=view[k : k + c.shape[0]])
+            k += c.shape[0]
+        return out
+
     def __call__(self, items: Sequence[dict]) -> dict:
-        seqs, pixels = [], []
+        seqs, crops = [], []
         for item in items:
             sid = item["sample_id"]
-            if item["num_image_tokens"] and item.get("pixel_values") is None:
-                raise ParsitError(f"sample {sid!r} has images but no pixel values: give the dataset an image_processor")
+            if item["num_image_tokens"] and (item.get("image_crops") is None or self.image_processor is None):
+                raise ParsitError(f"sample {sid!r} has images but no pixels: give the dataset and the collator the "
+                                  "run's ImageProcessor")
             self._check_crops(item)
             ids, labels = expand_images(
                 np.asarray(item["input_ids"]), np.asarray(item["labels"]), item["num_image_tokens"],
@@ -108,8 +134,8 @@ class Collator:
                     f"{self.max_length}; the loader does not truncate: rebuild with --max-length {self.max_length}"
                 )
             seqs.append((ids, labels))
-            if item.get("pixel_values") is not None:
-                pixels.append(item["pixel_values"])
+            if item.get("image_crops") is not None:
+                crops.append(item["image_crops"])
         width = max(s[0].shape[0] for s in seqs)
         if self.pad_to_multiple_of:
             m = self.pad_to_multiple_of
@@ -127,7 +153,7 @@ class Collator:
             "input_ids": input_ids,
             "labels": labels,
             "attention_mask": attention,
-            "pixel_values": torch.from_numpy(np.concatenate(pixels)) if pixels else None,
+            "pixel_values": self._pixels(crops),
             "sample_ids": [it["sample_id"] for it in items],
             "num_tokens": int(attention.sum()),
             "num_supervised": int((labels != IGNORE_INDEX).sum()),

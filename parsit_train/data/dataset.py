@@ -2,13 +2,19 @@
 
 Why it looks like this:
 
-- Every shard is memory-mapped (``pa.memory_map`` + the IPC *stream* reader), so a row is a view into
+- Every shard is memory-mapped (``mmap`` + the Arrow IPC *stream* reader over it), so a row is a view into
   the page cache. No per-row Python object is ever built for the whole dataset: what a worker holds is a
   handful of Arrow buffers and one small offsets array per shard, whatever the number of rows.
 - A build is refused before the first step, never halfway through an epoch: a DIR without
   ``manifest.json`` (unfinished), a shard whose size or sha256 differs from the manifest (flipped byte,
   truncated copy), a tokenizer fingerprint, pad id, image token index or ignore index that differs from
   the run's, builds with different vision geometry, rows longer than the run's ``max_length``.
+- Reading a mapped row makes the kernel map ~64 KiB around each touched page into the process
+  ("fault-around"), so a worker reading random rows would, over an epoch, map the whole dataset and its
+  RSS would grow with dataset size although those pages are the shared, reclaimable page cache. Every
+  ``release_every`` rows the worker drops the page-table entries of the shards it touched
+  (``MADV_DONTNEED`` on a read-only shared file mapping: the data stays in the page cache, a later read
+  maps it again with a minor fault), which keeps per-worker RSS flat whatever the dataset size.
 - Checksums are verified once, in the process that opens the dataset. Workers receive the dataset
   without its open shards (see ``__getstate__``) and re-map the same files lazily.
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,6 +174,7 @@ def _vision_key(vision: dict | None) -> Any:
 class _OpenShard:
     """One memory-mapped shard: its record batches and zero-copy views of the token columns."""
 
+    mm: mmap.mmap  # read-only shared mapping of the whole file; every Arrow buffer points into it
     batches: list[pa.RecordBatch]
     starts: np.ndarray  # first row of each record batch
     views: dict[int, tuple] = field(default_factory=dict)
@@ -180,11 +188,11 @@ def _list_view(arr: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
 class ShardDataset:
     """Rows of one or more builds, concatenated in the order given (index ``i`` is stable).
 
-    ``__getitem__`` returns a dict with ``sample_id`` (str), ``input_ids`` / ``labels`` (int32 numpy, -200
-    placeholders and -100 labels as stored), ``num_image_tokens`` (list[int]), ``image_sizes`` (list of
+    ``__getitem__`` returns a dict with ``sample_id`` (str), ``input_ids`` / ``labels`` (int32 numpy copies of
+    the row, -200 placeholders and -100 labels as stored), ``num_image_tokens`` (list[int]), ``image_sizes`` (list of
     (width, height), original), ``build`` (index of the build), and either ``images`` (list of encoded
-    bytes) or, when an ``image_processor`` is set, ``pixel_values`` (float32 [crops, 3, H, W]) and
-    ``crops_per_image`` (list[int]).
+    bytes) or, when an ``image_processor`` is set, ``image_crops`` (uint8 [crops, S, S, 3], resized / padded /
+    cut per the manifest's geometry, normalised later by the collator) and ``crops_per_image`` (list[int]).
     """
 
     def __init__(
@@ -195,6 +203,7 @@ class ShardDataset:
         max_length: int | None = None,
         verify_checksums: bool = True,
         image_processor: Any = None,
+        release_every: int = 4,
     ) -> None:
         if isinstance(build_dirs, (str, Path)):
             build_dirs = [build_dirs]
@@ -222,6 +231,9 @@ class ShardDataset:
             )
         self.vision: dict | None = next((b.vision for b in self.builds if b.vision), None)
         self.image_processor = image_processor
+        self.release_every = int(release_every)
+        self._reads = 0
+        self._touched: set[int] = set()
 
         self._paths: list[Path] = [p for b in self.builds for p in b.shard_paths]
         rows = np.array([r for b in self.builds for r in b.shard_rows], dtype=np.int64)
@@ -233,23 +245,33 @@ class ShardDataset:
         self._check_rows()
         if max_length is not None:
             self._check_max_length(int(max_length))
+        self.release_pages(all_shards=True)
 
     # -- opening -----------------------------------------------------------------------------------
 
     def __getstate__(self) -> dict:
         # A worker re-maps the files itself: pickling an open table would copy every row into it.
         state = dict(self.__dict__)
-        state["_open"] = {}
+        state["_open"], state["_touched"] = {}, set()
         return state
+
+    def release_pages(self, all_shards: bool = False) -> None:
+        """Drop this process's page-table entries of the shards read since the last call (see module doc)."""
+        for k in list(self._open) if all_shards else self._touched:
+            self._open[k].mm.madvise(mmap.MADV_DONTNEED)
+        self._touched.clear()
 
     def _shard(self, k: int) -> _OpenShard:
         shard = self._open.get(k)
         if shard is None:
             path = self._paths[k]
             try:
-                reader = pa.ipc.open_stream(pa.memory_map(str(path), "r"))
+                with open(path, "rb") as f:
+                    mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                # Zero copy: the record batches' buffers are slices of the mapping.
+                reader = pa.ipc.open_stream(pa.BufferReader(pa.py_buffer(mm)))
                 batches = [b for b in reader if b.num_rows]
-            except (OSError, pa.ArrowInvalid) as exc:
+            except (OSError, ValueError, pa.ArrowInvalid) as exc:
                 raise ParsitError(f"cannot read shard {path}: {exc}; restore it or rebuild") from exc
             missing = [c for c in _ROW_COLUMNS if c not in reader.schema.names]
             if missing:
@@ -259,7 +281,7 @@ class ShardDataset:
                     raise ParsitError(f"shard {path}: column {name} is {reader.schema.field(name).type}, expected "
                                       f"{SHARD_SCHEMA.field(name).type}; rebuild it")
             counts = np.array([b.num_rows for b in batches], dtype=np.int64)
-            shard = _OpenShard(batches=batches, starts=np.concatenate([[0], np.cumsum(counts)]))
+            shard = _OpenShard(mm=mm, batches=batches, starts=np.concatenate([[0], np.cumsum(counts)]))
             self._open[k] = shard
         return shard
 
@@ -325,8 +347,9 @@ class ShardDataset:
         item = {
             "sample_id": batch.column("sample_id")[r].as_py(),
             "build": int(np.searchsorted(self.build_offsets, index, side="right") - 1),
-            "input_ids": ids[ids_off[r] : ids_off[r + 1]],
-            "labels": lab[lab_off[r] : lab_off[r + 1]],
+            # Copies of one row (a few KiB): the item must not point into pages released below.
+            "input_ids": ids[ids_off[r] : ids_off[r + 1]].copy(),
+            "labels": lab[lab_off[r] : lab_off[r + 1]].copy(),
             "num_image_tokens": n_tok,
             "image_sizes": sizes,
         }
@@ -337,8 +360,12 @@ class ShardDataset:
                 f"{len(images)} embedded images: rebuild with images embedded"
             )
         if self.image_processor is not None:
-            pixels, crops = self.image_processor.process_sample(images, sizes, item["sample_id"])
-            item["pixel_values"], item["crops_per_image"] = pixels, crops
+            crops, counts = self.image_processor.decode_crops(images, sizes, item["sample_id"])
+            item["image_crops"], item["crops_per_image"] = crops, counts
         else:
             item["images"] = images
+        self._touched.add(k)
+        self._reads += 1
+        if self.release_every and self._reads % self.release_every == 0:
+            self.release_pages()
         return item

@@ -125,7 +125,7 @@ def build_dataloader(
     )
     collator = Collator(
         dataset.pad_token_id, image_token_id, max_length,
-        tokens_per_crop=processor.tokens_per_image if processor else None,
+        image_processor=processor,
         pad_to_multiple_of=pad_to_multiple_of,
     )
     workers = dict(
