@@ -30,6 +30,7 @@ import functools
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -132,11 +133,12 @@ def expand2square(img: Image.Image, background: tuple[int, int, int]) -> Image.I
 class LlavaStyleDataset(Dataset):
     """LLaVA's LazySupervisedDataset, reduced to what it does per item (qwen template, one image)."""
 
-    def __init__(self, json_path: Path, image_folder: Path, tokenizer_path: Path, image_size: int, fast_images: bool):
+    def __init__(self, json_path: Path, image_folder: Path | None, tokenizer_path: Path, image_size: int,
+                 fast_images: bool):
         from transformers import AutoTokenizer, SiglipImageProcessor
 
-        with open(json_path) as f:
-            self.list_data_dict = json.load(f)  # LLaVA keeps every record in memory
+        with open(json_path) as f:  # LLaVA keeps every record in memory
+            self.list_data_dict = json.load(f) if json_path.suffix == ".json" else [json.loads(x) for x in f]
         self.image_folder = image_folder
         self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path))
         self.processor = SiglipImageProcessor(size={"height": image_size, "width": image_size})
@@ -168,8 +170,10 @@ class LlavaStyleDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         source = self.list_data_dict[i]
-        path = self.image_folder / source["image"]
-        if self.fast is not None:  # Parsit's PIL+numpy image code, on the original file
+        path = self.image_folder / source["image"] if "image" in source else None
+        if path is None:
+            pixels = None
+        elif self.fast is not None:  # Parsit's PIL+numpy image code, on the original file
             data = path.read_bytes()
             pixels = torch.from_numpy(self.fast.process_sample([data], [Image.open(path).size], source["id"])[0][0])
         else:
@@ -186,7 +190,8 @@ def llava_collate(items: list[dict], pad_id: int) -> dict:
     input_ids = pad_sequence([it["input_ids"] for it in items], batch_first=True, padding_value=pad_id)
     labels = pad_sequence([it["labels"] for it in items], batch_first=True, padding_value=IGNORE_INDEX)
     return {"input_ids": input_ids, "labels": labels, "attention_mask": input_ids.ne(pad_id),
-            "images": torch.stack([it["image"] for it in items]), "sample_ids": [it["id"] for it in items]}
+            "images": torch.stack(imgs) if (imgs := [it["image"] for it in items if it["image"] is not None]) else None,
+            "sample_ids": [it["id"] for it in items]}
 
 
 def llava_loader(src: Path, img_dir: Path, args, fast: bool) -> DataLoader:
@@ -223,9 +228,11 @@ def _cpu_seconds() -> float:
     return total
 
 
-def time_epoch(loader, batches: int, warmup: int, batch_size: int) -> tuple[float, float]:
+def time_epoch(loader, batches: int, warmup: int, batch_size: int, drain: int) -> tuple[float, float]:
     """(samples/s, CPU ms per sample) over ``batches`` batches, after ``warmup`` batches (worker start-up,
-    first prefetch). CPU time per sample is robust to other load on the machine; samples/s is not."""
+    first prefetch). CPU time per sample is robust to other load on the machine; samples/s is not.
+    Afterwards ``drain`` more batches are taken untimed, so that this loader's workers are idle (not
+    finishing prefetched work) while the next loader is measured."""
     it = iter(loader)
     for _ in range(warmup):
         next(it)
@@ -233,6 +240,8 @@ def time_epoch(loader, batches: int, warmup: int, batch_size: int) -> tuple[floa
     for _ in range(batches):
         next(it)
     elapsed, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
+    for _ in range(drain):
+        next(it)
     del it
     n = batches * batch_size
     return n / elapsed, cpu / n * 1000
@@ -248,9 +257,9 @@ def _status(pid: int) -> dict[str, int]:
     return out
 
 
-def worker_memory(loader_iter_owner, batches: int) -> dict[str, float]:
-    """Iterate ``batches`` batches and return per-worker peak RSS / peak anonymous RSS (MiB, max over workers)."""
-    it = iter(loader_iter_owner)
+def worker_memory(dataloader: DataLoader, batches: int) -> dict[str, float]:
+    """Iterate ``batches`` batches; per-worker peak RSS (VmHWM) and peak anonymous RSS, MiB, max over workers."""
+    it = iter(dataloader)
     peak_anon: dict[int, int] = {}
     pids: list[int] = []
     for _ in range(batches):
@@ -262,23 +271,35 @@ def worker_memory(loader_iter_owner, batches: int) -> dict[str, float]:
     hwm = {pid: _status(pid)["VmHWM"] for pid in pids}
     del it
     mib = 1 << 20
-    return {"peak_rss": max(hwm.values()) / mib, "peak_anon": max(peak_anon.values()) / mib, "workers": len(pids)}
+    return {"peak_rss": max(hwm.values()) / mib, "peak_anon": max(peak_anon.values()) / mib}
+
+
+def rss_child(kind: str, path: Path, args) -> dict:
+    """In a fresh process (so both sizes start from the same parent): build the loader, measure its workers."""
+    if kind == "parsit":
+        loader, _ = parsit_loader(path, args, batch_size=args.rss_batch_size)
+        dl = loader.dataloader
+    else:
+        args.batch_size = args.rss_batch_size
+        dl = llava_loader(path, None, args, fast=False)
+    return worker_memory(dl, args.rss_batches)
+
+
+def run_rss_child(kind: str, path: Path, args) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--rss-child", kind, str(path),
+           "--workers", str(args.workers), "--rss-batch-size", str(args.rss_batch_size),
+           "--rss-batches", str(args.rss_batches), "--prefetch", str(args.prefetch), "--seed", str(args.seed),
+           "--max-length", str(args.max_length)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{kind} memory run failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _child_pids() -> list[int]:
     import psutil
 
     return [c.pid for c in psutil.Process().children()]
-
-
-class _DLIter:
-    """Adapter so ``worker_memory`` can reach the DataLoader iterator's worker processes."""
-
-    def __init__(self, loader):
-        self.dl = loader.dataloader if hasattr(loader, "dataloader") else loader
-
-    def __iter__(self):
-        return iter(self.dl)
 
 
 # -- main ----------------------------------------------------------------------------------------------
@@ -303,19 +324,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-fastimg", action="store_true", help="skip the llava-fastimg attribution row")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", type=Path, default=None, help="keep data and builds here (reused on rerun)")
+    p.add_argument("--rss-child", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.rss_child:
+        print(json.dumps(rss_child(args.rss_child[0], Path(args.rss_child[1]), args)))
+        return 0
     work = args.workdir or Path(tempfile.mkdtemp(prefix="parsit-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     w, h = map(int, args.orig_size.lower().split("x"))
-    need = (args.warmup + args.batches) * args.batch_size
+    need = (args.warmup + args.batches + args.prefetch * args.workers) * args.batch_size
     if need > args.rows:
-        p.error(f"--rows must be at least (warmup + batches) * batch_size = {need}")
+        p.error(f"--rows must be at least (warmup + batches + prefetch * workers) * batch_size = {need}")
 
     print(f"# workdir {work}; {os.cpu_count()} CPUs; torch {torch.__version__}", flush=True)
     t0 = time.time()
     src, img_dir = make_image_records(work / "img-src", args.rows, (w, h), args.seed)
     t1 = time.time()
-    build_dir = run_build(src, work / f"img-build-{args.image_max_side}", img_dir, args, args.image_max_side)
+    build_dir = run_build(src, work / f"img-build-{args.rows}-{args.image_max_side}", img_dir, args,
+                          args.image_max_side)
     t2 = time.time()
     print(f"# {args.rows} images {w}x{h} made in {t1 - t0:.1f}s; build (image_max_side={args.image_max_side}) "
           f"{t2 - t1:.1f}s", flush=True)
@@ -331,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             lo = loaders[name]
             if hasattr(lo, "sampler") and hasattr(lo.sampler, "set_epoch"):
                 lo.sampler.set_epoch(r)
-            rate, ms = time_epoch(lo, args.batches, args.warmup, args.batch_size)
+            rate, ms = time_epoch(lo, args.batches, args.warmup, args.batch_size, args.prefetch * args.workers)
             rates[name].append(rate)
             cpu[name].append(ms)
             print(f"#   repeat {r} {name}: {rate:.1f} samples/s, {ms:.1f} CPU ms/sample", flush=True)
@@ -348,24 +374,25 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.rss_rows:
         print(f"\n## Per-worker memory after {args.rss_batches} batches of {args.rss_batch_size} "
-              f"({args.workers} workers, text-only builds)", flush=True)
-        results = {}
+              f"({args.workers} workers, text-only rows; each measured in a fresh process)", flush=True)
+        results: dict[int, dict[str, dict]] = {}
         for n in args.rss_rows:
             tb = time.time()
-            bdir = run_build(make_text_records(work / f"txt-{n}", n), work / f"txt-build-{n}", None, args, None)
+            src = make_text_records(work / f"txt-{n}", n)
+            bdir = run_build(src, work / f"txt-build-{n}", None, args, None)
             tb = time.time() - tb
-            loader, _ = parsit_loader(bdir, args, batch_size=args.rss_batch_size)
-            results[n] = worker_memory(_DLIter(loader), args.rss_batches)
+            results[n] = {"parsit": run_rss_child("parsit", bdir, args), "llava": run_rss_child("llava", src, args)}
             print(f"#   {n} rows: build {tb:.1f}s, {results[n]}", flush=True)
-            del loader
-        print("| rows | peak RSS / worker (MiB) | peak anon RSS / worker (MiB) |")
-        print("|---:|---:|---:|")
+        print("| rows | parsit peak RSS / worker (MiB) | parsit peak anon | llava peak RSS / worker | llava peak anon |")
+        print("|---:|---:|---:|---:|---:|")
         for n, m in results.items():
-            print(f"| {n} | {m['peak_rss']:.1f} | {m['peak_anon']:.1f} |")
+            print(f"| {n} | {m['parsit']['peak_rss']:.1f} | {m['parsit']['peak_anon']:.1f} | "
+                  f"{m['llava']['peak_rss']:.1f} | {m['llava']['peak_anon']:.1f} |")
         lo_n, hi_n = min(results), max(results)
-        for key in ("peak_rss", "peak_anon"):
-            ratio = results[hi_n][key] / results[lo_n][key]
-            print(f"# {key}: {hi_n} rows / {lo_n} rows = {ratio:.3f} ({(ratio - 1) * 100:+.1f}%)")
+        for kind in ("parsit", "llava"):
+            for key in ("peak_rss", "peak_anon"):
+                ratio = results[hi_n][kind][key] / results[lo_n][kind][key]
+                print(f"# {kind} {key}: {hi_n} rows / {lo_n} rows = {ratio:.3f} ({(ratio - 1) * 100:+.1f}%)")
     return 0
 
 

@@ -29,6 +29,14 @@ The loader counts the batches it has handed to the caller (not the ones its work
 the number of GLOBAL samples consumed in the epoch; the global order is a function of (seed, epoch), so a
 resume with a different number of ranks continues with exactly the samples not yet seen.
 
+Contract with the model: ``input_ids`` hold ``image_token_id`` once per visual token (each -200 of the
+shard expanded to that image's ``num_image_tokens``), ``pixel_values`` hold the images' crops in order
+(float32 [crops, 3, S, S], SigLIP mean/std 0.5 by default), which is what
+``LlavaForConditionalGeneration`` with a SigLIP tower and ``vision_feature_select_strategy="full"``
+consumes ((S // patch)² tokens per crop). Length policy: a sample over ``max_length`` is an ERROR (the
+builds are checked when the loader is built), never truncated by the loader; rebuild with
+``--max-length``. Padding is right-sided; ``attention_mask`` comes from lengths, never from ids.
+
 Modules: ``dataset`` (open + verify builds, zero-copy rows), ``images`` (pixel values for SigLIP-style
 towers), ``collator`` (padding, image-token expansion), ``sampler`` (deterministic, resumable batch
 sampler), ``loader`` (the DataLoader factory and seeded workers).
