@@ -200,14 +200,15 @@ def llava_loader(src: Path, img_dir: Path, args, fast: bool) -> DataLoader:
     return DataLoader(ds, batch_size=args.batch_size, shuffle=True, generator=g, num_workers=args.workers,
                       collate_fn=functools.partial(llava_collate, pad_id=ds.tokenizer.pad_token_id),
                       worker_init_fn=functools.partial(seed_worker, seed=args.seed, rank=0),
-                      prefetch_factor=args.prefetch, persistent_workers=True, drop_last=True)
+                      prefetch_factor=args.prefetch, persistent_workers=False, drop_last=True)
 
 
 def parsit_loader(build_dir: Path, args, workers: int | None = None, batch_size: int | None = None):
     loader, sampler = build_dataloader(
         [build_dir], tokenizer_path=bundled_qwen3_tokenizer(), image_token_id=QWEN_IMAGE_PAD,
         batch_size=batch_size or args.batch_size, max_length=args.max_length, seed=args.seed,
-        num_workers=args.workers if workers is None else workers, prefetch_factor=args.prefetch)
+        num_workers=args.workers if workers is None else workers, prefetch_factor=args.prefetch,
+        persistent_workers=False)
     return loader, sampler
 
 
@@ -228,11 +229,11 @@ def _cpu_seconds() -> float:
     return total
 
 
-def time_epoch(loader, batches: int, warmup: int, batch_size: int, drain: int) -> tuple[float, float]:
+def time_epoch(loader, batches: int, warmup: int, batch_size: int) -> tuple[float, float]:
     """(samples/s, CPU ms per sample) over ``batches`` batches, after ``warmup`` batches (worker start-up,
     first prefetch). CPU time per sample is robust to other load on the machine; samples/s is not.
-    Afterwards ``drain`` more batches are taken untimed, so that this loader's workers are idle (not
-    finishing prefetched work) while the next loader is measured."""
+    Workers are not persistent here: deleting the iterator stops them, so a loader's prefetched work never
+    runs during the next loader's measurement (persistent workers would finish it in the background)."""
     it = iter(loader)
     for _ in range(warmup):
         next(it)
@@ -240,8 +241,6 @@ def time_epoch(loader, batches: int, warmup: int, batch_size: int, drain: int) -
     for _ in range(batches):
         next(it)
     elapsed, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
-    for _ in range(drain):
-        next(it)
     del it
     n = batches * batch_size
     return n / elapsed, cpu / n * 1000
@@ -357,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
             lo = loaders[name]
             if hasattr(lo, "sampler") and hasattr(lo.sampler, "set_epoch"):
                 lo.sampler.set_epoch(r)
-            rate, ms = time_epoch(lo, args.batches, args.warmup, args.batch_size, args.prefetch * args.workers)
+            rate, ms = time_epoch(lo, args.batches, args.warmup, args.batch_size)
             rates[name].append(rate)
             cpu[name].append(ms)
             print(f"#   repeat {r} {name}: {rate:.1f} samples/s, {ms:.1f} CPU ms/sample", flush=True)

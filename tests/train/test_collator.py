@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import QWEN_EOS, QWEN_IMAGE_PAD, QWEN_PAD
+from train_support import QWEN_EOS, QWEN_IMAGE_PAD, QWEN_PAD
 
 from parsit_data.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from parsit_data.errors import ParsitError

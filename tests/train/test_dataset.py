@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import QWEN_EOS, make_build
+from train_support import QWEN_EOS, make_build
 
 from parsit_data.constants import IMAGE_TOKEN_INDEX, MANIFEST_NAME
 from parsit_data.errors import ParsitError

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import QWEN_IMAGE_PAD
+from train_support import QWEN_IMAGE_PAD
 from torch.utils.data import DataLoader, Dataset
 
 from parsit_train.data import build_dataloader, seed_worker
