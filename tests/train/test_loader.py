@@ -71,6 +71,8 @@ def test_interrupted_run_resumes_with_exactly_the_remaining_batches(builds, tok_
     rest = list(resumed)
     assert _ids(taken) + _ids(rest) == _ids(epoch1)
     assert rsampler.state_dict()["epoch"] == 2
+    # the same loader, iterated again after the break, also continues where the caller stopped
+    assert _ids(list(loader)) == _ids(rest)
 
 
 def test_resume_with_another_world_size(builds, tok_path):
