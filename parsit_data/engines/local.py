@@ -1,0 +1,16 @@
+"""The in-process engine: one worker context, partitions processed in order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from parsit_data.config import BuildConfig
+from parsit_data.pipeline import Partition, PartitionResult, WorkerContext, process_partition
+
+
+def run(partitions: Iterable[Partition], config: BuildConfig, config_hash: str, control_tokens: frozenset[str],
+        out: Path, on_result: Callable[[PartitionResult], None]) -> None:
+    ctx = WorkerContext(config, config_hash, control_tokens)
+    for part in partitions:
+        on_result(process_partition(part, ctx, out))

@@ -1,0 +1,202 @@
+"""The per-partition function that every engine calls: raw items in, shard + quarantine + stats out.
+
+Both engines (in-process and Ray) call :func:`process_partition` with the same partitions, so their
+outputs are byte-identical. A partition's results are committed in order: shard, quarantine part, then
+the part file (its commit marker, holding the shard's checksum and the statistics).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from parsit_data.config import BuildConfig
+from parsit_data.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX, PARTS_DIR, SHARD_SCHEMA, SHARDS_DIR, shard_name
+from parsit_data.images import LoadedImage, load_image
+from parsit_data.records import QuarantineRecord, Record, Reject, Rejection
+from parsit_data.shards import atomic_write_bytes, sha256_file, write_shard
+from parsit_data.sources import RawItem
+from parsit_data.stats import PartitionStats
+from parsit_data.templates import get_template
+from parsit_data.tokenize import SegmentTokenizer, Tokenized
+from parsit_data.tokenizer import load_tokenizer
+from parsit_data.validate import ValidationOptions, check_record, sample_id_of
+
+
+@dataclass
+class Partition:
+    index: int
+    source: str
+    items: list[RawItem]
+
+
+@dataclass
+class PartitionResult:
+    index: int
+    shard: dict  # {"path", "rows", "bytes", "sha256"}
+    stats: PartitionStats
+    quarantined: int
+    reused: bool = False
+
+
+def part_path(out: Path, index: int) -> Path:
+    return out / PARTS_DIR / f"part-{index:05d}.json"
+
+
+def quarantine_part_path(out: Path, index: int) -> Path:
+    return out / PARTS_DIR / f"quarantine-{index:05d}.jsonl"
+
+
+@dataclass
+class WorkerContext:
+    """What a worker loads once and reuses for every partition (the tokenizer above all)."""
+
+    config: BuildConfig
+    config_hash: str
+    control_tokens: frozenset[str]
+    tokenizer: SegmentTokenizer = field(init=False)
+
+    def __post_init__(self):
+        self.tokenizer = SegmentTokenizer(load_tokenizer(self.config.tokenizer))
+        self.template = get_template(self.config.template)
+        self.vopts = ValidationOptions(self.control_tokens, self.config.fix_missing_placeholder)
+        self.iopts = self.config.image_options
+        self.geometry = self.config.geometry
+
+
+def reuse_finished(out: Path, index: int, config_hash: str) -> PartitionResult | None:
+    """A partition finished by an earlier run with the same config, whose shard still verifies."""
+    pp = part_path(out, index)
+    if not pp.is_file():
+        return None
+    try:
+        meta = json.loads(pp.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if meta.get("config_hash") != config_hash:
+        return None
+    shard = out / meta["shard"]["path"]
+    if not shard.is_file() or sha256_file(shard) != meta["shard"]["sha256"]:
+        return None
+    if not quarantine_part_path(out, index).is_file():
+        return None
+    return PartitionResult(index, meta["shard"], PartitionStats.from_json(meta["stats"]), meta["quarantined"], True)
+
+
+def _quarantine_line(item: RawItem, sample_id: str | None, rej: Rejection) -> str:
+    q = QuarantineRecord(
+        source=item.source,
+        line=item.position if item.kind == "line" else None,
+        index=item.position if item.kind == "index" else None,
+        sample_id=sample_id,
+        reason=rej.reason,
+        detail=rej.detail,
+        record=item.value if item.value is not None else item.raw,
+    )
+    return json.dumps(q.model_dump(mode="json"), ensure_ascii=False, sort_keys=False)
+
+
+def _truncate(tok: Tokenized, record: Record, image_tokens: list[int], max_length: int) -> tuple[Tokenized, int] | None:
+    """Cut after the last assistant turn that fits, never inside an image. None when nothing fits."""
+    # Multimodal length after each turn boundary; images sit inside user turns, so a boundary never
+    # splits an image's tokens.
+    best = None
+    img_i = 0
+    extra = 0  # visual tokens - placeholders so far
+    for t, turn in enumerate(record.turns):
+        end = tok.turn_ends.get(t)
+        if end is None:
+            continue
+        while img_i < len(image_tokens) and tok.input_ids[:end].count(IMAGE_TOKEN_INDEX) > img_i:
+            extra += image_tokens[img_i] - 1
+            img_i += 1
+        if turn.role == "assistant" and end + extra <= max_length:
+            best = (end, img_i)
+    if best is None:
+        return None
+    end, n_img = best
+    return Tokenized(tok.input_ids[:end], tok.labels[:end], {}), n_img
+
+
+def process_partition(part: Partition, ctx: WorkerContext, out: Path) -> PartitionResult:
+    cfg = ctx.config
+    stats = PartitionStats()
+    sstats = stats.source(part.source)
+    qlines: list[str] = []
+    good: list[tuple[Record, list[LoadedImage], list]] = []
+
+    # 1. validate structure and load images
+    for item in part.items:
+        sstats.read += 1
+        sid = sample_id_of(item.value, item.source, item.position) if item.value is not None else None
+        if item.rejection is not None:
+            qlines.append(_quarantine_line(item, sid, item.rejection))
+            sstats.quarantined[item.rejection.reason] += 1
+            continue
+        try:
+            record, notes = check_record(item.value, item.source, item.position, ctx.vopts)
+            images = [load_image(p, ctx.iopts) for p in record.images]
+        except Reject as r:
+            qlines.append(_quarantine_line(item, sid, r.rejection))
+            sstats.quarantined[r.rejection.reason] += 1
+            continue
+        if "placeholder_inserted" in notes:
+            sstats.placeholder_inserted += 1
+        good.append((record, images, item))
+
+    # 2. render and tokenize the whole partition at once
+    segs = [ctx.template.render(r, cfg.system_prompt, cfg.label_policy) for r, _, _ in good]
+    toks = ctx.tokenizer.tokenize_batch(segs)
+
+    # 3. lengths, over-length policy, rows
+    cols: dict[str, list] = {f: [] for f in (
+        "sample_id", "source", "input_ids", "labels", "length", "num_image_tokens", "images",
+        "image_sizes", "image_paths", "num_turns", "supervised_tokens", "truncated")}
+    for (record, images, item), tok in zip(good, toks):
+        image_tokens = [ctx.geometry.tokens_for(im.width, im.height) for im in images]
+        length = len(tok.input_ids) - len(images) + sum(image_tokens)
+        truncated = False
+        if cfg.max_length is not None and length > cfg.max_length:
+            cut = _truncate(tok, record, image_tokens, cfg.max_length) if cfg.overlong == "truncate" else None
+            if cut is None:
+                rej = Rejection("overlong", f"multimodal length {length} exceeds --max-length {cfg.max_length}")
+                qlines.append(_quarantine_line(item, record.sample_id, rej))
+                sstats.quarantined["overlong"] += 1
+                continue
+            tok, n_img = cut
+            images, image_tokens = images[:n_img], image_tokens[:n_img]
+            length = len(tok.input_ids) - n_img + sum(image_tokens)
+            truncated = True
+            sstats.truncated += 1
+        supervised = sum(1 for x in tok.labels if x != IGNORE_INDEX)
+        cols["sample_id"].append(record.sample_id)
+        cols["source"].append(record.source)
+        cols["input_ids"].append(tok.input_ids)
+        cols["labels"].append(tok.labels)
+        cols["length"].append(length)
+        cols["num_image_tokens"].append(image_tokens)
+        cols["images"].append([im.data for im in images])
+        cols["image_sizes"].append([{"width": im.width, "height": im.height} for im in images])
+        cols["image_paths"].append([im.rel_path for im in images])
+        cols["num_turns"].append(len(record.turns))
+        cols["supervised_tokens"].append(supervised)
+        cols["truncated"].append(truncated)
+        sstats.kept += 1
+        sstats.tokens += length
+        sstats.text_tokens += len(tok.input_ids)
+        sstats.supervised_tokens += supervised
+        sstats.images += len(images)
+
+    # 4. commit: shard, quarantine part, then the part file (the partition's commit marker)
+    table = pa.Table.from_pydict(cols, schema=SHARD_SCHEMA)
+    rel = f"{SHARDS_DIR}/{shard_name(part.index)}"
+    nbytes, digest = write_shard(out / rel, table)
+    atomic_write_bytes(quarantine_part_path(out, part.index), "".join(q + "\n" for q in qlines).encode())
+    shard = {"path": rel, "rows": table.num_rows, "bytes": nbytes, "sha256": digest}
+    meta = {"config_hash": ctx.config_hash, "index": part.index, "source": part.source, "shard": shard,
+            "quarantined": len(qlines), "stats": stats.to_json()}
+    atomic_write_bytes(part_path(out, part.index), json.dumps(meta, sort_keys=True).encode())
+    return PartitionResult(part.index, shard, stats, len(qlines))

@@ -1,0 +1,159 @@
+"""Embedded image bytes to pixel values for a SigLIP-style vision tower.
+
+The geometry comes from the manifest's ``vision`` block, so the pixels always match the number of visual
+tokens the build counted for each image:
+
+- ``square``: resize to ``image_size``²; one crop.
+- ``pad``: pad to a square with the mean colour (LLaVA's ``expand2square``), then resize; one crop.
+- ``anyres``: LLaVA-NeXT's scheme: a base image resized to ``image_size``², then the image resized and
+  padded into the best grid resolution from ``grid_pinpoints`` (chosen from the ORIGINAL width/height
+  recorded in the row, so a copy re-encoded at build time picks the same grid) and cut into
+  ``image_size`` crops, row by row. Each crop gives ``tokens_per_image`` tokens.
+
+Normalisation is ``(x / 255 - mean) / std`` per channel; SigLIP uses mean = std = 0.5. Decoding keeps
+Pillow's decompression-bomb limit and never loads truncated files.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from parsit_data.errors import ParsitError
+
+SIGLIP_MEAN = (0.5, 0.5, 0.5)
+SIGLIP_STD = (0.5, 0.5, 0.5)
+#: Refuse images with more pixels than this (Pillow's own default limit).
+DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+
+def select_best_resolution(size: tuple[int, int], pinpoints: Sequence[Sequence[int]]) -> tuple[int, int]:
+    """The (width, height) pinpoint that keeps most of the image's resolution, then wastes least.
+
+    Same rule as LLaVA-NeXT's ``select_best_resolution``; pinpoints are (width, height).
+    """
+    ow, oh = size
+    best, best_eff, best_waste = None, -1, math.inf
+    for w, h in pinpoints:
+        scale = min(w / ow, h / oh)
+        dw, dh = int(ow * scale), int(oh * scale)
+        eff = min(dw * dh, ow * oh)
+        waste = w * h - eff
+        if eff > best_eff or (eff == best_eff and waste < best_waste):
+            best, best_eff, best_waste = (int(w), int(h)), eff, waste
+    if best is None:
+        raise ParsitError("anyres needs at least one grid pinpoint in the manifest's vision.grid_pinpoints")
+    return best
+
+
+def anyres_grid(size: tuple[int, int], pinpoints: Sequence[Sequence[int]], crop: int) -> tuple[int, int]:
+    """(columns, rows) of crops for an image of ORIGINAL ``size`` = (width, height)."""
+    w, h = select_best_resolution(size, pinpoints)
+    return w // crop, h // crop
+
+
+class ImageProcessor:
+    """Turns a row's encoded images into one float32 array of crops ``[n, 3, S, S]``."""
+
+    def __init__(
+        self,
+        vision: dict,
+        mean: Sequence[float] = SIGLIP_MEAN,
+        std: Sequence[float] = SIGLIP_STD,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        resample: int = Image.Resampling.BICUBIC,
+    ) -> None:
+        if not vision or "image_size" not in vision:
+            raise ParsitError("the manifest has no vision.image_size: rebuild with the vision tower's geometry")
+        self.size = int(vision["image_size"])
+        self.aspect = vision.get("aspect", "pad")
+        if self.aspect not in {"pad", "square", "anyres"}:
+            raise ParsitError(f"unknown aspect mode {self.aspect!r} in the manifest: expected pad, square or anyres")
+        self.pinpoints = [tuple(p) for p in vision.get("grid_pinpoints") or []]
+        if self.aspect == "anyres" and not self.pinpoints:
+            raise ParsitError("aspect 'anyres' needs vision.grid_pinpoints in the manifest")
+        self.tokens_per_image = int(vision.get("tokens_per_image") or (self.size // int(vision["patch_size"])) ** 2)
+        self.mean = np.asarray(mean, dtype=np.float32) * 255.0
+        self.inv_std = 1.0 / (np.asarray(std, dtype=np.float32) * 255.0)
+        self.background = tuple(int(round(m * 255)) for m in mean)
+        self.max_pixels = int(max_pixels)
+        self.resample = resample
+
+    # -- decoding ----------------------------------------------------------------------------------
+
+    def decode(self, data: bytes, sample_id: str = "?") -> Image.Image:
+        try:
+            img = Image.open(io.BytesIO(data))
+            if img.width * img.height > self.max_pixels:
+                raise ParsitError(
+                    f"image of sample {sample_id!r} has {img.width}x{img.height} pixels, over the limit of "
+                    f"{self.max_pixels}: rebuild with --image-max-side"
+                )
+            img.load()
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+            raise ParsitError(f"cannot decode an image of sample {sample_id!r}: {exc}; rebuild the shard") from exc
+        return img.convert("RGB") if img.mode != "RGB" else img
+
+    # -- geometry ----------------------------------------------------------------------------------
+
+    def _normalise(self, img: Image.Image) -> np.ndarray:
+        arr = np.asarray(img, dtype=np.float32)  # H, W, 3
+        arr = (arr - self.mean) * self.inv_std
+        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+    def _square(self, img: Image.Image) -> Image.Image:
+        if img.size == (self.size, self.size):
+            return img
+        return img.resize((self.size, self.size), self.resample)
+
+    def _pad_square(self, img: Image.Image) -> Image.Image:
+        w, h = img.size
+        if w != h:
+            side = max(w, h)
+            canvas = Image.new("RGB", (side, side), self.background)
+            canvas.paste(img, ((side - w) // 2, (side - h) // 2))
+            img = canvas
+        return self._square(img)
+
+    def _anyres(self, img: Image.Image, original: tuple[int, int]) -> list[Image.Image]:
+        tw, th = select_best_resolution(original, self.pinpoints)
+        w, h = img.size
+        scale = min(tw / w, th / h)
+        nw, nh = min(tw, max(1, round(w * scale))), min(th, max(1, round(h * scale)))
+        canvas = Image.new("RGB", (tw, th), (0, 0, 0))
+        canvas.paste(img.resize((nw, nh), self.resample), ((tw - nw) // 2, (th - nh) // 2))
+        s = self.size
+        crops = [canvas.crop((x, y, x + s, y + s)) for y in range(0, th - s + 1, s) for x in range(0, tw - s + 1, s)]
+        return [self._square(img)] + crops
+
+    def crops(self, img: Image.Image, original: tuple[int, int] | None = None) -> list[Image.Image]:
+        if self.aspect == "square":
+            return [self._square(img)]
+        if self.aspect == "pad":
+            return [self._pad_square(img)]
+        return self._anyres(img, original or img.size)
+
+    def num_crops(self, original: tuple[int, int]) -> int:
+        if self.aspect != "anyres":
+            return 1
+        cols, rows = anyres_grid(original, self.pinpoints, self.size)
+        return 1 + cols * rows
+
+    def process_sample(
+        self, images: Sequence[bytes], sizes: Sequence[tuple[int, int]], sample_id: str = "?"
+    ) -> tuple[np.ndarray | None, list[int]]:
+        """All crops of a row's images, stacked; and how many crops each image gave."""
+        if not images:
+            return None, []
+        arrays, counts = [], []
+        for j, data in enumerate(images):
+            img = self.decode(data, sample_id)
+            original = tuple(sizes[j]) if j < len(sizes) else img.size
+            crops = self.crops(img, original)
+            arrays.extend(self._normalise(c) for c in crops)
+            counts.append(len(crops))
+        return np.stack(arrays), counts
