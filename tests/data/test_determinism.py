@@ -1,0 +1,106 @@
+"""Same inputs and config give the same bytes; a killed build resumes to the same bytes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from parsit_data.build import build
+from parsit_data.config import BuildConfig
+from parsit_data.shards import read_shard
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _records(n: int) -> str:
+    lines = []
+    for i in range(n):
+        if i % 97 == 13:
+            lines.append('{"id": broken')
+            continue
+        lines.append(json.dumps({"id": f"r{i}", "conversations": [
+            {"from": "human", "value": f"Question {i}: what is {i} times {i % 13}?"},
+            {"from": "gpt", "value": f"{i} times {i % 13} is {i * (i % 13)}."}]}))
+    return "\n".join(lines) + "\n"
+
+
+def _snapshot(out: Path) -> dict[str, bytes]:
+    files = {p.relative_to(out).as_posix(): p.read_bytes() for p in (out / "shards").iterdir()}
+    files["quarantine.jsonl"] = (out / "quarantine.jsonl").read_bytes()
+    m = json.loads((out / "manifest.json").read_text())
+    m.pop("timing")
+    files["manifest"] = json.dumps(m, sort_keys=True).encode()
+    return files
+
+
+@pytest.fixture()
+def src(tmp_path) -> Path:
+    p = tmp_path / "in.jsonl"
+    p.write_text(_records(1500))
+    return p
+
+
+def test_two_builds_are_byte_identical(tmp_path, src):
+    for name in ("a", "b"):
+        build(BuildConfig(inputs=[str(src)], out=str(tmp_path / name), shard_rows=400))
+    a, b = _snapshot(tmp_path / "a"), _snapshot(tmp_path / "b")
+    assert a.keys() == b.keys() and len(a) == 4 + 2
+    for k in a:
+        assert a[k] == b[k], k
+
+
+def test_rebuild_in_place_reuses_and_refuses_other_config(tmp_path, src):
+    out = tmp_path / "o"
+    build(BuildConfig(inputs=[str(src)], out=str(out), shard_rows=400))
+    first = _snapshot(out)
+    build(BuildConfig(inputs=[str(src)], out=str(out), shard_rows=400))
+    assert _snapshot(out) == first
+    from parsit_data.errors import ParsitError
+
+    with pytest.raises(ParsitError, match="--overwrite"):
+        build(BuildConfig(inputs=[str(src)], out=str(out), shard_rows=300))
+    build(BuildConfig(inputs=[str(src)], out=str(out), shard_rows=300, overwrite=True))
+    assert len(list((out / "shards").iterdir())) == 5  # no stale shard of the old layout left behind
+
+
+@pytest.mark.timeout(240)
+def test_killed_build_resumes_to_the_same_bytes(tmp_path, src):
+    ref = tmp_path / "ref"
+    build(BuildConfig(inputs=[str(src)], out=str(ref), shard_rows=50))
+    expected = _snapshot(ref)
+
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "parsit_data.cli.main", "build", str(src), "--out", str(out),
+           "--shard-rows", "50", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            parts = list((out / "_parts").glob("part-*.json")) if (out / "_parts").is_dir() else []
+            if len(parts) >= 4 or proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert not (out / "manifest.json").exists(), "the build finished before it could be killed"
+    # Nothing under a final name is partial: every shard that exists reads back whole.
+    for shard in (out / "shards").glob("shard-*.arrow"):
+        read_shard(shard)
+    # Corrupt one finished shard: the rerun must notice (checksum) and redo it.
+    finished = sorted((out / "shards").glob("shard-*.arrow"))
+    if finished:
+        data = bytearray(finished[0].read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        finished[0].write_bytes(bytes(data))
+    subprocess.run(cmd, env=env, cwd=REPO, check=True, timeout=180)
+    assert _snapshot(out) == expected
+    assert not [p for p in (out / "shards").iterdir() if not p.name.startswith("shard-")]
