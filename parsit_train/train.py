@@ -32,12 +32,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from parsit_data.constants import IGNORE_INDEX
 from parsit_data.errors import ParsitError
 from parsit_train.config import TrainConfig, config_to_json
 from parsit_train.model import (
     PROJECTOR_FILE,
     build_model,
     check_compatibility,
+    fill_vision_geometry,
     format_report,
     param_groups,
     parameter_report,
@@ -343,6 +345,31 @@ def _dummy_vision_loss(model, pixel_like: torch.Tensor) -> torch.Tensor:
     return sum(f.sum() for f in feats) * 0.0
 
 
+def forward_loss(model, batch: dict, device, dtype) -> torch.Tensor:
+    """Mean next-token cross-entropy over the supervised positions, projecting only those onto the vocabulary.
+
+    The same value as the model's own ``labels=`` loss, without materialising [batch, length, vocab] logits:
+    a document sample has ~800 positions and a dozen supervised ones, and Qwen3's vocabulary is 151k wide.
+    """
+    labels = batch["labels"].to(device)
+    targets = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    keep = targets != IGNORE_INDEX
+    empty = not bool(keep.any())
+    if empty:  # nothing supervised in this micro-batch: a zero loss that still touches every part
+        keep[0, 0] = True
+    pixels = batch["pixel_values"]
+    out = model(
+        input_ids=batch["input_ids"].to(device),
+        attention_mask=batch["attention_mask"].to(device),
+        pixel_values=None if pixels is None else pixels.to(device, dtype),
+        logits_to_keep=keep,
+    )
+    logits = out.logits.float().reshape(-1, out.logits.shape[-1])
+    if empty:
+        return logits.sum() * 0.0
+    return torch.nn.functional.cross_entropy(logits, targets[keep])
+
+
 def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
     """Run (or resume) the configured training on this rank. ``stop_after``: stop at that step (a drill)."""
     import deepspeed
@@ -356,6 +383,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
     loader, sampler, vision, vocab = open_data(cfg, cfg.model.image_token_id, rank, world_size)
 
     # Model: the same seed on every rank, so the initial weights agree before DeepSpeed partitions them.
+    fill_vision_geometry(cfg.model, vision)
     seed_everything(cfg.seed)
     model = build_model(cfg.model)
     check_compatibility(model, vision, vocab)
@@ -390,21 +418,14 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
     t_last = time.perf_counter()
     while step < total and not result.stopped_early:
         for batch in loader:
-            pixels = batch["pixel_values"]
-            out = engine(
-                input_ids=batch["input_ids"].to(engine.device),
-                attention_mask=batch["attention_mask"].to(engine.device),
-                labels=batch["labels"].to(engine.device),
-                pixel_values=None if pixels is None else pixels.to(engine.device, dtype),
-            )
-            loss = out.loss
-            if pixels is None:
+            loss = forward_loss(engine, batch, engine.device, dtype)
+            if batch["pixel_values"] is None:
                 blank = torch.zeros(1, 3, vc.image_size, vc.image_size, device=engine.device, dtype=dtype)
                 loss = loss + _dummy_vision_loss(engine.module, blank)
             engine.backward(loss)
             boundary = engine.is_gradient_accumulation_boundary()
             engine.step()
-            acc += torch.tensor([out.loss.item(), 1, batch["num_tokens"], batch["num_supervised"]], dtype=torch.float64)
+            acc += torch.tensor([loss.item(), 1, batch["num_tokens"], batch["num_supervised"]], dtype=torch.float64)
             step_ids.extend(batch["sample_ids"])
             if not boundary:
                 continue
