@@ -149,4 +149,5 @@ def launch_ray(spec: LaunchSpec, address: str | None, use_gpu: bool | None = Non
     result = trainer.fit()
     if result.error:
         raise ParsitError(f"Ray Train run failed: {result.error}")
-    return dict(result.metrics or {})
+    # Ray Train keeps reported metrics with checkpoints only; the run's own record is metrics.jsonl.
+    return {"output_dir": str(cfg.output_dir), **dict(result.metrics or {})}

@@ -241,11 +241,17 @@ def test_pretrain_trains_only_the_projector_and_its_export_loads_back(one_rank, 
 
     build = make_build(tmp_path / "data", n=8)
     data = tiny_config(build, tmp_path / "out", stage="pretrain",
-                       optim={"lr": {"projector": 1e-2}, "micro_batch_size": 2, "max_steps": 3},
+                       optim={"lr": {"projector": 1e-2}, "micro_batch_size": 2, "max_steps": 3,
+                              "gradient_accumulation_steps": 2},
+                       logging={"tensorboard": True, "sample_ids": True},
                        checkpoint={"export_hf": True})
     cfg = parse_config(data, tmp_path)
     result = train(cfg)
     assert result.steps == 3 and len(result.losses) == 3
+    recs = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [len(r["sample_ids"]) for r in recs] == [4, 4, 4]  # 2 micro-batches of 2 per optimizer step
+    assert len(set(recs[0]["sample_ids"] + recs[1]["sample_ids"])) == 8  # one epoch of 8 rows, no repeats
+    assert list((tmp_path / "out" / "tensorboard").glob("events.out.tfevents.*"))
     torch.manual_seed(cfg.seed)
     initial = build_model(cfg.model)  # the same seed: the weights the run started from
     trained = LlavaForConditionalGeneration.from_pretrained(str(tmp_path / "out" / "hf"), dtype=torch.float32)
