@@ -227,6 +227,25 @@ def _set_dotted(data: dict, key: str, value: Any) -> None:
         node[parts[-1]] = value
 
 
+# Keys whose values are paths: given on the command line (--set), they are relative to the working
+# directory, like any other command-line path; only paths written in the file are relative to the file.
+_PATH_KEYS = ("output_dir", "data.builds", "model.init_from", "model.projector_weights",
+              "model.vision_tower.path", "model.language_model.path")
+
+
+def _cwd_paths(key: str, value: Any) -> Any:
+    def absolute(v: Any) -> Any:
+        if isinstance(v, str):
+            return str(Path(v).expanduser().resolve())
+        if isinstance(v, dict) and isinstance(v.get("path"), str):
+            return {**v, "path": absolute(v["path"])}
+        return v
+
+    if not any(key == k or key.startswith(k + ".") for k in _PATH_KEYS):
+        return value
+    return [absolute(v) for v in value] if isinstance(value, list) else absolute(value)
+
+
 def parse_config(data: Any, base: Path, source: str = "config") -> TrainConfig:
     if not isinstance(data, dict):
         raise ParsitError(f"{source}: a training config is a YAML mapping (key: value), not {type(data).__name__}")
@@ -252,7 +271,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
             raise ParsitError(f"override {item!r} is not KEY=VALUE (e.g. optim.max_steps=10)")
         if not isinstance(data, dict):
             break
-        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+        _set_dotted(data, key.strip(), _cwd_paths(key.strip(), yaml.safe_load(raw)))
     return parse_config(data, path.resolve().parent, source=str(path))
 
 

@@ -414,6 +414,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
     engine.train()
 
     acc = torch.zeros(4, dtype=torch.float64)  # loss sum, micro-batches, tokens, supervised tokens
+    loss_sum = torch.zeros((), dtype=torch.float64, device=engine.device)
     step_ids: list[str] = []
     t_last = time.perf_counter()
     while step < total and not result.stopped_early:
@@ -425,13 +426,15 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
             engine.backward(loss)
             boundary = engine.is_gradient_accumulation_boundary()
             engine.step()
-            acc += torch.tensor([loss.item(), 1, batch["num_tokens"], batch["num_supervised"]], dtype=torch.float64)
+            loss_sum += loss.detach().double()  # no host sync per micro-batch; read once per step
+            acc += torch.tensor([0, 1, batch["num_tokens"], batch["num_supervised"]], dtype=torch.float64)
             step_ids.extend(batch["sample_ids"])
             if not boundary:
                 continue
 
             # --- one optimizer step done ---
             step += 1
+            acc[0] = loss_sum.item()
             torch.distributed.all_reduce(acc)
             now = time.perf_counter()
             grad_norm = engine.get_global_grad_norm()
@@ -451,6 +454,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
             metrics.step(rec, total)
             result.losses.append(rec["loss"])
             acc.zero_()
+            loss_sum.zero_()
             step_ids = []
             if stop_after is not None and step >= stop_after and step < total:
                 result.stopped_early = True

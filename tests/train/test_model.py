@@ -66,7 +66,7 @@ def test_config_cross_checks(tmp_path):
     assert _cfg(tmp_path, stage="pretrain").export_projector()
 
 
-def test_load_config_resolves_paths_and_overrides(tmp_path):
+def test_load_config_resolves_paths_and_overrides(tmp_path, monkeypatch):
     (tmp_path / "conf").mkdir()
     data = tiny_config(Path("../data/build"), Path("runs/x"))
     path = tmp_path / "conf" / "t.yaml"
@@ -75,6 +75,10 @@ def test_load_config_resolves_paths_and_overrides(tmp_path):
     assert cfg.data.builds[0].path == (tmp_path / "data" / "build").resolve()
     assert cfg.output_dir == (tmp_path / "conf" / "runs" / "x").resolve()
     assert cfg.optim.max_steps == 7 and cfg.deepspeed.zero_stage == 3
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(path, ["output_dir=runs/y", "data.builds=[b1, {path: b2, weight: 0.5}]"])
+    assert cfg.output_dir == tmp_path / "runs" / "y"  # command-line paths: relative to the working dir
+    assert [(b.path, b.weight) for b in cfg.data.builds] == [(tmp_path / "b1", 1.0), (tmp_path / "b2", 0.5)]
     with pytest.raises(ParsitError, match="not KEY=VALUE"):
         load_config(path, ["optim.max_steps"])
     path.write_text("output_dir: [unclosed")
