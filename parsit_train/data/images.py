@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from parsit_data.errors import ParsitError
+from parsit_data.images import select_best_resolution
 
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
@@ -31,29 +32,16 @@ SIGLIP_STD = (0.5, 0.5, 0.5)
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 
-def select_best_resolution(size: tuple[int, int], pinpoints: Sequence[Sequence[int]]) -> tuple[int, int]:
-    """The (width, height) pinpoint that keeps most of the image's resolution, then wastes least.
+def anyres_grid(size: tuple[int, int], pinpoints: Sequence[Sequence[int]], crop: int) -> tuple[int, int]:
+    """(columns, rows) of crops for an image of ORIGINAL ``size`` = (width, height).
 
-    Same rule as LLaVA-NeXT's ``select_best_resolution``; pinpoints are (width, height).
+    Uses the builder's own rule (``parsit_data.images.select_best_resolution``, LLaVA-NeXT's), so the
+    number of crops always matches the visual tokens the build counted.
     """
-    ow, oh = size
-    best, best_eff, best_waste = None, -1, math.inf
-    for w, h in pinpoints:
-        scale = min(w / ow, h / oh)
-        dw, dh = int(ow * scale), int(oh * scale)
-        eff = min(dw * dh, ow * oh)
-        waste = w * h - eff
-        if eff > best_eff or (eff == best_eff and waste < best_waste):
-            best, best_eff, best_waste = (int(w), int(h)), eff, waste
+    best = select_best_resolution(tuple(size), pinpoints)
     if best is None:
         raise ParsitError("anyres needs at least one grid pinpoint in the manifest's vision.grid_pinpoints")
-    return best
-
-
-def anyres_grid(size: tuple[int, int], pinpoints: Sequence[Sequence[int]], crop: int) -> tuple[int, int]:
-    """(columns, rows) of crops for an image of ORIGINAL ``size`` = (width, height)."""
-    w, h = select_best_resolution(size, pinpoints)
-    return w // crop, h // crop
+    return math.ceil(best[0] / crop), math.ceil(best[1] / crop)
 
 
 class ImageProcessor:
@@ -101,9 +89,13 @@ class ImageProcessor:
     # -- geometry ----------------------------------------------------------------------------------
 
     def _normalise(self, img: Image.Image) -> np.ndarray:
-        arr = np.asarray(img, dtype=np.float32)  # H, W, 3
-        arr = (arr - self.mean) * self.inv_std
-        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+        # One pass from uint8 HWC into a float32 CHW buffer, then one in-place scale: ~10x faster than
+        # converting to float first and normalising with temporaries.
+        arr = np.asarray(img)
+        out = np.empty((3, arr.shape[0], arr.shape[1]), dtype=np.float32)
+        np.subtract(arr.transpose(2, 0, 1), self.mean[:, None, None], out=out, casting="unsafe")
+        out *= self.inv_std[:, None, None]
+        return out
 
     def _square(self, img: Image.Image) -> Image.Image:
         if img.size == (self.size, self.size):
@@ -120,14 +112,16 @@ class ImageProcessor:
         return self._square(img)
 
     def _anyres(self, img: Image.Image, original: tuple[int, int]) -> list[Image.Image]:
-        tw, th = select_best_resolution(original, self.pinpoints)
+        s = self.size
+        cols, rows = anyres_grid(original, self.pinpoints, s)
+        tw, th = select_best_resolution(tuple(original), self.pinpoints)
         w, h = img.size
         scale = min(tw / w, th / h)
         nw, nh = min(tw, max(1, round(w * scale))), min(th, max(1, round(h * scale)))
-        canvas = Image.new("RGB", (tw, th), (0, 0, 0))
+        # Resized into the pinpoint, centred on black, cut row by row (a crop past the edge is black).
+        canvas = Image.new("RGB", (cols * s, rows * s), (0, 0, 0))
         canvas.paste(img.resize((nw, nh), self.resample), ((tw - nw) // 2, (th - nh) // 2))
-        s = self.size
-        crops = [canvas.crop((x, y, x + s, y + s)) for y in range(0, th - s + 1, s) for x in range(0, tw - s + 1, s)]
+        crops = [canvas.crop((x * s, y * s, (x + 1) * s, (y + 1) * s)) for y in range(rows) for x in range(cols)]
         return [self._square(img)] + crops
 
     def crops(self, img: Image.Image, original: tuple[int, int] | None = None) -> list[Image.Image]:
