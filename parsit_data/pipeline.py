@@ -20,7 +20,7 @@ from parsit_data.records import QuarantineRecord, Record, Reject, Rejection
 from parsit_data.shards import atomic_write_bytes, sha256_file, write_shard
 from parsit_data.sources import RawItem
 from parsit_data.stats import PartitionStats
-from parsit_data.templates import get_template
+from parsit_data.templates import Segment, get_template
 from parsit_data.tokenize import SegmentTokenizer, Tokenized
 from parsit_data.tokenizer import load_tokenizer
 from parsit_data.validate import ValidationOptions, check_record, sample_id_of
@@ -61,7 +61,8 @@ class WorkerContext:
 
     def __post_init__(self):
         self.tokenizer = SegmentTokenizer(load_tokenizer(self.config.tokenizer))
-        self.template = get_template(self.config.template)
+        self.template = get_template(self.config.template, self.config.tokenizer)
+        self.unmask = self.template.unmask_tokens(self.config.label_policy)
         self.vopts = ValidationOptions(self.control_tokens, self.config.fix_missing_placeholder)
         self.iopts = self.config.image_options
         self.geometry = self.config.geometry
@@ -118,7 +119,8 @@ def _truncate(tok: Tokenized, record: Record, image_tokens: list[int], max_lengt
     if best is None:
         return None
     end, n_img = best
-    return Tokenized(tok.input_ids[:end], tok.labels[:end], {}), n_img
+    labels = tok.labels[:end]
+    return Tokenized(tok.input_ids[:end], labels, {}, sum(1 for x in labels if x != IGNORE_INDEX)), n_img
 
 
 def process_partition(part: Partition, ctx: WorkerContext, out: Path) -> PartitionResult:
@@ -126,7 +128,8 @@ def process_partition(part: Partition, ctx: WorkerContext, out: Path) -> Partiti
     stats = PartitionStats()
     sstats = stats.source(part.source)
     qlines: list[str] = []
-    good: list[tuple[Record, list[LoadedImage], list]] = []
+    good: list[tuple[Record, list[LoadedImage], RawItem]] = []
+    segs: list[list[Segment]] = []
 
     # 1. validate structure and load images
     for item in part.items:
@@ -139,6 +142,7 @@ def process_partition(part: Partition, ctx: WorkerContext, out: Path) -> Partiti
         try:
             record, notes = check_record(item.value, item.source, item.position, ctx.vopts)
             images = [load_image(p, ctx.iopts) for p in record.images]
+            rendered = ctx.template.render(record, cfg.system_prompt, cfg.label_policy)  # may Reject
         except Reject as r:
             qlines.append(_quarantine_line(item, sid, r.rejection))
             sstats.quarantined[r.rejection.reason] += 1
@@ -146,10 +150,10 @@ def process_partition(part: Partition, ctx: WorkerContext, out: Path) -> Partiti
         if "placeholder_inserted" in notes:
             sstats.placeholder_inserted += 1
         good.append((record, images, item))
+        segs.append(rendered)
 
     # 2. render and tokenize the whole partition at once
-    segs = [ctx.template.render(r, cfg.system_prompt, cfg.label_policy) for r, _, _ in good]
-    toks = ctx.tokenizer.tokenize_batch(segs)
+    toks = ctx.tokenizer.tokenize_batch(segs, ctx.unmask)
 
     # 3. lengths, over-length policy, rows
     cols: dict[str, list] = {f: [] for f in (
@@ -171,7 +175,7 @@ def process_partition(part: Partition, ctx: WorkerContext, out: Path) -> Partiti
             length = len(tok.input_ids) - n_img + sum(image_tokens)
             truncated = True
             sstats.truncated += 1
-        supervised = sum(1 for x in tok.labels if x != IGNORE_INDEX)
+        supervised = tok.supervised
         cols["sample_id"].append(record.sample_id)
         cols["source"].append(record.source)
         cols["input_ids"].append(tok.input_ids)
@@ -189,6 +193,8 @@ def process_partition(part: Partition, ctx: WorkerContext, out: Path) -> Partiti
         sstats.text_tokens += len(tok.input_ids)
         sstats.supervised_tokens += supervised
         sstats.images += len(images)
+
+    stats.observe_partition(part.index, part.source, cols, qlines, ctx.tokenizer.tok)  # for the report
 
     # 4. commit: shard, quarantine part, then the part file (the partition's commit marker)
     table = pa.Table.from_pydict(cols, schema=SHARD_SCHEMA)

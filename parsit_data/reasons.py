@@ -23,6 +23,8 @@ REASONS: dict[str, str] = {
     "special_token_in_text": "text contains a literal control token of the template or tokenizer (e.g. <|im_start|>)",
     "overlong": "the multimodal length exceeds --max-length and cannot be truncated at a turn boundary",
     "duplicate_id": "another record of this build already has this id",
+    "template_mismatch": "the chosen template cannot render the record faithfully (e.g. plain needs one image-caption "
+                         "pair; a tokenizer chat template that trims or rewrites a reply)",
     "bad_field": "a field has the wrong type (e.g. 'image' is not a string or list of strings)",
 }
 

@@ -6,7 +6,7 @@ with a :class:`Rejection` carrying a stable reason code (see :mod:`parsit_data.r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,23 +23,23 @@ ROLE_NAMES: dict[str, Role] = {
 }
 
 
-class Turn(BaseModel):
-    """One normalised turn."""
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One normalised turn (internal: built only by the validator, after it checked the raw turn)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     role: Role
     content: str
 
 
-class Record(BaseModel):
-    """A validated record: the normalised form every later stage works on."""
+@dataclass(slots=True)
+class Record:
+    """A validated record: the normalised form every later stage works on (internal, not parsed)."""
 
-    model_config = ConfigDict(extra="forbid")
     sample_id: str
     source: str
-    position: int = Field(description="1-based line (JSONL) or 0-based index (JSON list) in the source")
+    position: int  # 1-based line (JSONL) or 0-based index (JSON list) in the source
     turns: list[Turn]
-    images: list[str] = Field(default_factory=list)
+    images: list[str] = field(default_factory=list)
 
 
 class QuarantineRecord(BaseModel):

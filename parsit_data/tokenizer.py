@@ -6,6 +6,7 @@ refused by a run that uses another.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -99,7 +100,13 @@ def _config_tokens(folder: Path) -> dict:
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
-    folder = resolve_tokenizer_path(path)
+    """The fast tokenizer of a folder; loaded once per process (it is immutable once loaded)."""
+    return _load_cached(str(resolve_tokenizer_path(path)))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(folder_str: str) -> Tokenizer:
+    folder = Path(folder_str)
     try:
         return Tokenizer.from_file(str(folder / "tokenizer.json"))
     except Exception as exc:  # the Rust error says which field is wrong

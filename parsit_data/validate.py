@@ -7,6 +7,8 @@ reason code and a detail that names the turn. Checks that need the filesystem li
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +24,14 @@ class ValidationOptions:
     control_tokens: frozenset[str] = field(default_factory=frozenset)
     #: Insert a missing <image> at the start of the first user turn instead of quarantining.
     fix_missing_placeholder: bool = False
+
+
+@functools.lru_cache(maxsize=16)
+def _control_pattern(tokens: frozenset[str]) -> re.Pattern | None:
+    """One regex for all control tokens: a single pass over the text instead of one per token."""
+    if not tokens:
+        return None
+    return re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)))
 
 
 def sample_id_of(value: Any, source: str, position: int) -> str:
@@ -55,7 +65,7 @@ def _turn(i: int, t: Any) -> Turn:
         raise Reject("unknown_role", f"turn {i}: role {role!r} is not one of human/gpt/system/user/assistant")
     if not text.strip():
         raise Reject("empty_turn", f"turn {i} ({role}) is empty or whitespace")
-    return Turn(role=norm, content=text)
+    return Turn(norm, text)
 
 
 def _images(value: dict) -> list[str]:
@@ -97,10 +107,12 @@ def check_record(value: Any, source: str, position: int, opts: ValidationOptions
     if not any(t.role == "assistant" for t in body):
         raise Reject("no_assistant_turn", "the conversation has no assistant turn")
 
-    for i, t in enumerate(turns):
-        for tok in opts.control_tokens:
-            if tok in t.content:
-                raise Reject("special_token_in_text", f"turn {i} contains the control token {tok!r}")
+    pattern = _control_pattern(opts.control_tokens)
+    if pattern is not None:
+        for i, t in enumerate(turns):
+            m = pattern.search(t.content)
+            if m:
+                raise Reject("special_token_in_text", f"turn {i} contains the control token {m.group(0)!r}")
 
     images = _images(value)
     n_placeholders = sum(t.content.count(IMAGE_PLACEHOLDER) for t in turns)

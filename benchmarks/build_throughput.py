@@ -1,0 +1,106 @@
+"""Build throughput against the raw batched fast tokenizer, on the same rendered texts, in one run.
+
+    python benchmarks/build_throughput.py [--records 20000] [--repeats 3]
+
+Baseline: ``Tokenizer.encode_batch`` over the fully rendered ChatML texts (what a tokenizer alone costs,
+with no validation, masks, Arrow or files). Build: ``parsit_data.build.build`` end to end on a JSONL
+file of the same records (read, validate, render, tokenize with masks, write shards + manifest).
+Target (issue 2): the build reaches at least 60% of the raw tokenizer's samples/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from parsit_data.build import build  # noqa: E402
+from parsit_data.config import BuildConfig  # noqa: E402
+from parsit_data.tokenizer import bundled_qwen3_tokenizer, load_tokenizer  # noqa: E402
+
+WORDS = ("the report shows revenue growth of percent in the third quarter while costs fell and margins "
+         "improved across all regions except the north where a new plant opened late").split()
+
+
+def make_records(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    recs = []
+    for i in range(n):
+        turns = []
+        for _ in range(rng.choice([1, 1, 2, 3])):
+            q = " ".join(rng.choices(WORDS, k=rng.randint(8, 30))) + "?"
+            a = " ".join(rng.choices(WORDS, k=rng.randint(20, 120))) + "."
+            turns += [{"from": "human", "value": q.capitalize()}, {"from": "gpt", "value": a.capitalize()}]
+        recs.append({"id": f"b{i}", "conversations": turns})
+    return recs
+
+
+def render(rec: dict) -> str:
+    role = {"human": "user", "gpt": "assistant"}
+    text = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    for t in rec["conversations"]:
+        text += f"<|im_start|>{role[t['from']]}\n{t['value']}<|im_end|>\n"
+    return text
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--records", type=int, default=20_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--shard-rows", type=int, default=4096)
+    args = ap.parse_args()
+
+    recs = make_records(args.records)
+    texts = [render(r) for r in recs]
+    tok = load_tokenizer(bundled_qwen3_tokenizer())
+    tmp = Path(tempfile.mkdtemp(prefix="parsit-bench-"))
+    src = tmp / "records.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+    raw_s, build_s, raw_cpu, build_cpu, tokens = [], [], [], [], 0
+    for rep in range(args.repeats):
+        t0, c0 = time.perf_counter(), _cpu()
+        encs = tok.encode_batch(texts, add_special_tokens=False)
+        raw_s.append(time.perf_counter() - t0)
+        raw_cpu.append(_cpu() - c0)
+        tokens = sum(len(e.ids) for e in encs)
+        out = tmp / f"out{rep}"
+        t0, c0 = time.perf_counter(), _cpu()
+        m = build(BuildConfig(inputs=[str(src)], out=str(out), shard_rows=args.shard_rows))
+        build_s.append(time.perf_counter() - t0)
+        build_cpu.append(_cpu() - c0)
+        assert m["totals"]["kept"] == args.records
+        shutil.rmtree(out)
+    shutil.rmtree(tmp)
+
+    raw, bld = statistics.median(raw_s), statistics.median(build_s)
+    rc, bc = statistics.median(raw_cpu), statistics.median(build_cpu)
+    n = args.records
+    print(f"{n} records, {tokens:,} tokens, median of {args.repeats} (all runs: raw {['%.2f' % x for x in raw_s]} s, "
+          f"build {['%.2f' % x for x in build_s]} s); os.getloadavg()={os.getloadavg()}")
+    print(f"| {'':32} | {'samples/s':>10} | {'tokens/s':>12} | {'vs raw':>7} | {'CPU s':>7} | {'vs raw (CPU)':>12} |")
+    print(f"|{'-' * 34}|{'-' * 12}|{'-' * 14}|{'-' * 9}|{'-' * 9}|{'-' * 14}|")
+    print(f"| {'raw encode_batch (baseline)':32} | {n / raw:10,.0f} | {tokens / raw:12,.0f} | {1.0:7.2f} | {rc:7.2f} | {1.0:12.2f} |")
+    print(f"| {'parsit-data build (end to end)':32} | {n / bld:10,.0f} | {tokens / bld:12,.0f} | {raw / bld:7.2f} | "
+          f"{bc:7.2f} | {rc / bc:12.2f} |")
+    print(f"target: build >= 0.60 x raw samples/s (wall) -> {'MET' if raw / bld >= 0.6 else 'NOT MET'} ({raw / bld:.2f})")
+
+
+def _cpu() -> float:
+    """CPU seconds of this process, all threads: steadier than wall time on a loaded machine."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+if __name__ == "__main__":
+    main()
