@@ -335,14 +335,26 @@ class TrainResult:
     stopped_early: bool = False
 
 
-def _dummy_vision_loss(model, pixel_like: torch.Tensor) -> torch.Tensor:
-    """Zero times the projector output of a blank image, so every rank runs the vision path every step.
+def with_blank_image(batch: dict, image_token_id: int, image_size: int, tokens: int) -> dict:
+    """A text-only batch with one blank image appended after the padding (masked out, not supervised).
 
-    A text-only micro-batch on one rank would otherwise skip the vision tower and projector: under ZeRO-3
-    their parameter gathers would hang the other ranks, and under ZeRO-2 their gradients would be missing.
+    Every rank must run the same modules in the same order each micro-step: ZeRO-3 gathers parameters
+    module by module (a rank that skipped the vision tower would pair its gathers with another rank's
+    language-model gathers and corrupt or hang the collective), and ZeRO-2 expects a gradient for every
+    trainable parameter. The appended positions come after every real token and are masked out, so
+    causal attention keeps them from changing any real position; their labels are ignored.
     """
-    feats = model.model.get_image_features(pixel_values=pixel_like).pooler_output
-    return sum(f.sum() for f in feats) * 0.0
+    ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
+    extra = torch.zeros((ids.shape[0], tokens), dtype=ids.dtype)
+    extra_ids = extra.clone()
+    extra_ids[0] = image_token_id
+    return {
+        **batch,
+        "input_ids": torch.cat([ids, extra_ids], dim=1),
+        "labels": torch.cat([labels, torch.full_like(extra, IGNORE_INDEX)], dim=1),
+        "attention_mask": torch.cat([mask, extra], dim=1),
+        "pixel_values": torch.zeros(1, 3, image_size, image_size),
+    }
 
 
 def forward_loss(model, batch: dict, device, dtype) -> torch.Tensor:
@@ -404,6 +416,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
     )
     dtype = torch.bfloat16 if cfg.deepspeed.bf16 else torch.float32
     vc = engine.module.config.vision_config
+    blank_tokens = (vc.image_size // vc.patch_size) ** 2  # "full" feature strategy: every patch
 
     step = resume(engine, cfg, sampler, rank)  # restores the RNG streams too
     if step == 0:
@@ -419,10 +432,9 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
     t_last = time.perf_counter()
     while step < total and not result.stopped_early:
         for batch in loader:
-            loss = forward_loss(engine, batch, engine.device, dtype)
-            if batch["pixel_values"] is None:
-                blank = torch.zeros(1, 3, vc.image_size, vc.image_size, device=engine.device, dtype=dtype)
-                loss = loss + _dummy_vision_loss(engine.module, blank)
+            feed = batch if batch["pixel_values"] is not None else with_blank_image(
+                batch, cfg.model.image_token_id, vc.image_size, blank_tokens)
+            loss = forward_loss(engine, feed, engine.device, dtype)
             engine.backward(loss)
             boundary = engine.is_gradient_accumulation_boundary()
             engine.step()

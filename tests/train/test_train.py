@@ -42,7 +42,7 @@ def _run(cfg_path: Path, nproc: int = 2, stop_after: int | None = None) -> int:
 
 @pytest.fixture(scope="module")
 def build_dir(tmp_path_factory) -> Path:
-    return make_build(tmp_path_factory.mktemp("data"), n=16)
+    return make_build(tmp_path_factory.mktemp("data"), n=12, n_text=4)
 
 
 def _zero2_config(build: Path, out: Path) -> dict:
@@ -75,6 +75,10 @@ def test_zero2_two_ranks_loss_falls(full_run):
     assert all(len(r["sample_ids"]) == 4 for r in recs)
     epoch0 = [s for r in recs[:4] for s in r["sample_ids"]]
     assert len(set(epoch0)) == 16
+    # Some rank's micro-batch was text only while the other rank had images: the vision path still ran
+    # on every rank (otherwise ZeRO would hang or miss gradients).
+    halves = [(r["sample_ids"][:2], r["sample_ids"][2:]) for r in recs]
+    assert any(all(s.startswith("txt-") for s in a) != all(s.startswith("txt-") for s in b) for a, b in halves)
     assert all(r["lr"].keys() == {"projector", "vision_tower", "language_model"} for r in recs)
     assert all(r["tokens_per_s"] > 0 and r["supervised_tokens_per_s"] > 0 for r in recs)
     ckpts = full_run / "checkpoints"
@@ -113,8 +117,12 @@ def test_zero3_two_ranks_bf16_trains_and_exports(build_dir, tmp_path):
         checkpoint={"export_hf": True},
     )
     assert _run(write_config(tmp_path / "train.yaml", cfg)) == 0
-    losses = [r["loss"] for r in _metrics(tmp_path / "out")]
+    recs = _metrics(tmp_path / "out")
+    losses = [r["loss"] for r in recs]
     assert len(losses) == 3 and losses[-1] < losses[0]
+    # One rank had a text-only micro-batch while the other had images (ZeRO-3 gathers must still pair up).
+    assert any(all(s.startswith("txt-") for s in r["sample_ids"][2:]) != all(s.startswith("txt-") for s in r["sample_ids"][:2])
+               for r in recs)
     # The export gathers the ZeRO-3 partitions: it loads and computes the loss the run logged.
     model = LlavaForConditionalGeneration.from_pretrained(str(tmp_path / "out" / "hf"), dtype=torch.float32)
     assert model.config.image_token_id == 151655

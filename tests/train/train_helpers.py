@@ -23,8 +23,9 @@ TINY_LM = {"vocab_size": 151680, "hidden_size": 32, "intermediate_size": 64, "nu
            "max_position_embeddings": 512}
 
 
-def make_build(root: Path, n: int = 16) -> Path:
-    """Build n demo-like records (one image each: 'what colour?' -> the colour) with the real builder."""
+def make_build(root: Path, n: int = 16, n_text: int = 0) -> Path:
+    """Build n demo-like records (one image each: 'what colour?' -> the colour) and n_text text-only ones
+    (ids ``txt-NNN``) with the real builder."""
     from PIL import Image
 
     from parsit_data.build import build
@@ -40,6 +41,11 @@ def make_build(root: Path, n: int = 16) -> Path:
         records.append({"id": f"rec-{i:03d}", "image": f"img{i}.png", "conversations": [
             {"from": "human", "value": "<image>\nWhat colour is this picture?"},
             {"from": "gpt", "value": f"The picture is {color}."}]})
+    for i in range(n_text):
+        color = names[i % len(names)]
+        records.append({"id": f"txt-{i:03d}", "conversations": [
+            {"from": "human", "value": f"Which colour comes after {names[i % len(names) - 1]}?"},
+            {"from": "gpt", "value": f"{color}."}]})
     src = root / "records.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     out = root / "build"
