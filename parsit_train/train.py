@@ -408,7 +408,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
     optimizer = torch.optim.AdamW(groups, lr=max(g["lr"] for g in groups), betas=cfg.optim.betas)
     total = total_steps(cfg, len(sampler))
     factor = lr_factor(cfg, total)
-    engine, optimizer, _, scheduler = deepspeed.initialize(
+    engine, optimizer, _, _scheduler = deepspeed.initialize(  # DeepSpeed steps the scheduler
         model=model,
         optimizer=optimizer,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor),
@@ -447,7 +447,9 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
             # --- one optimizer step done ---
             step += 1
             acc[0] = loss_sum.item()
-            torch.distributed.all_reduce(acc)
+            reduced = acc.to(engine.device)  # NCCL reduces device tensors only
+            torch.distributed.all_reduce(reduced)
+            acc = reduced.cpu()
             now = time.perf_counter()
             grad_norm = engine.get_global_grad_norm()
             rec = {
