@@ -21,14 +21,15 @@ from parsit_data.config import BuildConfig, config_hash
 from parsit_data.constants import (FORMAT_VERSION, IGNORE_INDEX, IMAGE_TOKEN_INDEX, MANIFEST_NAME, PARTS_DIR,
                                    QUARANTINE_NAME, SHARDS_DIR)
 from parsit_data.errors import ParsitError
+from parsit_data.manifest import Manifest
 from parsit_data.pipeline import Partition, PartitionResult, quarantine_part_path, reuse_finished
 from parsit_data.records import Rejection
 from parsit_data.shards import atomic_write_bytes
 from parsit_data.sources import RawItem, SourceSpec, expand_inputs, iter_source
 from parsit_data.stats import PartitionStats
-from parsit_data.templates import LABEL_POLICIES, get_template
+from parsit_data.templates import LABEL_POLICIES, check_template, get_template, template_manifest
 from parsit_data.tokenizer import describe_tokenizer
-from parsit_data.validate import sample_id_of
+from parsit_data.validate import control_tokens_of, sample_id_of
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,10 @@ def build(config: BuildConfig, on_progress=None, on_start=None) -> dict:
     started = time.time()
     if config.label_policy not in LABEL_POLICIES:
         raise ParsitError(f"unknown label policy {config.label_policy!r}: choose one of {', '.join(LABEL_POLICIES)}")
-    template = get_template(config.template)
+    template = get_template(config.template, config.tokenizer)
     tok, tok_info = describe_tokenizer(config.tokenizer, config.pad_token)
+    check_template(template, tok, config.label_policy, config.system_prompt)
+    template_block = template_manifest(template, tok, config.label_policy, config.system_prompt)
     if config.image_root and not Path(config.image_root).is_dir():
         raise ParsitError(f"--image-root {config.image_root} is not a directory")
     specs = expand_inputs(config.inputs, config.seed)
@@ -119,8 +122,7 @@ def build(config: BuildConfig, on_progress=None, on_start=None) -> dict:
         on_start(specs)
 
     # Control tokens of the template and every special token of the tokenizer: never allowed in text.
-    control = frozenset(template.control_tokens) | frozenset(
-        t.content for t in tok.get_added_tokens_decoder().values() if t.special)
+    control = control_tokens_of(template, tok)
 
     results: dict[int, PartitionResult] = {}
 
@@ -139,10 +141,11 @@ def build(config: BuildConfig, on_progress=None, on_start=None) -> dict:
                 yield part
 
     _engine(config.engine, config, specs)(todo(), config, chash, control, out, on_result)
-    return _finalize(out, config, chash, tok_info, template, specs, results, started)
+    return _finalize(out, config, chash, tok_info, template_block, specs, results, started)
 
 
-def _finalize(out: Path, config: BuildConfig, chash: str, tok_info, template, specs, results, started) -> dict:
+def _finalize(out: Path, config: BuildConfig, chash: str, tok_info, template_block: dict, specs, results,
+              started) -> dict:
     indices = sorted(results)
     if indices != list(range(len(indices))):
         raise ParsitError(f"internal: partitions missing from the build: got {indices}")  # a bug, not bad input
@@ -182,7 +185,7 @@ def _finalize(out: Path, config: BuildConfig, chash: str, tok_info, template, sp
         "config": config.output_config(),
         "config_hash": chash,
         "tokenizer": tok_info.to_json(),
-        "template": {**template.describe(config.system_prompt), "label_policy": config.label_policy},
+        "template": template_block,
         "image_token_index": IMAGE_TOKEN_INDEX,
         "ignore_index": IGNORE_INDEX,
         "vision": config.geometry.to_json(),
@@ -197,6 +200,7 @@ def _finalize(out: Path, config: BuildConfig, chash: str, tok_info, template, sp
         "finished_at": datetime.fromtimestamp(finished, timezone.utc).isoformat(),
         "seconds": round(finished - started, 3),
     }
+    Manifest.model_validate(manifest)  # the contract, accounting included; a failure here is a bug
     atomic_write_bytes(out / MANIFEST_NAME, (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
     return manifest
 

@@ -8,9 +8,11 @@ instead of padded with grey.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -90,8 +92,21 @@ class LoadedImage:
     height: int
 
 
+@dataclass(frozen=True)
+class ImageInfo:
+    """What ``parsit-data validate`` learns about an image: the same checks, no bytes kept."""
+
+    rel_path: str
+    width: int
+    height: int
+
+
 def resolve_image_path(rel: str, root: Path | None) -> Path:
-    """The file a record names, or Reject(image_outside_root) — decided before anything is opened."""
+    """The file a record names, or Reject(image_outside_root) -- decided before anything is opened.
+
+    Only path arithmetic and ``realpath`` (which reads links, never opens their targets) happen here;
+    the target's type is checked with ``stat`` so a FIFO or device inside the root is never opened either.
+    """
     if root is None:
         raise Reject("image_missing", f"image {rel!r} given but no --image-root was set")
     if rel == "" or "\x00" in rel:
@@ -101,21 +116,54 @@ def resolve_image_path(rel: str, root: Path | None) -> Path:
         raise Reject("image_outside_root", f"image path {rel!r} is absolute")
     if ".." in pure.parts:
         raise Reject("image_outside_root", f"image path {rel!r} contains '..'")
-    root_real = Path(os.path.realpath(root))
-    candidate = root_real / Path(*pure.parts)
-    real = Path(os.path.realpath(candidate))
-    if real != root_real and root_real not in real.parents:
+    root_real = _real_root(str(root))
+    real = os.path.realpath(os.path.join(root_real, *pure.parts))
+    if real != root_real and not real.startswith(root_real.rstrip(os.sep) + os.sep):
         raise Reject("image_outside_root", f"image path {rel!r} resolves outside the image root (symlink)")
-    if not real.is_file():
-        raise Reject("image_missing", f"image {rel!r} does not exist under {root}")
-    return real
-
-
-def _open_checked(data: bytes, rel: str, opts: ImageOptions) -> Image.Image:
-    if not data:
-        raise Reject("image_unreadable", f"image {rel!r} is an empty file")
     try:
-        img = Image.open(io.BytesIO(data))
+        st = os.stat(real)
+    except OSError:
+        raise Reject("image_missing", f"image {rel!r} does not exist under {root}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise Reject("image_unreadable", f"image {rel!r} is not a regular file")
+    return Path(real)
+
+
+@functools.lru_cache(maxsize=64)
+def _real_root(root: str) -> str:
+    return os.path.realpath(root)
+
+
+def _open_fd(path: Path, rel: str):
+    """Open without following a symlink swapped in after the check (O_NOFOLLOW on the resolved path)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise Reject("image_unreadable", f"image {rel!r} cannot be opened: {exc.strerror}") from None
+    f = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        f.close()
+        raise Reject("image_unreadable", f"image {rel!r} is not a regular file")
+    return f
+
+
+def max_file_bytes(max_pixels: int) -> int:
+    """No image within the pixel limit needs more bytes than this (16-bit RGBA uncompressed, plus 16 MiB of
+    metadata), so a larger file is refused before it is read into memory."""
+    return max_pixels * 8 + (16 << 20)
+
+
+def _open_checked(fp, size: int, rel: str, opts: ImageOptions) -> Image.Image:
+    """Open an image from ``fp`` under every guard; decode its pixels only in ``full`` mode.
+
+    The order matters: the header gives the size; the pixel limit and the minimum side are checked
+    before any decode, so no decode ever runs on an image over the pixel limit (Pillow's own bomb
+    check at open time, ``Image.MAX_IMAGE_PIXELS``, is a second net). ``header`` mode stops there.
+    """
+    if size == 0:
+        raise Reject("image_unreadable", f"image {rel!r} is an empty file (0 bytes)")
+    try:
+        img = Image.open(fp)
         w, h = img.size
     except Image.DecompressionBombError as exc:
         raise Reject("image_too_large", f"image {rel!r}: {exc}") from None
@@ -123,13 +171,15 @@ def _open_checked(data: bytes, rel: str, opts: ImageOptions) -> Image.Image:
         raise Reject("image_unreadable", f"image {rel!r}: {exc}") from None
     if w * h > opts.max_pixels:
         raise Reject("image_too_large", f"image {rel!r} is {w}x{h}, over the {opts.max_pixels}-pixel limit")
+    if opts.min_side and min(w, h) < opts.min_side:
+        raise Reject("image_too_small", f"image {rel!r} is {w}x{h}, shorter side under {opts.min_side}")
     if opts.check == "full":
         try:
             img.load()
-        except Exception as exc:
+        except Image.DecompressionBombError as exc:
+            raise Reject("image_too_large", f"image {rel!r}: {exc}") from None
+        except Exception as exc:  # truncated data, bad compression stream, ...
             raise Reject("image_unreadable", f"image {rel!r} cannot be decoded: {exc}") from None
-    if opts.min_side and min(w, h) < opts.min_side:
-        raise Reject("image_too_small", f"image {rel!r} is {w}x{h}, shorter side under {opts.min_side}")
     return img
 
 
@@ -148,12 +198,22 @@ def _reencode(img: Image.Image, max_side: int) -> bytes:
 
 
 def load_image(rel: str, opts: ImageOptions) -> LoadedImage:
+    """Resolve, read and check one image for the shard (its bytes, re-encoded at ``max_side`` if set).
+
+    Re-encoding needs the pixels, so it decodes even in ``header`` mode; that decode too comes after
+    the pixel limit in :func:`_open_checked`.
+    """
     path = resolve_image_path(rel, opts.root)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise Reject("image_unreadable", f"image {rel!r} cannot be read: {exc.strerror}") from None
-    img = _open_checked(data, rel, opts)
+    with _open_fd(path, rel) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > max_file_bytes(opts.max_pixels):
+            raise Reject("image_too_large", f"image {rel!r} is {size} bytes, more than an image within the "
+                                            f"{opts.max_pixels}-pixel limit can take")
+        try:
+            data = f.read()
+        except OSError as exc:
+            raise Reject("image_unreadable", f"image {rel!r} cannot be read: {exc.strerror}") from None
+    img = _open_checked(io.BytesIO(data), len(data), rel, opts)
     w, h = img.size
     if opts.max_side and max(w, h) > opts.max_side:
         try:
@@ -161,3 +221,15 @@ def load_image(rel: str, opts: ImageOptions) -> LoadedImage:
         except Exception as exc:
             raise Reject("image_unreadable", f"image {rel!r} cannot be decoded: {exc}") from None
     return LoadedImage(rel_path=rel, data=data, width=w, height=h)
+
+
+def inspect_image(rel: str, opts: ImageOptions) -> ImageInfo:
+    """The checks of :func:`load_image` without keeping the bytes: ``header`` mode reads headers only."""
+    path = resolve_image_path(rel, opts.root)
+    with _open_fd(path, rel) as f:
+        try:
+            img = _open_checked(f, os.fstat(f.fileno()).st_size, rel, opts)
+            w, h = img.size
+        except OSError as exc:
+            raise Reject("image_unreadable", f"image {rel!r} cannot be read: {exc.strerror}") from None
+    return ImageInfo(rel_path=rel, width=w, height=h)

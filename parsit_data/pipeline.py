@@ -15,15 +15,15 @@ import pyarrow as pa
 
 from parsit_data.config import BuildConfig
 from parsit_data.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX, PARTS_DIR, SHARD_SCHEMA, SHARDS_DIR, shard_name
-from parsit_data.images import LoadedImage, load_image
+from parsit_data.images import LoadedImage
 from parsit_data.records import QuarantineRecord, Record, Reject, Rejection
 from parsit_data.shards import atomic_write_bytes, sha256_file, write_shard
 from parsit_data.sources import RawItem
 from parsit_data.stats import PartitionStats
-from parsit_data.templates import get_template
+from parsit_data.templates import Segment, get_template
 from parsit_data.tokenize import SegmentTokenizer, Tokenized
 from parsit_data.tokenizer import load_tokenizer
-from parsit_data.validate import ValidationOptions, check_record, sample_id_of
+from parsit_data.validate import ValidationOptions, check_item, sample_id_of
 
 
 @dataclass
@@ -61,7 +61,8 @@ class WorkerContext:
 
     def __post_init__(self):
         self.tokenizer = SegmentTokenizer(load_tokenizer(self.config.tokenizer))
-        self.template = get_template(self.config.template)
+        self.template = get_template(self.config.template, self.config.tokenizer)
+        self.unmask = self.template.unmask_tokens(self.config.label_policy)
         self.vopts = ValidationOptions(self.control_tokens, self.config.fix_missing_placeholder)
         self.iopts = self.config.image_options
         self.geometry = self.config.geometry
@@ -96,7 +97,13 @@ def _quarantine_line(item: RawItem, sample_id: str | None, rej: Rejection) -> st
         detail=rej.detail,
         record=item.value if item.value is not None else item.raw,
     )
-    return json.dumps(q.model_dump(mode="json"), ensure_ascii=False, sort_keys=False)
+    line = json.dumps(q.model_dump(mode="json"), ensure_ascii=False, sort_keys=False)
+    # Characters that str.splitlines() (and other readers) treat as line breaks stay escaped, so that
+    # one rejected record is always exactly one line. They can only occur inside JSON strings here.
+    return line.translate(_LINE_BREAKS_ESCAPED)
+
+
+_LINE_BREAKS_ESCAPED = {c: f"\\u{c:04x}" for c in (0x85, 0x2028, 0x2029)}  # json escapes < 0x20 itself
 
 
 def _truncate(tok: Tokenized, record: Record, image_tokens: list[int], max_length: int) -> tuple[Tokenized, int] | None:
@@ -127,19 +134,16 @@ def process_partition(part: Partition, ctx: WorkerContext, out: Path) -> Partiti
     stats = PartitionStats()
     sstats = stats.source(part.source)
     qlines: list[str] = []
-    good: list[tuple[Record, list[LoadedImage], list]] = []
+    good: list[tuple[Record, list[LoadedImage], RawItem]] = []
+    segs: list[list[Segment]] = []
 
     # 1. validate structure and load images
     for item in part.items:
         sstats.read += 1
         sid = sample_id_of(item.value, item.source, item.position) if item.value is not None else None
-        if item.rejection is not None:
-            qlines.append(_quarantine_line(item, sid, item.rejection))
-            sstats.quarantined[item.rejection.reason] += 1
-            continue
         try:
-            record, notes = check_record(item.value, item.source, item.position, ctx.vopts)
-            images = [load_image(p, ctx.iopts) for p in record.images]
+            record, images, notes = check_item(item, ctx.vopts, ctx.iopts)
+            rendered = ctx.template.render(record, cfg.system_prompt, cfg.label_policy)  # may Reject
         except Reject as r:
             qlines.append(_quarantine_line(item, sid, r.rejection))
             sstats.quarantined[r.rejection.reason] += 1
@@ -147,10 +151,10 @@ def process_partition(part: Partition, ctx: WorkerContext, out: Path) -> Partiti
         if "placeholder_inserted" in notes:
             sstats.placeholder_inserted += 1
         good.append((record, images, item))
+        segs.append(rendered)
 
     # 2. render and tokenize the whole partition at once
-    segs = [ctx.template.render(r, cfg.system_prompt, cfg.label_policy) for r, _, _ in good]
-    toks = ctx.tokenizer.tokenize_batch(segs)
+    toks = ctx.tokenizer.tokenize_batch(segs, ctx.unmask)
 
     # 3. lengths, over-length policy, rows
     cols: dict[str, list] = {f: [] for f in (
@@ -190,6 +194,8 @@ def process_partition(part: Partition, ctx: WorkerContext, out: Path) -> Partiti
         sstats.text_tokens += len(tok.input_ids)
         sstats.supervised_tokens += supervised
         sstats.images += len(images)
+
+    stats.observe_partition(part.index, part.source, cols, qlines, ctx.tokenizer.tok)  # for the report
 
     # 4. commit: shard, quarantine part, then the part file (the partition's commit marker)
     table = pa.Table.from_pydict(cols, schema=SHARD_SCHEMA)

@@ -1,4 +1,9 @@
-"""Quarantine reason codes: stable names (never renamed once released), one line of help each."""
+"""Quarantine reason codes: stable names (never renamed once released), one line of help each.
+
+docs/REASONS.md lists them for users (a test keeps it complete), and ``parsit-data validate`` prints
+the line next to each count. Add new codes at the end; every code needs a test record that triggers
+it (tests/data/test_validate_reasons.py fails otherwise).
+"""
 
 from __future__ import annotations
 
@@ -23,7 +28,9 @@ REASONS: dict[str, str] = {
     "special_token_in_text": "text contains a literal control token of the template or tokenizer (e.g. <|im_start|>)",
     "overlong": "the multimodal length exceeds --max-length and cannot be truncated at a turn boundary",
     "duplicate_id": "another record of this build already has this id",
-    "bad_field": "a field has the wrong type (e.g. 'image' is not a string or list of strings)",
+    "template_mismatch": "the chosen template cannot render the record faithfully (e.g. plain needs one image-caption "
+                         "pair; a tokenizer chat template that trims or rewrites a reply)",
+    "bad_field": "a field has the wrong type ('image' not a string or list of strings, 'id' not a string or integer)",
 }
 
 

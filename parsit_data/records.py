@@ -1,15 +1,21 @@
-"""Typed records at the boundary: pydantic models for what comes from outside.
+"""Typed records at the boundary: pydantic models for what comes from outside and what goes out.
 
-A raw record is validated into a :class:`Record` (normalised turns, images as a list) or rejected
-with a :class:`Rejection` carrying a stable reason code (see :mod:`parsit_data.reasons`).
+Input side: :class:`InputRecord` is the record as users write it (LLaVA's ``from``/``value`` turns or the
+``role``/``content`` spelling); its JSON Schema is ``schemas/sample.schema.json``. Validation
+(:mod:`parsit_data.validate`) runs this model first for structure and types, then the checks a schema
+cannot express (alternation, placeholders, control tokens), and produces a normalised :class:`Record`
+or raises :class:`Reject` with a stable reason code (see :mod:`parsit_data.reasons`).
+
+Output side: :class:`QuarantineRecord` is one line of ``quarantine.jsonl``
+(``schemas/quarantine.schema.json``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Discriminator, Field, Tag
 
 Role = Literal["system", "user", "assistant"]
 
@@ -21,6 +27,79 @@ ROLE_NAMES: dict[str, Role] = {
     "gpt": "assistant",
     "assistant": "assistant",
 }
+
+
+# --- input: the record as written ------------------------------------------------------------------
+
+
+class FromValueTurn(BaseModel):
+    """A turn in LLaVA's spelling: ``{"from": "human" | "gpt" | "system", "value": str}``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+    from_: Literal["human", "gpt", "system"] = Field(alias="from", description="who speaks")
+    value: str = Field(description="the text; each '<image>' is one image placeholder")
+
+    @property
+    def role(self) -> Role:
+        return ROLE_NAMES[self.from_]
+
+    @property
+    def text(self) -> str:
+        return self.value
+
+
+class RoleContentTurn(BaseModel):
+    """A turn in the chat-API spelling: ``{"role": "user" | "assistant" | "system", "content": str}``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    role: Literal["user", "assistant", "system"] = Field(description="who speaks")
+    content: str = Field(description="the text; each '<image>' is one image placeholder")
+
+    @property
+    def text(self) -> str:
+        return self.content
+
+
+def turn_spelling(turn: Any) -> str | None:
+    """Which spelling a raw turn uses (decided by its keys, so errors name the right fields)."""
+    if isinstance(turn, dict):
+        if "from" in turn or "value" in turn:
+            return "from_value"
+        if "role" in turn or "content" in turn:
+            return "role_content"
+    elif isinstance(turn, (FromValueTurn, RoleContentTurn)):
+        return "from_value" if isinstance(turn, FromValueTurn) else "role_content"
+    return None
+
+
+InputTurn = Annotated[
+    Annotated[FromValueTurn, Tag("from_value")] | Annotated[RoleContentTurn, Tag("role_content")],
+    Discriminator(turn_spelling, custom_error_type="bad_turn",
+                  custom_error_message="a turn needs from/value or role/content"),
+]
+
+
+class InputRecord(BaseModel):
+    """One input record (a JSONL line or an element of a JSON list).
+
+    Other top-level fields are allowed and ignored (LLaVA datasets carry e.g. ``source``), except
+    ``video``, which is refused (``video_unsupported``). Beyond this schema, validation requires:
+    turns alternate user/assistant after an optional leading system turn, at least one assistant
+    turn, no empty or whitespace-only text, one ``<image>`` per image (in user turns), and no literal
+    control token of the template or tokenizer.
+    """
+
+    model_config = ConfigDict(extra="allow", strict=True, title="Parsit input record")
+    conversations: list[InputTurn] = Field(
+        min_length=1, validation_alias=AliasChoices("conversations", "messages"),
+        description="the turns, in order ('messages' is accepted as another name)")
+    image: str | list[str] | None = Field(
+        None, validation_alias=AliasChoices("image", "images"),
+        description="image path(s) relative to the image root ('images' is accepted as another name)")
+    id: str | int | None = Field(None, description="the record's id; must be unique within a build")
+
+
+# --- normalised: what later stages work on ---------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,16 +121,19 @@ class Record:
     images: list[str] = field(default_factory=list)
 
 
-class QuarantineRecord(BaseModel):
-    """One line of ``quarantine.jsonl``."""
+# --- output: quarantine -----------------------------------------------------------------------------
 
-    model_config = ConfigDict(extra="forbid")
-    source: str
+
+class QuarantineRecord(BaseModel):
+    """One line of ``quarantine.jsonl``: a rejected record, where it was, and why."""
+
+    model_config = ConfigDict(extra="forbid", title="Parsit quarantine record")
+    source: str = Field(description="source name (as in the manifest's sources)")
     line: int | None = Field(None, description="1-based line number, for JSONL sources")
     index: int | None = Field(None, description="0-based position, for JSON list sources")
-    sample_id: str | None
-    reason: str
-    detail: str
+    sample_id: str | None = Field(description="the record's id, or source:position; null when unparseable")
+    reason: str = Field(description="a stable reason code, see docs/REASONS.md")
+    detail: str = Field(description="what exactly is wrong, naming the turn or image")
     record: Any = Field(description="the original record, untouched, or the raw line when it was not valid JSON")
 
 

@@ -153,21 +153,107 @@ def _iter_jsonl(spec: SourceSpec) -> Iterator[RawItem]:
                 yield RawItem(spec.name, lineno, "line", raw=text.rstrip("\r\n"),
                               rejection=Rejection("invalid_json", f"line {lineno}: {exc}"))
                 continue
+            except RecursionError:  # hostile nesting ([[[[...]]]]) must not end the build
+                value = _TOO_DEEP
+            if value is _TOO_DEEP or (text.count("[") + text.count("{") > MAX_NESTING and _too_deep(value)):
+                yield RawItem(spec.name, lineno, "line", raw=text.rstrip("\r\n"),
+                              rejection=Rejection("invalid_json", f"line {lineno}: nested deeper than {MAX_NESTING}"))
+                continue
             yield RawItem(spec.name, lineno, "line", value=value)
 
 
+#: Deepest nesting of arrays/objects accepted in one record. Real records are ~4 deep; hostile ones
+#: (``[[[[...]]]]``) would otherwise hit recursion limits when parsed or written to the quarantine.
+MAX_NESTING = 200
+_TOO_DEEP = object()
+
+
+def _too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (list, dict)):
+            if d > limit:
+                return True
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return False
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _json_list_items(f, basic_parse=ijson.basic_parse) -> Iterator[Any]:
+    """The elements of a top-level JSON list, built from the C parser's flat events.
+
+    Not ``ijson.items``: its prefix strings make memory grow with the *square* of the nesting depth
+    (a 200 KB ``[[[[...]]]]`` takes gigabytes). Here an element nested deeper than ``MAX_NESTING``
+    is skipped without being built and comes out as ``_TOO_DEEP``; the elements after it are read.
+    """
+    from ijson.common import ObjectBuilder
+
+    depth, builder, skipping = 0, None, False
+    for event, val in basic_parse(f, use_float=True):
+        if event in ("start_map", "start_array"):
+            depth += 1
+            if depth == 1:
+                if event != "start_array":
+                    raise _Malformed("the file is not a JSON list")
+                continue
+            if depth == 2:
+                builder, skipping = ObjectBuilder(), False
+            elif depth > MAX_NESTING + 1 and not skipping:
+                builder, skipping = None, True
+        elif event in ("end_map", "end_array"):
+            depth -= 1
+            if depth == 0:
+                return
+            if depth == 1:
+                if skipping:
+                    yield _TOO_DEEP
+                else:
+                    builder.event(event, val)
+                    yield builder.value
+                builder = None
+                continue
+        elif depth == 1:  # a scalar element
+            yield val
+            continue
+        if not skipping:
+            builder.event(event, val)
+
+
 def _iter_json_list(spec: SourceSpec) -> Iterator[RawItem]:
-    """Stream the elements of a top-level JSON list without loading the file whole."""
+    """Stream the elements of a top-level JSON list without loading the file whole.
+
+    The fast C parser (yajl) refuses integers beyond 64 bits, which are valid JSON; from the element
+    where that happens on, the pure-Python parser takes over, so no valid record is lost to it.
+    """
     index = -1
-    with open(spec.path, "rb") as f:
-        try:
-            for index, value in enumerate(ijson.items(f, "item", use_float=True)):
-                yield RawItem(spec.name, index, "index", value=value)
-        except (ijson.JSONError, UnicodeDecodeError) as exc:
-            # The rest of the file cannot be parsed; say where it broke as one quarantined entry.
-            reason = "non_utf8" if isinstance(exc, UnicodeDecodeError) else "invalid_json"
-            yield RawItem(spec.name, index + 1, "index", raw=None,
-                          rejection=Rejection(reason, f"the JSON list is malformed after element {index}: {exc}"))
+    backend = ijson
+    while True:
+        with open(spec.path, "rb") as f:
+            try:
+                parse = backend.basic_parse
+                for i, value in enumerate(_json_list_items(f, parse)):
+                    if i <= index:  # already yielded before the switch of parser
+                        continue
+                    index = i
+                    if value is _TOO_DEEP:
+                        yield RawItem(spec.name, index, "index", raw=None, rejection=Rejection(
+                            "invalid_json", f"element {index} is nested deeper than {MAX_NESTING}"))
+                    else:
+                        yield RawItem(spec.name, index, "index", value=value)
+                return
+            except (ijson.JSONError, UnicodeDecodeError, _Malformed) as exc:
+                if "integer overflow" in str(exc) and backend is ijson:
+                    backend = ijson.get_backend("python")
+                    continue
+                # The rest of the file cannot be parsed; say where it broke as one quarantined entry.
+                reason = "non_utf8" if isinstance(exc, UnicodeDecodeError) else "invalid_json"
+                yield RawItem(spec.name, index + 1, "index", raw=None,
+                              rejection=Rejection(reason, f"the JSON list is malformed after element {index}: {exc}"))
+                return
 
 
 def _iter_all(spec: SourceSpec) -> Iterator[RawItem]:

@@ -1,13 +1,267 @@
 """Per-partition statistics, merged centrally: the report costs no second pass over the data.
 
-Everything here is a count or a fixed-bin histogram, so merging is addition and the merged result
-does not depend on how records were partitioned or which engine ran them.
+Two kinds of statistics live here:
+
+* :class:`SourceStats`: the counters the manifest carries (read / kept / quarantined by reason ...).
+* :class:`SourceDists`: what the data quality report needs beyond counters: fixed-bin histograms of
+  per-row values, one example per quarantine reason, one rendered example with its supervised parts
+  marked, and 8-byte content digests for exact-duplicate detection.
+
+Everything merges by addition (histogram bins are fixed, so a merged histogram does not depend on how
+records were partitioned or which engine ran them) or by "first in partition order wins" (examples),
+and partitions are merged in index order, which is input order. So a Ray build and a local build,
+or a build with another ``--shard-rows``, give the same merged statistics.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+
+import numpy as np
+
+from parsit_data.constants import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
+
+# ---------------------------------------------------------------------------------------------------
+# Fixed-bin histograms
+# ---------------------------------------------------------------------------------------------------
+
+#: ``int``: integer values >= 0 in log-linear bins (as HDR histograms do): every value below 128 has
+#: its own bin (exact); above, each power of two is cut into 64 equal bins, so a bin is at most 1/64
+#: (1.6 %) of its values wide. ``share``: values in [0, 1] in 100 bins of 0.01.
+INT_EXACT_BELOW = 128
+INT_SUB_BINS = 64
+SHARE_BINS = 100
+SCHEMES = ("int", "share")
+
+
+def int_bin(v: int) -> int:
+    """Bin index of a non-negative integer in the ``int`` scheme."""
+    v = max(int(v), 0)
+    if v < INT_EXACT_BELOW:
+        return v
+    shift = v.bit_length() - 7  # >= 1 here; keeps the top 7 bits: mantissa in [64, 127]
+    return INT_EXACT_BELOW + (shift - 1) * INT_SUB_BINS + ((v >> shift) - INT_SUB_BINS)
+
+
+def int_bin_range(idx: int) -> tuple[int, int]:
+    """Inclusive [lo, hi] of the values in bin ``idx`` of the ``int`` scheme."""
+    if idx < INT_EXACT_BELOW:
+        return idx, idx
+    shift = (idx - INT_EXACT_BELOW) // INT_SUB_BINS + 1
+    m = (idx - INT_EXACT_BELOW) % INT_SUB_BINS + INT_SUB_BINS
+    return m << shift, ((m + 1) << shift) - 1
+
+
+def share_bin(x: float) -> int:
+    return min(max(int(x * SHARE_BINS), 0), SHARE_BINS - 1)
+
+
+def share_bin_range(idx: int) -> tuple[float, float]:
+    return idx / SHARE_BINS, (idx + 1) / SHARE_BINS
+
+
+@dataclass
+class Histogram:
+    """A sparse fixed-bin histogram with exact count, sum, min and max."""
+
+    scheme: str = "int"
+    counts: Counter = field(default_factory=Counter)  # bin index -> count
+    n: int = 0
+    total: float = 0
+    min: float | None = None
+    max: float | None = None
+
+    def add(self, v: float) -> None:
+        self.counts[int_bin(v) if self.scheme == "int" else share_bin(v)] += 1
+        self.n += 1
+        self.total += v
+        self.min = v if self.min is None or v < self.min else self.min
+        self.max = v if self.max is None or v > self.max else self.max
+
+    def merge(self, other: "Histogram") -> None:
+        if other.scheme != self.scheme:
+            raise ValueError(f"cannot merge a {other.scheme} histogram into a {self.scheme} one")
+        self.counts.update(other.counts)
+        self.n += other.n
+        self.total += other.total
+        for v in (other.min, other.max):
+            if v is not None:
+                self.min = v if self.min is None or v < self.min else self.min
+                self.max = v if self.max is None or v > self.max else self.max
+
+    def bin_range(self, idx: int) -> tuple[float, float]:
+        return int_bin_range(idx) if self.scheme == "int" else share_bin_range(idx)
+
+    def bins(self) -> list[tuple[float, float, int]]:
+        """``(lo, hi, count)`` of every non-empty bin, ascending (``hi`` inclusive for ``int``)."""
+        return [(*self.bin_range(i), self.counts[i]) for i in sorted(self.counts) if self.counts[i]]
+
+    def quantile(self, q: float) -> float | None:
+        """Nearest-rank quantile: the upper edge of the bin that holds it, clamped to [min, max].
+
+        Exact for ``int`` values below 128; otherwise at most one bin (1/64 of the value) above the
+        true quantile, never below it. For ``share``, within 0.01 above.
+        """
+        if self.n == 0:
+            return None
+        rank = max(1, int(np.ceil(q * self.n)))
+        seen = 0
+        for lo, hi, c in self.bins():
+            seen += c
+            if seen >= rank:
+                return min(max(hi, self.min), self.max)
+        return self.max
+
+    def count_at_most(self, v: float) -> int:
+        """Rows whose value is <= v, exact when v is a bin's upper edge (any ``int`` v below 128)."""
+        return sum(c for lo, hi, c in self.bins() if hi <= v)
+
+    def to_json(self) -> dict:
+        return {"scheme": self.scheme, "counts": {str(k): v for k, v in sorted(self.counts.items()) if v},
+                "n": self.n, "sum": self.total, "min": self.min, "max": self.max}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Histogram":
+        return cls(d["scheme"], Counter({int(k): v for k, v in d["counts"].items()}), d["n"], d["sum"],
+                   d["min"], d["max"])
+
+
+#: The per-row values the report shows, and their scheme. ``per image`` ones count images, not rows.
+ROW_METRICS: dict[str, str] = {
+    "length": "int",  # multimodal length: text tokens - placeholders + visual tokens
+    "text_tokens": "int",  # len(input_ids), placeholders included
+    "supervised_tokens": "int",
+    "supervised_share": "share",  # supervised / text tokens
+    "turns": "int",
+    "images": "int",  # images per sample
+    "image_width": "int",  # per image, original size
+    "image_height": "int",
+    "image_tokens": "int",  # visual tokens per image
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Report statistics of one source
+# ---------------------------------------------------------------------------------------------------
+
+MAX_DETAIL = 400
+
+
+def content_digest(input_ids, images) -> int:
+    """8-byte digest of a row's content: its ``input_ids`` and its image bytes (length-prefixed)."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(np.asarray(input_ids, dtype="<i4").tobytes())
+    for im in images:
+        b = im if isinstance(im, bytes | bytearray) else str(im).encode()
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return int.from_bytes(h.digest(), "little")
+
+
+def marked_spans(input_ids: list[int], labels: list[int], decode: Callable[[list[int]], str]) -> list[dict]:
+    """Decode a row into runs of ``{"text", "supervised"}``; each -200 is written as ``<image>``.
+
+    Built from the row's own labels, so it shows what training really supervises.
+    """
+    spans: list[dict] = []
+    run: list[int] = []
+    flag = None
+
+    def flush():
+        if run:
+            text = "".join(IMAGE_PLACEHOLDER if isinstance(p, str) else decode(p) for p in _split_images(run))
+            spans.append({"text": text, "supervised": bool(flag)})
+
+    for tid, lab in zip(input_ids, labels):
+        sup = lab != IGNORE_INDEX
+        if sup != flag:
+            flush()
+            run, flag = [], sup
+        run.append(tid)
+    flush()
+    return spans
+
+
+def _split_images(ids: list[int]) -> Iterable:
+    piece: list[int] = []
+    for t in ids:
+        if t == IMAGE_TOKEN_INDEX:
+            if piece:
+                yield piece
+            piece = []
+            yield "image"
+        else:
+            piece.append(t)
+    if piece:
+        yield piece
+
+
+@dataclass
+class SourceDists:
+    """Distributions and examples of one source (merged in partition order)."""
+
+    hists: dict[str, Histogram] = field(default_factory=lambda: {k: Histogram(s) for k, s in ROW_METRICS.items()})
+    #: Image (width, height) pairs in coarse 2-D bins: "wbin,hbin" -> count (``int`` scheme bins).
+    image_sizes: Counter = field(default_factory=Counter)
+    #: reason -> first example {"sample_id", "line", "index", "detail"}
+    reason_examples: dict[str, dict] = field(default_factory=dict)
+    #: One row rendered with its supervised parts marked: {"sample_id", "spans", "images", "score"}.
+    example: dict | None = None
+    #: (partition index, base64 of little-endian uint64 digests of its rows, in row order)
+    digests: list[tuple[int, str]] = field(default_factory=list)
+
+    def merge(self, other: "SourceDists") -> None:
+        for k, h in other.hists.items():
+            self.hists.setdefault(k, Histogram(h.scheme)).merge(h)
+        self.image_sizes.update(other.image_sizes)
+        for r, ex in other.reason_examples.items():
+            self.reason_examples.setdefault(r, ex)
+        if other.example is not None and (self.example is None or other.example["score"] > self.example["score"]):
+            self.example = other.example
+        self.digests.extend(other.digests)
+
+    def digest_array(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(digests, partition index, row in partition) of every kept row."""
+        parts, rows, ds = [], [], []
+        for p, b64 in self.digests:
+            d = np.frombuffer(base64.b64decode(b64), dtype="<u8")
+            ds.append(d)
+            parts.append(np.full(len(d), p, dtype=np.int64))
+            rows.append(np.arange(len(d), dtype=np.int64))
+        if not ds:
+            e = np.zeros(0, dtype=np.int64)
+            return np.zeros(0, dtype="<u8"), e, e
+        return np.concatenate(ds), np.concatenate(parts), np.concatenate(rows)
+
+    def to_json(self) -> dict:
+        return {
+            "hists": {k: h.to_json() for k, h in self.hists.items()},
+            "image_sizes": dict(sorted(self.image_sizes.items())),
+            "reason_examples": dict(sorted(self.reason_examples.items())),
+            "example": self.example,
+            "digests": [list(x) for x in self.digests],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> "SourceDists":
+        s = cls()
+        for k, h in d.get("hists", {}).items():
+            s.hists[k] = Histogram.from_json(h)
+        s.image_sizes = Counter(d.get("image_sizes", {}))
+        s.reason_examples = dict(d.get("reason_examples", {}))
+        s.example = d.get("example")
+        s.digests = [(int(p), b) for p, b in d.get("digests", [])]
+        return s
+
+
+# ---------------------------------------------------------------------------------------------------
+# Manifest counters
+# ---------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -47,9 +301,10 @@ class SourceStats:
 
 @dataclass
 class PartitionStats:
-    """Statistics of one partition, keyed by source name."""
+    """Statistics of one partition (or of a whole merged build), keyed by source name."""
 
     sources: dict[str, SourceStats] = field(default_factory=dict)
+    dists: dict[str, SourceDists] = field(default_factory=dict)
 
     def source(self, name: str) -> SourceStats:
         s = self.sources.get(name)
@@ -57,13 +312,65 @@ class PartitionStats:
             s = self.sources[name] = SourceStats()
         return s
 
+    def dist(self, name: str) -> SourceDists:
+        d = self.dists.get(name)
+        if d is None:
+            d = self.dists[name] = SourceDists()
+        return d
+
     def merge(self, other: "PartitionStats") -> None:
         for name, s in other.sources.items():
             self.source(name).merge(s)
+        for name, d in other.dists.items():
+            self.dist(name).merge(d)
+
+    def observe_partition(self, index: int, source: str, cols: dict[str, list], quarantine_lines: list[str],
+                          tokenizer=None) -> None:
+        """Record the report's statistics of one finished partition: its shard columns and its
+        quarantine lines (JSON of :class:`~parsit_data.records.QuarantineRecord`). One call per partition,
+        after the rows are final, so what is counted is exactly what was written. ``tokenizer`` (a
+        ``tokenizers.Tokenizer``) decodes the example row; without it no example is kept."""
+        d = self.dist(source)
+        h = d.hists
+        digests = np.zeros(len(cols["input_ids"]), dtype="<u8")
+        for i, ids in enumerate(cols["input_ids"]):
+            n_text, sup = len(ids), cols["supervised_tokens"][i]
+            h["length"].add(cols["length"][i])
+            h["text_tokens"].add(n_text)
+            h["supervised_tokens"].add(sup)
+            h["supervised_share"].add(sup / n_text if n_text else 0.0)
+            h["turns"].add(cols["num_turns"][i])
+            h["images"].add(len(cols["images"][i]))
+            for size, vt in zip(cols["image_sizes"][i], cols["num_image_tokens"][i]):
+                w, ht = int(size["width"]), int(size["height"])
+                h["image_width"].add(w)
+                h["image_height"].add(ht)
+                h["image_tokens"].add(vt)
+                d.image_sizes[f"{int_bin(w)},{int_bin(ht)}"] += 1
+            digests[i] = content_digest(ids, cols["images"][i])
+            if tokenizer is not None:
+                # Prefer a row with an image, then one with several rounds, then any supervised one.
+                score = 4 * bool(cols["images"][i]) + 2 * (cols["num_turns"][i] >= 4) + bool(sup)
+                if d.example is None or score > d.example["score"]:
+                    d.example = {"sample_id": cols["sample_id"][i], "score": score,
+                                 "images": len(cols["images"][i]), "length": cols["length"][i],
+                                 "spans": marked_spans(ids, cols["labels"][i], lambda x: tokenizer.decode(
+                                     x, skip_special_tokens=False))}
+        d.digests.append((index, base64.b64encode(digests.tobytes()).decode("ascii")))
+        for line in quarantine_lines:
+            q = json.loads(line)
+            if q["reason"] not in d.reason_examples:
+                detail = q.get("detail") or ""
+                d.reason_examples[q["reason"]] = {
+                    "sample_id": q.get("sample_id"), "line": q.get("line"), "index": q.get("index"),
+                    "detail": detail if len(detail) <= MAX_DETAIL else detail[:MAX_DETAIL] + "...",
+                }
 
     def to_json(self) -> dict:
-        return {"sources": {k: v.to_json() for k, v in self.sources.items()}}
+        return {"sources": {k: v.to_json() for k, v in self.sources.items()},
+                "dists": {k: v.to_json() for k, v in self.dists.items()}}
 
     @classmethod
     def from_json(cls, d: dict) -> "PartitionStats":
-        return cls({k: SourceStats.from_json(v) for k, v in d.get("sources", {}).items()})
+        return cls({k: SourceStats.from_json(v) for k, v in d.get("sources", {}).items()},
+                   {k: SourceDists.from_json(v) for k, v in d.get("dists", {}).items()})

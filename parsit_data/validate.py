@@ -1,8 +1,15 @@
-"""Record validation: structure, roles, turns, placeholders, control tokens.
+"""Record validation: structure, roles, turns, placeholders, control tokens; then the images.
 
 ``check_record`` turns one raw JSON value into a :class:`Record` or raises :class:`Reject` with a
-reason code and a detail that names the turn. Checks that need the filesystem live in
-:mod:`parsit_data.images`; checks that need token counts live in :mod:`parsit_data.tokenize`.
+stable reason code and a detail that names the turn. Structure and types are the pydantic model
+:class:`~parsit_data.records.InputRecord` (whose JSON Schema users can check against); its errors are
+mapped to reason codes here. What a schema cannot say (alternation, whitespace-only text, placeholder
+count, control tokens) is checked after it.
+
+``check_item`` is the one per-record entry point: the build (:mod:`parsit_data.pipeline`) and
+``parsit-data validate`` (:mod:`parsit_data.precheck`) both call it, so they cannot disagree. Checks
+that need token counts (``overlong``) live in the pipeline; ``duplicate_id`` needs the whole build and
+is marked by the driver (:func:`parsit_data.build._partitions`).
 """
 
 from __future__ import annotations
@@ -12,10 +19,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from parsit_data.constants import IMAGE_PLACEHOLDER
-from parsit_data.records import ROLE_NAMES, Record, Reject, Turn
+from pydantic import ValidationError
 
-_RECORD_KEYS_IGNORED = {"id", "image", "images", "conversations", "messages"}
+from parsit_data.constants import IMAGE_PLACEHOLDER
+from parsit_data.images import ImageInfo, ImageOptions, LoadedImage, inspect_image, load_image
+from parsit_data.records import FromValueTurn, InputRecord, Record, Reject, Turn
+from parsit_data.sources import RawItem
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,18 @@ def _control_pattern(tokens: frozenset[str]) -> re.Pattern | None:
     return re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)))
 
 
+def control_tokens_of(template, tokenizer=None) -> frozenset[str]:
+    """The strings text may not contain: the template's control tokens and the tokenizer's specials.
+
+    A literal ``<|im_end|>`` in a record would otherwise either be tokenized as the control token (a
+    turn boundary the author never meant) or, split by the BPE, teach the model to spell it.
+    """
+    tokens = set(template.control_tokens)
+    if tokenizer is not None:
+        tokens |= {t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special}
+    return frozenset(t for t in tokens if t)
+
+
 def sample_id_of(value: Any, source: str, position: int) -> str:
     """The record's own id when it has one, else a stable id from source and position."""
     if isinstance(value, dict):
@@ -43,40 +64,43 @@ def sample_id_of(value: Any, source: str, position: int) -> str:
     return f"{source}:{position}"
 
 
-def _turn(i: int, t: Any) -> Turn:
-    if not isinstance(t, dict):
-        raise Reject("bad_turn", f"turn {i} is {type(t).__name__}, expected an object")
-    if "from" in t or "value" in t:
-        role_key, text_key = "from", "value"
-    elif "role" in t or "content" in t:
-        role_key, text_key = "role", "content"
-    else:
-        raise Reject("bad_turn", f"turn {i} has neither from/value nor role/content")
-    extra = set(t) - {role_key, text_key}
-    if extra:
-        raise Reject("bad_turn", f"turn {i} has unexpected fields {sorted(extra)}")
-    role, text = t.get(role_key), t.get(text_key)
-    if not isinstance(role, str):
-        raise Reject("bad_turn", f"turn {i}: '{role_key}' must be a string")
-    if not isinstance(text, str):
-        raise Reject("bad_turn", f"turn {i}: '{text_key}' must be a string, got {type(text).__name__}")
-    norm = ROLE_NAMES.get(role.strip().lower())
-    if norm is None:
-        raise Reject("unknown_role", f"turn {i}: role {role!r} is not one of human/gpt/system/user/assistant")
-    if not text.strip():
-        raise Reject("empty_turn", f"turn {i} ({role}) is empty or whitespace")
-    return Turn(norm, text)
+def _short(v: Any, n: int = 60) -> str:
+    r = repr(v)
+    return r if len(r) <= n else r[: n - 3] + "..."
 
 
-def _images(value: dict) -> list[str]:
-    img = value.get("image", value.get("images"))
-    if img is None:
-        return []
-    if isinstance(img, str):
-        return [img]
-    if isinstance(img, list) and all(isinstance(x, str) for x in img):
-        return list(img)
-    raise Reject("bad_field", f"'image' must be a string or a list of strings, got {type(img).__name__}")
+def _reject_from(exc: ValidationError) -> Reject:
+    """Map the first pydantic error (errors come in field order) to a reason code."""
+    e = exc.errors(include_url=False)[0]
+    loc, typ, msg = e["loc"], e["type"], e["msg"]
+    top = loc[0] if loc else ""
+    if top in ("conversations", "messages"):
+        if len(loc) == 1:
+            if typ == "too_short":
+                return Reject("empty_conversation", f"'{top}' is an empty list")
+            if typ == "missing":
+                return Reject("missing_conversations", "the record has no 'conversations' list")
+            return Reject("missing_conversations",
+                          f"'{top}' is {type(e['input']).__name__}, expected a list of turns")
+        i = loc[1]
+        if typ == "bad_turn":
+            return Reject("bad_turn", f"turn {i} is {_short(e['input'])}: expected an object with from/value "
+                                      "(or role/content) strings")
+        key = loc[3] if len(loc) > 3 else "?"
+        if typ == "literal_error" and key in ("from", "role") and len(loc) == 4:
+            allowed = "human/gpt/system" if key == "from" else "user/assistant/system"
+            return Reject("unknown_role", f"turn {i}: {key} {_short(e['input'])} is not one of {allowed}")
+        if typ == "extra_forbidden":
+            return Reject("bad_turn", f"turn {i} has an unexpected field {key!r} (turns hold from/value or "
+                                      "role/content only)")
+        if typ == "missing":
+            return Reject("bad_turn", f"turn {i} has no {key!r}")
+        return Reject("bad_turn", f"turn {i}: {key!r}: {msg} (got {type(e['input']).__name__})")
+    if top in ("image", "images"):
+        return Reject("bad_field", f"'{top}' must be a string or a list of strings, got {_short(e['input'])}")
+    if top == "id":
+        return Reject("bad_field", f"'id' must be a string or an integer, got {_short(e['input'])}")
+    return Reject("bad_field", f"{'.'.join(map(str, loc)) or 'record'}: {msg}")  # not reached by today's model
 
 
 def check_record(value: Any, source: str, position: int, opts: ValidationOptions) -> tuple[Record, list[str]]:
@@ -86,25 +110,28 @@ def check_record(value: Any, source: str, position: int, opts: ValidationOptions
         raise Reject("not_an_object", f"the record is a {type(value).__name__}, expected a JSON object")
     if "video" in value:
         raise Reject("video_unsupported", "the record has a 'video' field; video samples are not supported")
-    convs = value.get("conversations", value.get("messages"))
-    if convs is None:
-        raise Reject("missing_conversations", "the record has no 'conversations' list")
-    if not isinstance(convs, list):
-        raise Reject("missing_conversations", f"'conversations' is a {type(convs).__name__}, expected a list")
-    if not convs:
-        raise Reject("empty_conversation", "'conversations' is empty")
-    turns = [_turn(i, t) for i, t in enumerate(convs)]
+    try:
+        rec = InputRecord.model_validate(value)
+    except ValidationError as exc:
+        raise _reject_from(exc) from None
+
+    turns = [Turn(t.role, t.text) for t in rec.conversations]
+    for i, (raw, t) in enumerate(zip(rec.conversations, turns)):
+        if not t.content.strip():
+            said = raw.from_ if isinstance(raw, FromValueTurn) else raw.role
+            raise Reject("empty_turn", f"turn {i} ({said}) is empty or whitespace")
 
     # Roles: an optional leading system turn, then user/assistant alternating, starting with user.
-    body = turns[1:] if turns[0].role == "system" else turns
+    # Ending on a user turn is fine: that turn is simply not supervised.
+    first = 1 if turns[0].role == "system" else 0
+    body = turns[first:]
     if not body:
         raise Reject("no_assistant_turn", "the conversation has only a system turn")
     for i, t in enumerate(body):
         expected = "user" if i % 2 == 0 else "assistant"
         if t.role != expected:
-            at = i + (len(turns) - len(body))
-            raise Reject("not_alternating", f"turn {at} is {t.role}, expected {expected}")
-    if not any(t.role == "assistant" for t in body):
+            raise Reject("not_alternating", f"turn {i + first} is {t.role}, expected {expected}")
+    if len(body) < 2:
         raise Reject("no_assistant_turn", "the conversation has no assistant turn")
 
     pattern = _control_pattern(opts.control_tokens)
@@ -114,12 +141,12 @@ def check_record(value: Any, source: str, position: int, opts: ValidationOptions
             if m:
                 raise Reject("special_token_in_text", f"turn {i} contains the control token {m.group(0)!r}")
 
-    images = _images(value)
+    img = rec.image
+    images = [] if img is None else [img] if isinstance(img, str) else list(img)
     n_placeholders = sum(t.content.count(IMAGE_PLACEHOLDER) for t in turns)
     if images and n_placeholders == 0 and opts.fix_missing_placeholder and len(images) == 1:
         first_user = next(i for i, t in enumerate(turns) if t.role == "user")
-        fixed = Turn(role="user", content=f"{IMAGE_PLACEHOLDER}\n{turns[first_user].content}")
-        turns[first_user] = fixed
+        turns[first_user] = Turn(role="user", content=f"{IMAGE_PLACEHOLDER}\n{turns[first_user].content}")
         n_placeholders = 1
         notes.append("placeholder_inserted")
     if n_placeholders != len(images):
@@ -138,3 +165,18 @@ def check_record(value: Any, source: str, position: int, opts: ValidationOptions
         images=images,
     )
     return record, notes
+
+
+def check_item(item: RawItem, vopts: ValidationOptions, iopts: ImageOptions, *, load: bool = True
+               ) -> tuple[Record, list[LoadedImage] | list[ImageInfo], list[str]]:
+    """Every check of one item that needs no tokenizer; raises :class:`Reject`.
+
+    ``load=True`` (the build) reads each image's bytes for the shard; ``load=False`` (``validate``)
+    runs the same checks on the open file without keeping its bytes.
+    """
+    if item.rejection is not None:  # not JSON, not UTF-8, or a duplicate id: decided upstream
+        raise Reject(item.rejection.reason, item.rejection.detail)
+    record, notes = check_record(item.value, item.source, item.position, vopts)
+    fn = load_image if load else inspect_image
+    images = [fn(p, iopts) for p in record.images]
+    return record, images, notes

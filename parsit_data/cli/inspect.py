@@ -1,0 +1,71 @@
+"""``parsit-data inspect``: one row decoded, supervised tokens highlighted, images with their token counts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+console = Console()
+
+STYLES = {"supervised": "bold black on green", "text": "", "image": "bold magenta"}
+
+
+def inspect_command(
+    build_dir: Annotated[Path, typer.Argument(help="A finished build directory (with manifest.json).",
+                                              show_default=False)],
+    index: Annotated[Optional[int], typer.Option("--index", "-n", help="Row number across all shards, "
+                                                                       "in shard order (default 0).")] = None,
+    sample_id: Annotated[Optional[str], typer.Option("--id", help="The row with this sample_id.")] = None,
+    tokenizer: Annotated[Optional[str], typer.Option(help="Tokenizer folder, when the one the manifest names "
+                                                          "has moved.")] = None,
+    ids: Annotated[bool, typer.Option("--ids", help="Also print every position: id, label, token.")] = False,
+) -> None:
+    """Print one row decoded: supervised text highlighted, each image with its visual token count."""
+    from parsit_data.rowview import load_row
+
+    view = load_row(build_dir, index=index, sample_id=sample_id, tokenizer=tokenizer)
+    tpl = view.template
+    head = Table.grid(padding=(0, 2))
+    head.add_row("row", f"{view.index}  (sample_id {view.sample_id!r}, source {view.source!r})")
+    head.add_row("template", f"{tpl.get('name', '?')}, label policy {tpl.get('label_policy', '?')}")
+    head.add_row("length", f"{view.length} multimodal = {view.num_tokens} text tokens "
+                           f"- {len(view.num_image_tokens)} placeholder(s) + {sum(view.num_image_tokens)} visual")
+    head.add_row("supervised", f"{view.supervised_tokens} tokens{'  (truncated)' if view.truncated else ''}")
+    if view.image_paths:
+        head.add_row("images", ", ".join(f"{p} ({n} tokens)" for p, n in zip(view.image_paths, view.num_image_tokens)))
+    console.print(head)
+    legend = Text("legend: ")
+    legend.append("supervised", STYLES["supervised"])
+    legend.append("  not supervised  ")
+    legend.append("<image k: N visual tokens>", STYLES["image"])
+    console.print(legend)
+    console.rule()
+    body = Text()
+    for p in view.pieces:
+        body.append(p.text, STYLES[p.kind])
+    console.print(body, highlight=False, markup=False)
+    console.rule()
+    if ids:
+        from parsit_data.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(tokenizer or _manifest_tokenizer(build_dir))
+        t = Table("pos", "id", "label", "token")
+        for k, (x, y) in enumerate(zip(view.input_ids, view.labels)):
+            token = "<image>" if x == -200 else repr(tok.decode([x], skip_special_tokens=False))
+            t.add_row(str(k), str(x), str(y), token, style="green" if y != -100 else None)
+        console.print(t)
+
+
+def _manifest_tokenizer(build_dir: Path) -> str:
+    import json
+
+    return json.loads((build_dir / "manifest.json").read_text())["tokenizer"]["path"]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("inspect")(inspect_command)

@@ -1,0 +1,156 @@
+"""``manifest.json`` as a pydantic model: the contract a build hands to the trainer.
+
+:func:`parsit_data.build.build` validates the manifest it is about to write through :class:`Manifest`
+(so a build can never publish a manifest that breaks its own contract, the accounting invariant
+above all), and readers can call :func:`load_manifest`. The JSON Schema is
+``schemas/manifest.schema.json``; docs/FORMAT.md describes the same thing in prose.
+
+Models allow extra keys: a newer Parsit may add fields, and a reader of this version must still
+accept its manifests (the format version says when something incompatible changed).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from parsit_data.constants import FORMAT_VERSION
+from parsit_data.errors import ParsitError
+
+_OPEN = ConfigDict(extra="allow")
+
+
+class TokenizerEntry(BaseModel):
+    """The tokenizer the shards were built with; the trainer refuses a different one."""
+
+    model_config = _OPEN
+    path: str
+    sha256: str = Field(description="parsit_data.tokenizer.fingerprint of the tokenizer folder")
+    vocab_size: int = Field(gt=0)
+    pad_token: str = Field(min_length=1)
+    pad_token_id: int = Field(ge=0)
+    eos_token: str | None
+    eos_token_id: int | None
+
+
+class VisionEntry(BaseModel):
+    model_config = _OPEN
+    image_size: int = Field(gt=0)
+    patch_size: int = Field(gt=0)
+    aspect: str
+    tokens_per_image: int = Field(gt=0, description="visual tokens per crop: (image_size // patch_size) ** 2")
+    grid_pinpoints: list[tuple[int, int]]
+
+
+class SourceEntry(BaseModel):
+    """One input source: where it came from, how it was sampled, and what became of its records."""
+
+    model_config = _OPEN
+    name: str
+    path: str
+    format: str = Field(description="jsonl or json")
+    sampling: str = Field(description="LLaVA-NeXT sampling strategy: all, first:N[%], end:N[%], random:N[%]")
+    seed: int
+    sha256: str
+    read: int = Field(ge=0, description="records read (after sampling), including ones that were not JSON")
+    kept: int = Field(ge=0, description="rows written to the shards")
+    quarantined: dict[str, int] = Field(description="lines of quarantine.jsonl by reason code")
+    truncated: int = Field(ge=0, description="kept rows cut at a turn boundary to fit --max-length")
+    placeholder_inserted: int = Field(0, ge=0, description="kept rows whose missing <image> was inserted")
+    tokens: int = Field(ge=0, description="multimodal tokens of the kept rows")
+    text_tokens: int = Field(0, ge=0)
+    supervised_tokens: int = Field(0, ge=0)
+    images: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _accounting(self) -> "SourceEntry":
+        q = sum(self.quarantined.values())
+        if self.read != self.kept + q:
+            raise ValueError(f"source {self.name!r}: read {self.read} != kept {self.kept} + quarantined {q}")
+        if any(v < 0 for v in self.quarantined.values()):
+            raise ValueError(f"source {self.name!r}: negative quarantine count")
+        return self
+
+
+class Totals(BaseModel):
+    model_config = _OPEN
+    read: int = Field(ge=0)
+    kept: int = Field(ge=0)
+    quarantined: int = Field(ge=0)
+    truncated: int = Field(ge=0)
+    tokens: int = Field(ge=0)
+    supervised_tokens: int = Field(0, ge=0)
+    images: int = Field(0, ge=0)
+
+
+class ShardEntry(BaseModel):
+    model_config = _OPEN
+    path: str = Field(description="relative to the build directory, e.g. shards/shard-00000.arrow")
+    rows: int = Field(ge=0)
+    bytes: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Timing(BaseModel):
+    model_config = _OPEN
+    started_at: str
+    finished_at: str
+    seconds: float
+
+
+class Manifest(BaseModel):
+    """``DIR/manifest.json``: written last, atomically; a build directory without it is unfinished."""
+
+    model_config = ConfigDict(extra="allow", title="Parsit build manifest")
+    format_version: int = Field(description="bumped on incompatible changes to shards or manifest")
+    parsit_version: str
+    config: dict[str, Any] = Field(description="every output-deciding build option")
+    config_hash: str = Field(description="sha256 of config plus tokenizer and input fingerprints")
+    tokenizer: TokenizerEntry
+    template: dict[str, Any] = Field(description="template name, label_policy, system prompt, turn format")
+    image_token_index: int = Field(description="the id of one image placeholder in input_ids (-200)")
+    ignore_index: int = Field(description="the label of an unsupervised position (-100)")
+    vision: VisionEntry
+    sources: list[SourceEntry]
+    totals: Totals
+    shards: list[ShardEntry]
+    timing: Timing | None = Field(None, description="the only part that differs between identical builds")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Manifest":
+        t = self.totals
+        for key in ("read", "kept", "truncated", "tokens"):
+            s = sum(getattr(src, key) for src in self.sources)
+            if getattr(t, key) != s:
+                raise ValueError(f"totals.{key} is {getattr(t, key)} but the sources add up to {s}")
+        q = sum(sum(src.quarantined.values()) for src in self.sources)
+        if t.quarantined != q:
+            raise ValueError(f"totals.quarantined is {t.quarantined} but the sources add up to {q}")
+        rows = sum(s.rows for s in self.shards)
+        if rows != t.kept:
+            raise ValueError(f"the shards hold {rows} rows but totals.kept is {t.kept}")
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"source names are not unique: {names}")
+        return self
+
+
+def load_manifest(build_dir: str | Path) -> Manifest:
+    """Read and validate ``DIR/manifest.json``; a clear error when it is missing, foreign or broken."""
+    path = Path(build_dir) / "manifest.json"
+    if not path.is_file():
+        raise ParsitError(f"{path} does not exist: {build_dir} is not a finished build (run parsit-data build)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ParsitError(f"{path} is not readable JSON: {exc}") from None
+    if isinstance(data, dict) and data.get("format_version") not in (None, FORMAT_VERSION):
+        raise ParsitError(f"{path} has format_version {data.get('format_version')}; this Parsit reads "
+                          f"version {FORMAT_VERSION}: rebuild with this version")
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise ParsitError(f"{path} is not a valid Parsit manifest: {exc}") from None

@@ -1,0 +1,77 @@
+"""The data quality report of a build: ``report.json`` (the :class:`Report` model) and ``report.html``.
+
+Both come from the manifest and the merged per-partition statistics: a build writes them at its end
+(``parsit_data.build`` calls :func:`write_report`), and :func:`regenerate` rewrites them later from
+``DIR/manifest.json`` and ``DIR/_parts/part-*.json`` without reading the shards again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from parsit_data.constants import MANIFEST_NAME, PARTS_DIR, REPORT_HTML_NAME, REPORT_JSON_NAME
+from parsit_data.errors import ParsitError
+from parsit_data.report.compute import Thresholds, build_report
+from parsit_data.report.model import Report
+from parsit_data.shards import atomic_write_bytes
+from parsit_data.stats import PartitionStats
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Report", "Thresholds", "build_report", "load_stats", "regenerate", "render_html", "write_report"]
+
+
+def render_html(report: Report, title: str = "") -> str:
+    from parsit_data.report.html import render_html as _render
+
+    return _render(report, title)
+
+
+def write_report(out: Path, manifest: dict, stats: PartitionStats) -> Report:
+    """Compute the report and write ``report.json`` and ``report.html`` into ``out`` (atomically)."""
+    out = Path(out)
+    report = build_report(manifest, stats, out)
+    data = json.dumps(report.model_dump(mode="json"), indent=1, ensure_ascii=False) + "\n"
+    atomic_write_bytes(out / REPORT_JSON_NAME, data.encode())
+    atomic_write_bytes(out / REPORT_HTML_NAME, render_html(report, str(out)).encode())
+    log.info("report written to %s", out / REPORT_HTML_NAME)
+    return report
+
+
+def load_stats(out: Path, manifest: dict) -> PartitionStats:
+    """Merge the statistics the partitions of a finished build left in ``DIR/_parts``, in partition order."""
+    stats = PartitionStats()
+    for i, shard in enumerate(manifest.get("shards", [])):
+        pp = Path(out) / PARTS_DIR / f"part-{i:05d}.json"
+        try:
+            meta = json.loads(pp.read_text())
+        except FileNotFoundError:
+            raise ParsitError(f"{pp} is missing: the report is made from the per-partition statistics a build keeps "
+                              "in _parts/; run the same `parsit-data build` again (it reuses the finished shards "
+                              "and rewrites the report)") from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ParsitError(f"{pp} is not readable JSON ({exc}): run the same `parsit-data build` again") from None
+        if meta.get("config_hash") != manifest.get("config_hash") or meta.get("shard", {}).get("sha256") != shard.get(
+                "sha256"):
+            raise ParsitError(f"{pp} belongs to another build than {Path(out) / MANIFEST_NAME}: run the same "
+                              "`parsit-data build` again to bring them back in step")
+        if "dists" not in meta.get("stats", {}):
+            log.warning("%s was written by a Parsit without report statistics: distributions will be empty", pp)
+        stats.merge(PartitionStats.from_json(meta["stats"]))
+    return stats
+
+
+def regenerate(out: Path) -> Report:
+    """Rewrite ``report.json`` and ``report.html`` of a finished build, without rebuilding."""
+    out = Path(out)
+    mp = out / MANIFEST_NAME
+    if not mp.is_file():
+        raise ParsitError(f"{out} is not a finished build (no {MANIFEST_NAME}): run `parsit-data build ... --out {out}`")
+    try:
+        manifest = json.loads(mp.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ParsitError(f"{mp} is not readable JSON: {exc}") from None
+    manifest.pop("timing", None)  # added after the report was written at build time
+    return write_report(out, manifest, load_stats(out, manifest))

@@ -1,0 +1,160 @@
+"""Rows to a padded batch: image placeholders expanded, attention from lengths, nothing over max_length.
+
+A row stores each image as ONE placeholder id (-200) and ``num_image_tokens[j]`` says how many visual
+tokens image ``j`` becomes. The collator repeats the model's image token id (Qwen3: ``<|image_pad|>``,
+151655) that many times, with label -100 on each, which is what ``LlavaForConditionalGeneration``
+expects: it scatters one image feature per image token, in order.
+
+Padding is on the right with the explicit pad id; labels are padded with -100; ``attention_mask`` is
+built from each row's length, never from ``input_ids != pad_id``: with pad = eos (a common choice), a
+mask derived from ids would hide every real eos and the model would never learn to stop.
+
+Length policy: ERROR, never truncation. A row longer than ``max_length`` after expansion raises a
+ParsitError naming the sample (the dataset already refuses such builds at open, so this only fires on an
+inconsistent build). Truncating here could cut an image's tokens apart, and the build already had the
+chance to truncate at a turn boundary.
+
+Example (pad 151643, image token 151655, 2 tokens per image)::
+
+    row    input_ids [151644, -200, 198, 9707, 151645]  labels [-100, -100, -100, 9707, 151645]
+    batch  input_ids [151644, 151655, 151655, 198, 9707, 151645, 151643, ...]
+           labels    [-100,   -100,   -100,   -100, 9707, 151645, -100, ...]
+           attention [1, 1, 1, 1, 1, 1, 0, ...]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import get_worker_info
+
+from parsit_data.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from parsit_data.errors import ParsitError
+
+
+def expand_images(
+    input_ids: np.ndarray, labels: np.ndarray, num_image_tokens: Sequence[int], image_token_id: int, sample_id: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Replace each -200 by ``num_image_tokens[j]`` copies of ``image_token_id`` (labels -100)."""
+    where = np.flatnonzero(input_ids == IMAGE_TOKEN_INDEX)
+    if where.size != len(num_image_tokens):
+        raise ParsitError(
+            f"sample {sample_id!r} has {where.size} image placeholders but {len(num_image_tokens)} image token "
+            "counts: the shard is inconsistent, rebuild it"
+        )
+    if where.size == 0:
+        return input_ids.astype(np.int64), labels.astype(np.int64)
+    repeats = np.ones(input_ids.shape[0], dtype=np.int64)
+    repeats[where] = np.asarray(num_image_tokens, dtype=np.int64)
+    labels = labels.astype(np.int64)
+    labels[where] = IGNORE_INDEX
+    ids = np.repeat(input_ids.astype(np.int64), repeats)
+    ids[ids == IMAGE_TOKEN_INDEX] = image_token_id
+    return ids, np.repeat(labels, repeats)
+
+
+def _empty_pixels(shape: tuple[int, ...]) -> torch.Tensor:
+    """A float32 tensor; in a DataLoader worker, allocated in shared memory (as ``default_collate`` does)
+    so that handing the batch to the main process does not copy it once more."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.float32)
+    strides = tuple(int(math.prod(shape[i + 1 :])) for i in range(len(shape)))
+    storage = torch.UntypedStorage._new_shared(int(math.prod(shape)) * 4)
+    return torch.empty(0, dtype=torch.float32).set_(storage, 0, shape, strides)
+
+
+class Collator:
+    """Callable for ``DataLoader(collate_fn=...)`` over :class:`ShardDataset` items.
+
+    Returns ``input_ids`` / ``labels`` (int64 [B, T]), ``attention_mask`` (int64 [B, T]),
+    ``pixel_values`` (float32 [crops in batch, 3, S, S] or None), ``sample_ids`` (list[str]),
+    ``num_tokens`` (real, unpadded tokens) and ``num_supervised`` (labels != -100), for throughput logs.
+    """
+
+    def __init__(
+        self,
+        pad_token_id: int,
+        image_token_id: int,
+        max_length: int,
+        image_processor=None,
+        pad_to_multiple_of: int | None = None,
+    ) -> None:
+        if image_token_id < 0:
+            raise ParsitError(f"image_token_id {image_token_id} is not a vocabulary id: pass the model's image token id")
+        if image_token_id == pad_token_id:
+            raise ParsitError("image_token_id equals pad_token_id: the model could not tell images from padding")
+        self.pad_token_id = int(pad_token_id)
+        self.image_token_id = int(image_token_id)
+        self.max_length = int(max_length)
+        self.image_processor = image_processor
+        self.tokens_per_crop = image_processor.tokens_per_image if image_processor is not None else None
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def _check_crops(self, item: dict) -> None:
+        if self.tokens_per_crop is None or "crops_per_image" not in item:
+            return
+        for j, (crops, tokens) in enumerate(zip(item["crops_per_image"], item["num_image_tokens"], strict=True)):
+            if crops * self.tokens_per_crop != tokens:
+                raise ParsitError(
+                    f"sample {item['sample_id']!r}: the build counted {tokens} visual tokens for image {j}, the "
+                    f"image processor made {crops} crops x {self.tokens_per_crop} tokens; the vision geometry of "
+                    "the run and of the build disagree"
+                )
+
+    def _pixels(self, crops: list[np.ndarray]) -> torch.Tensor | None:
+        if not crops:
+            return None
+        n = sum(c.shape[0] for c in crops)
+        _, h, w, _ = crops[0].shape
+        out = _empty_pixels((n, 3, h, w))
+        view, k = out.numpy(), 0
+        for c in crops:
+            self.image_processor.normalise(c, out=view[k : k + c.shape[0]])
+            k += c.shape[0]
+        return out
+
+    def __call__(self, items: Sequence[dict]) -> dict:
+        seqs, crops = [], []
+        for item in items:
+            sid = item["sample_id"]
+            if item["num_image_tokens"] and (item.get("image_crops") is None or self.image_processor is None):
+                raise ParsitError(f"sample {sid!r} has images but no pixels: give the dataset and the collator the "
+                                  "run's ImageProcessor")
+            self._check_crops(item)
+            ids, labels = expand_images(
+                np.asarray(item["input_ids"]), np.asarray(item["labels"]), item["num_image_tokens"],
+                self.image_token_id, sid,
+            )
+            if ids.shape[0] > self.max_length:
+                raise ParsitError(
+                    f"sample {sid!r} has {ids.shape[0]} tokens with its images expanded, over max_length="
+                    f"{self.max_length}; the loader does not truncate: rebuild with --max-length {self.max_length}"
+                )
+            seqs.append((ids, labels))
+            if item.get("image_crops") is not None:
+                crops.append(item["image_crops"])
+        width = max(s[0].shape[0] for s in seqs)
+        if self.pad_to_multiple_of:
+            m = self.pad_to_multiple_of
+            width = min(self.max_length, -(-width // m) * m)
+        bsz = len(seqs)
+        input_ids = torch.full((bsz, width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((bsz, width), IGNORE_INDEX, dtype=torch.long)
+        attention = torch.zeros((bsz, width), dtype=torch.long)
+        for b, (ids, lab) in enumerate(seqs):
+            n = ids.shape[0]
+            input_ids[b, :n] = torch.from_numpy(ids)
+            labels[b, :n] = torch.from_numpy(lab)
+            attention[b, :n] = 1
+        return {
+            "input_ids": input_ids,
+            "labels": labels,
+            "attention_mask": attention,
+            "pixel_values": self._pixels(crops),
+            "sample_ids": [it["sample_id"] for it in items],
+            "num_tokens": int(attention.sum()),
+            "num_supervised": int((labels != IGNORE_INDEX).sum()),
+        }

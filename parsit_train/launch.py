@@ -1,0 +1,153 @@
+"""Starting the rank processes: torchrun (one node or several) or Ray Train (a Ray cluster).
+
+Both paths end in :func:`parsit_train.train.train` on every rank. The config is validated here, in the
+launching process, so a typo is reported once, before any worker starts.
+
+torchrun is started as ``python -m torch.distributed.run`` with the same interpreter (no reliance on a
+``torchrun`` script on PATH), in its own process group, so a timeout ends it and every worker it started.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from parsit_data.errors import ParsitError
+from parsit_train.config import load_config
+
+log = logging.getLogger(__name__)
+
+# Environment every worker gets unless the caller set it: offline hub, no tokenizer thread pools that
+# fight the ranks for cores, and the CPU accelerator when there is no GPU.
+_WORKER_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@dataclass
+class LaunchSpec:
+    config: Path
+    nproc: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    timeout_s: float | None = None
+    stop_after: int | None = None
+    overrides: tuple[str, ...] = ()
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:  # pragma: no cover - torch is a dependency of the train extra
+        return False
+
+
+def worker_env(base: dict | None = None) -> dict:
+    env = dict(os.environ if base is None else base)
+    for key, value in _WORKER_ENV.items():
+        env.setdefault(key, value)
+    if not _has_cuda():
+        env.setdefault("DS_ACCELERATOR", "cpu")
+    # Workers import parsit from the same tree as the launcher (a checkout run without installing).
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def torchrun_command(spec: LaunchSpec) -> list[str]:
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run",
+        f"--nproc-per-node={spec.nproc}",
+        f"--nnodes={spec.nnodes}",
+        f"--node-rank={spec.node_rank}",
+        f"--master-addr={spec.master_addr}",
+        f"--master-port={spec.master_port}",
+        "-m", "parsit_train.cli.main", "train", "--config", str(spec.config),
+    ]
+    if spec.stop_after is not None:
+        cmd += ["--stop-after", str(spec.stop_after)]
+    for item in spec.overrides:
+        cmd += ["--set", item]
+    return cmd
+
+
+def launch(spec: LaunchSpec) -> int:
+    """Validate the config, start ``nproc`` ranks on this node with torchrun, wait; returns the exit code."""
+    if spec.nproc < 1 or spec.nnodes < 1 or not 0 <= spec.node_rank < spec.nnodes:
+        raise ParsitError(f"bad launch geometry: nproc={spec.nproc}, nnodes={spec.nnodes}, node_rank={spec.node_rank}")
+    load_config(spec.config, list(spec.overrides))  # fail here, once, not in every worker
+    cmd = torchrun_command(spec)
+    log.info("starting: %s", " ".join(cmd))
+    proc = subprocess.Popen(cmd, env=worker_env(), start_new_session=True)
+    try:
+        return proc.wait(timeout=spec.timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        raise ParsitError(f"training did not finish within {spec.timeout_s:.0f}s; it was stopped (raise --timeout)") from None
+    except KeyboardInterrupt:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait()
+        raise
+
+
+# --- Ray Train ------------------------------------------------------------------------------------------
+def _ray_worker(loop_config: dict) -> None:
+    """One Ray Train worker: Ray has set up torch.distributed; expose it the way DeepSpeed expects."""
+    import ray.train
+
+    from parsit_train.train import train
+
+    ctx = ray.train.get_context()
+    os.environ.update({
+        "RANK": str(ctx.get_world_rank()),
+        "WORLD_SIZE": str(ctx.get_world_size()),
+        "LOCAL_RANK": str(ctx.get_local_rank()),
+        "LOCAL_WORLD_SIZE": str(ctx.get_local_world_size()),
+    })
+    for key, value in loop_config["env"].items():
+        os.environ.setdefault(key, value)
+    cfg = load_config(loop_config["config"], loop_config["overrides"])
+    result = train(cfg, stop_after=loop_config["stop_after"])
+    ray.train.report({"steps": result.steps, "last_loss": result.losses[-1] if result.losses else None})
+
+
+def launch_ray(spec: LaunchSpec, address: str | None, use_gpu: bool | None = None) -> dict:
+    """Run ``nproc`` workers with Ray Train's TorchTrainer (``address`` None: a local embedded Ray).
+
+    The config path must be readable at the same path on every worker (shared storage), and
+    ``output_dir`` should be shared storage too: every rank writes its part of a checkpoint there.
+    """
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    cfg = load_config(spec.config, list(spec.overrides))
+    gpu = _has_cuda() if use_gpu is None else use_gpu
+    env = {k: v for k, v in worker_env().items() if k in {*_WORKER_ENV, "DS_ACCELERATOR", "PYTHONPATH"}}
+    if not ray.is_initialized():
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+    trainer = TorchTrainer(
+        _ray_worker,
+        train_loop_config={"config": str(Path(spec.config).resolve()), "overrides": list(spec.overrides),
+                           "stop_after": spec.stop_after, "env": env},
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=spec.nproc, use_gpu=gpu),
+        run_config=RunConfig(name=cfg.run_name, storage_path=str(cfg.output_dir / "ray")),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise ParsitError(f"Ray Train run failed: {result.error}")
+    # Ray Train keeps reported metrics with checkpoints only; the run's own record is metrics.jsonl.
+    return {"output_dir": str(cfg.output_dir), **dict(result.metrics or {})}

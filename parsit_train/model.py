@@ -1,0 +1,278 @@
+"""Model assembly: transformers' own LLaVA (SigLIP tower + mlp2x_gelu projector + Qwen3), parts and groups.
+
+Why transformers' classes rather than a hand-written architecture: the exported folder then loads with
+``LlavaForConditionalGeneration.from_pretrained`` anywhere (vLLM, TGI, the HF hub) with no conversion.
+``LlavaMultiModalProjector`` is exactly LLaVA's ``mlp2x_gelu`` (linear, GELU, linear).
+
+SigLIP has no CLS token, so the feature select strategy is ``full`` (``default`` would drop a real
+patch). The pooling head of SigLIP (``vision_use_head``) is never used by LLaVA, so it is not built: a
+parameter that never gets a gradient is dead weight in the optimizer and the checkpoint.
+
+The three parts (``projector``, ``vision_tower``, ``language_model``) are frozen or unfrozen here,
+before the DeepSpeed engine exists, identically on every rank; the optimizer groups carry one learning
+rate per part.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    Qwen3Config,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
+
+from parsit_data.errors import ParsitError
+from parsit_train.config import PARTS, ModelConfig
+
+log = logging.getLogger(__name__)
+
+PROJECTOR_FILE = "projector.safetensors"
+# Parameter-name prefixes of each part inside LlavaForConditionalGeneration (transformers 5.x layout).
+_PREFIXES = {
+    "projector": "model.multi_modal_projector.",
+    "vision_tower": "model.vision_tower.",
+}
+
+
+def part_of(name: str) -> str:
+    """The part a parameter belongs to: everything that is not vision or projector is the LM (lm_head too)."""
+    for part, prefix in _PREFIXES.items():
+        if name.startswith(prefix):
+            return part
+    return "language_model"
+
+
+# --- configs --------------------------------------------------------------------------------------------
+def _vision_config(spec) -> SiglipVisionConfig:
+    if spec.config is not None:
+        cfg = SiglipVisionConfig(**spec.config)
+    else:
+        cfg = AutoConfig.from_pretrained(str(spec.path))
+        cfg = getattr(cfg, "vision_config", cfg)  # a full SiglipModel folder carries vision_config
+        if not isinstance(cfg, SiglipVisionConfig):
+            raise ParsitError(f"{spec.path} is not a SigLIP vision tower (config type {type(cfg).__name__})")
+    cfg.vision_use_head = False
+    return cfg
+
+
+def _text_config(spec) -> Qwen3Config:
+    if spec.config is not None:
+        return Qwen3Config(**spec.config)
+    cfg = AutoConfig.from_pretrained(str(spec.path))
+    if not isinstance(cfg, Qwen3Config):
+        raise ParsitError(f"{spec.path} is not a Qwen3 language model (config type {type(cfg).__name__})")
+    return cfg
+
+
+def llava_config(mcfg: ModelConfig) -> LlavaConfig:
+    vc, tc = _vision_config(mcfg.vision_tower), _text_config(mcfg.language_model)
+    tokens = (vc.image_size // vc.patch_size) ** 2
+    return LlavaConfig(
+        vision_config=vc,
+        text_config=tc,
+        image_token_index=mcfg.image_token_id,
+        image_seq_length=tokens,
+        projector_hidden_act="gelu",
+        vision_feature_select_strategy="full",
+        vision_feature_layer=mcfg.vision_feature_layer,
+        tie_word_embeddings=bool(getattr(tc, "tie_word_embeddings", False)),
+    )
+
+
+# --- building -------------------------------------------------------------------------------------------
+def _load_part(module: torch.nn.Module, state: dict, what: str, source: Path) -> None:
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing:
+        raise ParsitError(f"{source}: the {what} checkpoint lacks {len(missing)} weights (e.g. {missing[0]})")
+    if unexpected:
+        log.info("%s: ignored %d weights not used by LLaVA (e.g. %s)", source, len(unexpected), unexpected[0])
+
+
+def build_model(mcfg: ModelConfig) -> LlavaForConditionalGeneration:
+    """The LLaVA model in fp32 on CPU (DeepSpeed casts and places it)."""
+    if mcfg.init_from is not None:
+        if not (mcfg.init_from / "config.json").is_file():
+            raise ParsitError(f"model.init_from {mcfg.init_from} has no config.json: give a LLaVA export folder")
+        model = LlavaForConditionalGeneration.from_pretrained(
+            str(mcfg.init_from), dtype=torch.float32, attn_implementation=mcfg.attn_implementation
+        )
+        if model.config.image_token_id != mcfg.image_token_id:
+            raise ParsitError(
+                f"{mcfg.init_from} uses image token id {model.config.image_token_id} but model.image_token_id "
+                f"is {mcfg.image_token_id}: they must agree with the collator"
+            )
+    else:
+        cfg = llava_config(mcfg)
+        cfg._attn_implementation = mcfg.attn_implementation
+        model = LlavaForConditionalGeneration(cfg)
+        if mcfg.vision_tower.path is not None:
+            tower = SiglipVisionModel.from_pretrained(str(mcfg.vision_tower.path), dtype=torch.float32)
+            _load_part(model.model.vision_tower, tower.state_dict(), "vision tower", mcfg.vision_tower.path)
+            del tower
+        if mcfg.language_model.path is not None:
+            lm = AutoModelForCausalLM.from_pretrained(str(mcfg.language_model.path), dtype=torch.float32)
+            _load_part(model.model.language_model, lm.model.state_dict(), "language model", mcfg.language_model.path)
+            if not model.config.tie_word_embeddings:
+                model.lm_head.load_state_dict(lm.lm_head.state_dict())
+            del lm
+        if model.config.tie_word_embeddings:
+            model.tie_weights()
+    if mcfg.projector_weights is not None:
+        load_projector(model, mcfg.projector_weights)
+    if mcfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    return model
+
+
+def fill_vision_geometry(mcfg: ModelConfig, vision: dict) -> None:
+    """An inline (tiny) vision config without image_size/patch_size takes the build's geometry.
+
+    A pretrained tower has its own geometry; a mismatch is refused by :func:`check_compatibility`.
+    """
+    spec = mcfg.vision_tower
+    if spec is None or spec.config is None:
+        return
+    for key in ("image_size", "patch_size"):
+        if key not in spec.config and key in vision:
+            spec.config[key] = int(vision[key])
+
+
+def check_compatibility(model: LlavaForConditionalGeneration, vision: dict, vocab_size: int) -> None:
+    """Refuse a model whose vision geometry or vocabulary disagrees with the shards' manifest."""
+    vc = model.config.vision_config
+    problems = []
+    for key in ("image_size", "patch_size"):
+        if key in vision and int(vision[key]) != int(getattr(vc, key)):
+            problems.append(f"{key}: shards {vision[key]}, vision tower {getattr(vc, key)}")
+    if problems:
+        raise ParsitError(
+            "the vision tower does not match the geometry the shards were built for ("
+            + "; ".join(problems)
+            + "): rebuild the data with this tower's --image-size/--patch-size, or use a matching tower"
+        )
+    lm_vocab = model.config.text_config.vocab_size
+    if lm_vocab < vocab_size:
+        raise ParsitError(
+            f"the language model's vocabulary ({lm_vocab}) is smaller than the tokenizer's ({vocab_size}): "
+            "use a model built for this tokenizer (or set vocab_size >= the tokenizer size)"
+        )
+    if model.config.image_token_id >= lm_vocab:
+        raise ParsitError(f"image token id {model.config.image_token_id} is outside the vocabulary ({lm_vocab})")
+
+
+# --- parts, report, optimizer groups --------------------------------------------------------------------
+def set_trainable(model: torch.nn.Module, parts: list[str]) -> None:
+    """Freeze everything, then unfreeze the listed parts (before the engine is built, on every rank)."""
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise ParsitError(f"unknown trainable part(s) {sorted(unknown)}: choose from {list(PARTS)}")
+    for name, p in model.named_parameters():
+        p.requires_grad_(part_of(name) in parts)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ParsitError("nothing is trainable: list at least one of projector, vision_tower, language_model")
+
+
+def _numel(p: torch.nn.Parameter) -> int:
+    # Under ZeRO-3 a partitioned parameter is an empty tensor; ds_numel is its full size.
+    return int(getattr(p, "ds_numel", p.numel()))
+
+
+@dataclass
+class PartCount:
+    part: str
+    trainable: int
+    total: int
+
+
+def parameter_report(model: torch.nn.Module) -> list[PartCount]:
+    counts = {part: PartCount(part, 0, 0) for part in PARTS}
+    for name, p in model.named_parameters():
+        c = counts[part_of(name)]
+        n = _numel(p)
+        c.total += n
+        if p.requires_grad:
+            c.trainable += n
+    return list(counts.values())
+
+
+def format_report(rows: list[PartCount]) -> str:
+    lines = [f"{'part':<16}{'trainable':>14}{'total':>14}"]
+    for r in rows + [PartCount("all", sum(r.trainable for r in rows), sum(r.total for r in rows))]:
+        lines.append(f"{r.part:<16}{r.trainable:>14,}{r.total:>14,}")
+    return "\n".join(lines)
+
+
+def param_groups(model: torch.nn.Module, lrs: dict[str, float], weight_decay: float) -> list[dict]:
+    """One group per trainable part (and decay/no-decay split), each with its own learning rate.
+
+    Biases and norm weights (1-D tensors) get no weight decay, the usual convention. Each group keeps a
+    ``part`` key so the loop can log per-part learning rates and tests can check them.
+    """
+    buckets: dict[tuple[str, bool], list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = weight_decay > 0 and p.ndim >= 2
+        buckets.setdefault((part_of(name), decay), []).append(p)
+    groups = []
+    for (part, decay), params in sorted(buckets.items()):
+        groups.append(
+            {"params": params, "lr": lrs[part], "weight_decay": weight_decay if decay else 0.0, "part": part}
+        )
+    if not groups:
+        raise ParsitError("nothing is trainable: list at least one of projector, vision_tower, language_model")
+    return groups
+
+
+# --- projector export -----------------------------------------------------------------------------------
+def projector_state(model: LlavaForConditionalGeneration) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.model.multi_modal_projector.state_dict().items()}
+
+
+def save_projector(state: dict[str, torch.Tensor], config: LlavaConfig, path: Path) -> Path:
+    from safetensors.torch import save_file
+
+    meta = {
+        "format": "parsit.projector.v1",
+        "projector": "mlp2x_gelu",
+        "vision_hidden_size": str(config.vision_config.hidden_size),
+        "text_hidden_size": str(config.text_config.hidden_size),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return path
+
+
+def load_projector(model: LlavaForConditionalGeneration, path: Path) -> None:
+    """Load a projector export into a model, refusing one made for other hidden sizes."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / PROJECTOR_FILE
+    if not path.is_file():
+        raise ParsitError(f"no projector weights at {path}: give the projector.safetensors of a pretrain run")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    want = (str(model.config.vision_config.hidden_size), str(model.config.text_config.hidden_size))
+    have = (meta.get("vision_hidden_size"), meta.get("text_hidden_size"))
+    if have != want:
+        raise ParsitError(f"{path} is a projector for hidden sizes {have}, this model needs {want}")
+    state = load_file(str(path))
+    proj = model.model.multi_modal_projector
+    ref = proj.state_dict()
+    state = {k: v.to(ref[k].dtype) if k in ref else v for k, v in state.items()}
+    proj.load_state_dict(state, strict=True)

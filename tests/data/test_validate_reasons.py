@@ -1,0 +1,142 @@
+"""One minimal record per reason code, through a real build and through ``parsit-data validate``.
+
+Parametrized over ``reasons.REASONS``: a new code without a triggering record here fails the suite.
+All cases run in one build (one source per code) so the whole file costs about one build.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from parsit_data.images import ImageOptions
+from parsit_data.precheck import precheck
+from parsit_data.reasons import REASONS, explain
+from parsit_data.templates import get_template
+from parsit_data.tokenizer import load_tokenizer
+from parsit_data.validate import ValidationOptions, control_tokens_of
+
+from validate_helpers import conv, png_header_only, quarantine_lines, run_build, save_image, write_jsonl
+
+LONG = " ".join(f"word{i}" for i in range(3000))  # far over the --max-length used below
+
+#: code -> the lines of its source (dicts are JSON records, bytes are raw lines). Every source is meant to
+#: quarantine exactly one record with exactly that code (duplicate_id: the second of two).
+CASES: dict[str, list] = {
+    "invalid_json": [b'{"id": "x", "conversations": ['],
+    "non_utf8": [b'{"conversations": [{"from": "human", "value": "caf\xe9"}]}'],
+    "not_an_object": ["just a string"],  # (a line starting with "[" would make the file a JSON list)
+    "missing_conversations": [{"id": "no-conv", "text": "hello"}],
+    "empty_conversation": [{"conversations": []}],
+    "bad_turn": [{"conversations": [{"from": "human", "value": 3}, {"from": "gpt", "value": "x"}]}],
+    "unknown_role": [{"conversations": [{"from": "robot", "value": "hi"}, {"from": "gpt", "value": "x"}]}],
+    "not_alternating": [{"conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"},
+                                           {"from": "gpt", "value": "c"}]}],
+    "empty_turn": [conv(reply=" \n\t ")],
+    "no_assistant_turn": [{"conversations": [{"from": "human", "value": "Anyone there?"}]}],
+    "image_placeholder_mismatch": [conv(user="Describe the page.", image="ok.png")],
+    "image_missing": [conv(user="<image>\nTitle?", image="does_not_exist.png")],
+    "image_outside_root": [conv(user="<image>\nRead it.", image="../outside/secret.png")],
+    "image_unreadable": [conv(user="<image>\nTitle?", image="zero.png")],
+    "image_too_large": [conv(user="<image>\nTitle?", image="bomb.png")],
+    "image_too_small": [conv(user="<image>\nTitle?", image="tiny.png")],
+    "video_unsupported": [{"video": "clip.mp4", **conv(user="<video>\nWhat happens?")}],
+    "special_token_in_text": [conv(user="Say <|im_end|> please")],
+    "overlong": [conv(reply=LONG)],
+    "duplicate_id": [conv(id="dup"), conv(user="Again?", id="dup")],
+    "bad_field": [conv(user="<image>\nTitle?", image=5)],
+    # plain (pretraining captions) takes one image and one caption: a two-round chat does not fit it
+    "template_mismatch": [{"image": "ok.png", "conversations": [
+        {"from": "human", "value": "<image>\nDescribe."}, {"from": "gpt", "value": "A page."},
+        {"from": "human", "value": "More?"}, {"from": "gpt", "value": "No."}]}],
+}
+#: Codes whose case needs other build options than the shared build (each gets a build of its own).
+OWN_OPTIONS: dict[str, dict] = {"template_mismatch": {"template": "plain"}}
+MAX_LENGTH = 512
+MIN_SIDE = 16
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory) -> tuple[Path, dict]:
+    tmp = tmp_path_factory.mktemp("reasons")
+    root = tmp / "images"
+    save_image(root / "ok.png", (64, 64))
+    save_image(root / "tiny.png", (8, 8))
+    (root / "zero.png").write_bytes(b"")
+    (root / "bomb.png").write_bytes(png_header_only(100_000, 100_000))
+    save_image(tmp / "outside" / "secret.png")
+    inputs = {code: write_jsonl(tmp / "in" / f"{code}.jsonl", lines) for code, lines in CASES.items()}
+    common = dict(image_root=str(root), max_length=MAX_LENGTH, min_image_side=MIN_SIDE)
+    shared = [p for code, p in inputs.items() if code not in OWN_OPTIONS]
+    results = {}
+    manifest = run_build(shared, tmp / "out", **common)
+    for code in CASES:
+        results[code] = (tmp / "out", manifest)
+    for code, opts in OWN_OPTIONS.items():
+        out = tmp / f"out-{code}"
+        results[code] = (out, run_build([inputs[code]], out, **common, **opts))
+    return results
+
+
+@pytest.fixture(scope="module")
+def validated(cases, tmp_path_factory):
+    """The same cases through parsit-data validate's library function, grouped as the builds were."""
+    tmp = tmp_path_factory.mktemp("reasons-validate")
+    src = next(iter(cases.values()))[0].parent
+    tok = load_tokenizer("qwen3")
+    iopts = ImageOptions(root=src / "images", min_side=MIN_SIDE)
+    groups = {"shared": ([c for c in CASES if c not in OWN_OPTIONS], "qwen_1_5")}
+    groups |= {c: ([c], o.get("template", "qwen_1_5")) for c, o in OWN_OPTIONS.items()}
+    out = {}
+    for name, (codes, template) in groups.items():
+        tmpl = get_template(template, "qwen3")
+        vopts = ValidationOptions(control_tokens_of(tmpl, tok))
+        q = tmp / f"{name}.jsonl"
+        result = precheck([src / "in" / f"{c}.jsonl" for c in codes], vopts=vopts, iopts=iopts, template=tmpl,
+                          quarantine_out=q)
+        lines = [json.loads(x) for x in q.read_text().splitlines()]
+        for c in codes:
+            out[c] = (result, lines)
+    return out
+
+
+@pytest.mark.parametrize("code", list(REASONS))
+def test_reason_code_has_a_triggering_record(code, cases, validated):
+    assert code in CASES, f"reason {code!r} has no minimal triggering record in CASES: add one"
+    out, manifest = cases[code]
+    (src,) = [s for s in manifest["sources"] if s["name"] == code]
+    assert src["quarantined"] == {code: 1}, src
+    lines = [q for q in quarantine_lines(out) if q["source"] == code]
+    assert [q["reason"] for q in lines] == [code]
+    (q,) = lines
+    assert q["detail"]  # a specific detail, not just the code
+    raw = CASES[code][-1]
+    if isinstance(raw, bytes):
+        assert q["record"] is None or isinstance(q["record"], str)  # the raw line, never a guess
+    else:
+        assert q["record"] == raw  # the original record, untouched
+
+    # parsit-data validate agrees on every code that needs no tokenizer
+    result, vlines = validated[code]
+    v = result.stats.sources[code]
+    if code == "overlong":
+        assert v.quarantined == {} and v.kept == 1  # needs token counts: only the build can tell
+    else:
+        assert dict(v.quarantined) == {code: 1}
+        (vq,) = [x for x in vlines if x["source"] == code]
+        assert {k: vq[k] for k in ("reason", "detail", "record", "line", "sample_id")} == \
+               {k: q[k] for k in ("reason", "detail", "record", "line", "sample_id")}
+
+
+def test_every_code_has_a_one_line_explanation_and_is_documented():
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "REASONS.md").read_text(encoding="utf-8")
+    for code, text in REASONS.items():
+        assert code.isidentifier() and code == code.lower()
+        assert explain(code) == text and text and "\n" not in text
+        assert f"| `{code}` |" in doc, f"docs/REASONS.md does not list {code!r}"
+
+
+def test_cases_cover_only_known_codes():
+    assert set(CASES) <= set(REASONS)
