@@ -6,7 +6,6 @@ UTF-8 (they carry the rejection), so that ``read = kept + quarantined`` holds fo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
@@ -20,6 +19,7 @@ import yaml
 
 from parsit_data.errors import ParsitError
 from parsit_data.records import Rejection
+from parsit_data.shards import sha256_file
 
 _STRATEGY = re.compile(r"^(all|first:\d+%?|end:\d+%?|random:\d+%?)$")
 
@@ -59,14 +59,6 @@ class SourceSpec:
         }
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _detect_format(path: Path) -> str:
     """``json`` when the first non-blank byte opens a list, else ``jsonl``."""
     with open(path, "rb") as f:
@@ -99,7 +91,7 @@ def expand_inputs(inputs: list[str | Path], seed: int = 0) -> list[SourceSpec]:
             s.name = f"{s.name}-{n}"
         s.seed = seed * 1_000_003 + i
         s.format = _detect_format(s.path)
-        s.sha256 = file_sha256(s.path)
+        s.sha256 = sha256_file(s.path)
     return specs
 
 

@@ -21,7 +21,6 @@ Why it looks like this:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import mmap
@@ -40,11 +39,11 @@ from parsit_data.constants import (
     SHARD_SCHEMA,
 )
 from parsit_data.errors import ParsitError
+from parsit_data.shards import sha256_file
 from parsit_data.tokenizer import fingerprint, resolve_tokenizer_path
 
 log = logging.getLogger(__name__)
 
-_HASH_CHUNK = 8 << 20
 # The columns a row needs at train time; the others (source, paths, counts) stay on disk.
 _ROW_COLUMNS = ("sample_id", "input_ids", "labels", "num_image_tokens", "images", "image_sizes")
 
@@ -69,14 +68,6 @@ class BuildInfo:
     @property
     def pad_token_id(self) -> int:
         return int(self.manifest["tokenizer"]["pad_token_id"])
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_manifest(root: str | Path) -> dict:
