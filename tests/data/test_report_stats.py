@@ -43,6 +43,22 @@ def test_quantiles_are_within_one_bin_above_and_merge_equals_whole(seed):
     assert whole.quantile(1.0) == values.max() and whole.min == values.min() and whole.n == len(values)
 
 
+def test_add_many_equals_one_add_per_value():
+    rng = np.random.default_rng(3)
+    edges = [v for k in range(7, 40) for v in (2**k - 1, 2**k, 2**k + 1)]  # where the bin width doubles
+    ints = [0, 1, 127, 128, 129, -5, *edges, *rng.lognormal(8, 2, 2000).astype(int).tolist()]
+    shares = [0.0, 1.0, 0.01, 0.0099999, 0.995, *rng.random(500).tolist(), *[s / n for s, n in zip(
+        rng.integers(0, 50, 300).tolist(), rng.integers(50, 400, 300).tolist())]]
+    for scheme, values in (("int", ints), ("share", shares)):
+        one, many = Histogram(scheme), Histogram(scheme)
+        for v in values:
+            one.add(v)
+        many.add_many(values[:7])
+        many.add_many(values[7:])
+        many.add_many([])
+        assert many.to_json() == one.to_json(), scheme
+
+
 def test_share_histogram_and_zero_count():
     h = Histogram("share")
     for x in (0.0, 0.0, 0.25, 0.5, 1.0):
