@@ -14,6 +14,7 @@ A label policy may also name tokens that are supervised wherever they occur (``l
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from tokenizers import Tokenizer
@@ -43,6 +44,7 @@ class SegmentTokenizer:
         self._special: dict[str, int] = {}
         self._cache: dict[str, list[int]] = {}
         self._one: dict[str, int | None] = {}
+        self._pool: ThreadPoolExecutor | None = None
 
     def special_id(self, token: str) -> int:
         tid = self._special.get(token)
@@ -53,19 +55,11 @@ class SegmentTokenizer:
             self._special[token] = tid
         return tid
 
-    def _encode_pieces(self, pieces: set[str]) -> dict[str, list[int]]:
-        todo = [p for p in pieces if p not in self._cache]
-        out = {p: self._cache[p] for p in pieces if p in self._cache}
-        if todo:
-            # encode_batch_fast skips character offsets, which Parsit never needs.
-            encode = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)
-            encs = encode(todo, add_special_tokens=False)
-            for p, e in zip(todo, encs):
-                ids = e.ids
-                out[p] = ids
-                if len(p) <= _CACHE_MAX_CHARS and len(self._cache) < _CACHE_MAX_ENTRIES:
-                    self._cache[p] = ids
-        return out
+    def _encode(self, todo: list[str]) -> list[list[int]]:
+        # encode_batch_fast skips character offsets, which Parsit never needs. It runs in Rust and
+        # releases the GIL, so a submitted batch overlaps the Python work on the next one.
+        encode = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)
+        return [e.ids for e in encode(todo, add_special_tokens=False)]
 
     def token_id(self, text: str) -> int:
         """The id of ``text`` when the tokenizer encodes it as exactly one token."""
@@ -79,42 +73,77 @@ class SegmentTokenizer:
 
     def tokenize_batch(self, batch: list[list[Segment]], unmask: tuple[str, ...] = ()) -> list[Tokenized]:
         """Tokenize each segment list; ``unmask``: tokens supervised wherever they occur (policy rule)."""
+        return self.submit(batch, unmask).result()
+
+    def submit(self, batch: list[list[Segment]], unmask: tuple[str, ...] = ()) -> "PendingBatch":
+        """Start encoding ``batch`` in the background; ``.result()`` assembles ids and labels.
+
+        The pieces (text between control tokens and placeholders) that the cache does not hold are
+        encoded on this tokenizer's own thread while the caller goes on (validating the next chunk,
+        assembling the previous one). Results do not depend on the overlap: a piece encodes the same
+        whether it comes from the cache, this batch or another one.
+        """
         unmask_ids = frozenset(self.token_id(t) for t in unmask)
-        pieces: set[str] = set()
+        cache, special = self._cache, self._special
+        todo: dict[str, None] = {}  # ordered set: the same pieces in the same order every run
         for segs in batch:
-            for s in segs:
-                if not s.special:
-                    for p in s.text.split(IMAGE_PLACEHOLDER):
-                        if p:
-                            pieces.add(p)
-        enc = self._encode_pieces(pieces)
+            for text, is_special, _, _ in segs:
+                if is_special:
+                    if text not in special:
+                        self.special_id(text)  # an unknown control token fails here, in the caller
+                elif IMAGE_PLACEHOLDER in text:
+                    for p in text.split(IMAGE_PLACEHOLDER):
+                        if p and p not in cache:
+                            todo[p] = None
+                elif text and text not in cache:
+                    todo[text] = None
+        pieces = list(todo)
+        if not pieces:
+            future: Future = Future()
+            future.set_result([])
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parsit-encode")
+            future = self._pool.submit(self._encode, pieces)
+        return PendingBatch(self, batch, unmask_ids, pieces, future)
+
+    def _assemble(self, batch: list[list[Segment]], unmask_ids: frozenset[int], fresh: dict[str, list[int]]
+                  ) -> list[Tokenized]:
+        """Ids and labels of each segment list; a piece is in ``fresh`` (this batch) or the cache."""
         out: list[Tokenized] = []
-        special = self._special
+        special, cache, get = self._special, self._cache, fresh.get
         for segs in batch:
             ids: list[int] = []
-            labels: list[int] = []
+            add, add_one = ids.extend, ids.append
+            spans: list[list[int]] = []  # supervised [start, end) runs, adjacent segments merged
             turn_ends: dict[int, int] = {}
-            supervised = 0
             for text, is_special, is_supervised, turn in segs:
+                start = len(ids)
                 if is_special:
-                    tid = special.get(text)
-                    new = [tid if tid is not None else self.special_id(text)]
+                    add_one(special[text])
                 elif IMAGE_PLACEHOLDER in text:
-                    new = []
                     for k, p in enumerate(text.split(IMAGE_PLACEHOLDER)):
                         if k:
-                            new.append(IMAGE_TOKEN_INDEX)
+                            add_one(IMAGE_TOKEN_INDEX)
                         if p:
-                            new.extend(enc[p])
-                else:
-                    new = enc[text] if text else []
-                ids.extend(new)
-                if is_supervised:
-                    labels.extend(new)
-                    supervised += len(new)
-                else:
-                    labels.extend([IGNORE_INDEX] * len(new))
-                turn_ends[turn] = len(ids)
+                            e = get(p)
+                            add(e if e is not None else cache[p])
+                elif text:
+                    e = get(text)
+                    add(e if e is not None else cache[text])
+                end = len(ids)
+                if is_supervised and end > start:
+                    if spans and spans[-1][1] == start:
+                        spans[-1][1] = end
+                    else:
+                        spans.append([start, end])
+                turn_ends[turn] = end
+            # Labels: -100 everywhere, then the supervised runs copied from the ids (slices run in C).
+            labels = [IGNORE_INDEX] * len(ids)
+            supervised = 0
+            for start, end in spans:
+                labels[start:end] = ids[start:end]
+                supervised += end - start
             if unmask_ids:
                 for k, x in enumerate(ids):
                     if x in unmask_ids and labels[k] == IGNORE_INDEX:
@@ -122,6 +151,24 @@ class SegmentTokenizer:
                         supervised += 1
             out.append(Tokenized(ids, labels, turn_ends, supervised))
         return out
+
+
+class PendingBatch:
+    """A batch whose pieces are being encoded; :meth:`result` waits for them and builds the rows."""
+
+    def __init__(self, owner: SegmentTokenizer, batch, unmask_ids, pieces, future: Future):
+        self._owner, self._batch, self._unmask_ids = owner, batch, unmask_ids
+        self._pieces, self._future = pieces, future
+
+    def result(self) -> list[Tokenized]:
+        owner = self._owner
+        encoded = self._future.result()
+        cache = owner._cache
+        fresh = dict(zip(self._pieces, encoded))
+        for p, ids in fresh.items():
+            if len(p) <= _CACHE_MAX_CHARS and len(cache) < _CACHE_MAX_ENTRIES:
+                cache[p] = ids
+        return owner._assemble(self._batch, self._unmask_ids, fresh)
 
 
 def check_segmentable(tok: Tokenizer) -> None:
