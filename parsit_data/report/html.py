@@ -59,10 +59,10 @@ def _pct(v: float) -> str:
     return f"{v * 100:.1f}%"
 
 
-def _img(png: bytes, alt: str, caption: str = "") -> str:
-    b64 = base64.b64encode(png).decode("ascii")
+def _img(svg: bytes, alt: str, caption: str = "") -> str:
+    b64 = base64.b64encode(svg).decode("ascii")
     cap = f"<figcaption>{escape(caption)}</figcaption>" if caption else ""
-    return f'<figure><img alt="{escape(alt)}" src="data:image/png;base64,{b64}">{cap}</figure>'
+    return f'<figure><img alt="{escape(alt)}" src="data:image/svg+xml;base64,{b64}">{cap}</figure>'
 
 
 def _table(headers: list[str], rows: list[list], numeric: set[int] = frozenset()) -> str:
@@ -242,7 +242,8 @@ def render_html(r: Report, title: str = "") -> str:
     add('<div class="grid">'
         + hist("length", "multimodal length = text tokens - placeholders + visual tokens; the limit applies to it",
                s.max_length)
-        + hist("text_tokens", "tokens in input_ids (each image placeholder counts 1)")
+        + (hist("text_tokens", "tokens in input_ids (each image placeholder counts 1)") if s.images else
+           "<figure><p class=muted>text tokens: the same as the multimodal length (no images)</p></figure>")
         + hist("supervised_tokens", "tokens whose label is not -100")
         + hist("supervised_share", "supervised tokens / text tokens, per sample")
         + hist("turns", "turns per sample (system turn included)") + "</div>")
@@ -251,7 +252,7 @@ def render_html(r: Report, title: str = "") -> str:
     # Images
     add('<section id="images"><h2>Images</h2>')
     add(_quantiles(r, ["images", "image_width", "image_height", "image_tokens"]))
-    grid = hist("images", "images per sample")
+    grid = hist("images", "images per sample") if s.images else "<p>No kept row has an image.</p>"
     if r.image_sizes:
         grid += _img(plots.image_sizes(r.image_sizes), "image sizes", "each point is a 2-D size bin; area ~ count")
         grid += hist("image_width") + hist("image_height")
@@ -275,7 +276,7 @@ def render_html(r: Report, title: str = "") -> str:
                  _n(m.kept_samples), _pct(m.achieved_samples_share), f"{m.delta_samples_share * 100:+.1f} pt",
                  _pct(m.achieved_tokens_share), _pct(m.achieved_supervised_share)] for m in r.mixture],
                set(range(2, 9))))
-    if r.mixture:
+    if len(r.mixture) > 1:  # one source: every share is 100%, nothing to draw
         add(_img(plots.mixture(r.mixture), "mixture", "requested = the records each sampling strategy selected; "
                  "achieved = after quarantine"))
     add("</section>")

@@ -1,4 +1,8 @@
-"""Plots for the HTML report: matplotlib (Agg backend) figures, returned as PNG bytes to inline.
+"""Plots for the HTML report: matplotlib figures, returned as SVG bytes to inline.
+
+SVG rather than PNG: vector (sharp at any zoom) and about half the drawing time, since nothing is
+rasterized; the layout is a tight bounding box computed once at save time instead of a constrained
+layout solved on every draw. ``svg.hashsalt`` is fixed so the same report gives the same bytes.
 
 Every plot is drawn from the report model alone (fixed-bin histograms, tables), so ``parsit-data
 report DIR`` can redraw them without touching the shards.
@@ -22,15 +26,16 @@ _MAX_BARS = 80
 _DISPLAY_BINS = 60
 
 
-def _png(fig) -> bytes:
+def _svg(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    with matplotlib.rc_context({"svg.hashsalt": "parsit", "svg.fonttype": "path"}):
+        fig.savefig(buf, format="svg", bbox_inches="tight", pad_inches=0.05, metadata={"Date": None})
     plt.close(fig)
     return buf.getvalue()
 
 
 def _fig(width: float = 6.2, height: float = 2.7):
-    fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
+    fig, ax = plt.subplots(figsize=(width, height))
     ax.spines[["top", "right"]].set_visible(False)
     ax.grid(axis="y", color="#e5e5e5", linewidth=0.8)
     ax.set_axisbelow(True)
@@ -85,7 +90,7 @@ def histogram(per_source: dict[str, Distribution], overall: Distribution, max_le
     if overall.scheme == "share":
         ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return _png(fig)
+    return _svg(fig)
 
 
 def image_sizes(bins: list[SizeBin]) -> bytes:
@@ -103,7 +108,7 @@ def image_sizes(bins: list[SizeBin]) -> bytes:
     ax.set_ylabel("height (px)", fontsize=9)
     ax.tick_params(labelsize=8)
     ax.set_title("original image sizes (dashed: square)", fontsize=9)
-    return _png(fig)
+    return _svg(fig)
 
 
 def mixture(rows: list[MixtureRow]) -> bytes:
@@ -125,7 +130,7 @@ def mixture(rows: list[MixtureRow]) -> bytes:
     ax.legend(fontsize=7, frameon=False, loc="lower right")
     ax.grid(axis="x", color="#e5e5e5")
     ax.grid(axis="y", visible=False)
-    return _png(fig)
+    return _svg(fig)
 
 
 def reasons(rows: list[ReasonRow]) -> bytes:
@@ -139,4 +144,4 @@ def reasons(rows: list[ReasonRow]) -> bytes:
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(axis="x", color="#e5e5e5")
     ax.grid(axis="y", visible=False)
-    return _png(fig)
+    return _svg(fig)

@@ -6,7 +6,9 @@ duplicates) or an independent computation over the shards read back with pyarrow
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import os
 import shutil
 from html.parser import HTMLParser
@@ -230,7 +232,12 @@ def test_html_is_self_contained(known):
     p.feed(html)
     assert p.headings[:3] == ["Summary", "Sources", "Quarantine reasons"]
     imgs = [v for t, k, v in p.refs if t == "img" and k == "src"]
-    assert len(imgs) >= 8 and all(v.startswith("data:image/png;base64,") for v in imgs)
+    assert len(imgs) >= 8 and all(v.startswith("data:image/svg+xml;base64,") for v in imgs)
+    for v in imgs:  # each figure is an SVG document that references nothing outside itself
+        svg = base64.b64decode(v.split(",", 1)[1]).decode()
+        assert svg.lstrip().startswith("<?xml") and "</svg>" in svg
+        assert all(h.startswith("#") for h in re.findall(r'href="([^"]*)"', svg)), v[:80]
+        assert "<script" not in svg and "@import" not in svg and "url(http" not in svg
     for tag, attr, value in p.refs:
         if attr in ("src", "href"):
             assert value.startswith(("data:", "#")), (tag, attr, value[:80])
