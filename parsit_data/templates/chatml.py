@@ -102,22 +102,25 @@ class ChatMLTemplate(Template):
         self.check_policy(policy)
         if policy == LLAVA_NEXT:
             return self._render_llava_next(record, system_prompt)
+        # tuple.__new__ builds the NamedTuple without its Python-level __new__: this loop runs for every
+        # turn of every record.
+        new, S, start, end = tuple.__new__, Segment, self.start, self.end
         segs: list[Segment] = []
         turns = record.turns
         system, first = split_system(record, system_prompt, self.default_system)
         if system is not None:
             t = 0 if first else -1
-            segs += [Segment(self.start, True, False, t), Segment(f"system\n{system}", False, False, t),
-                     Segment(self.end, True, False, t), Segment("\n", False, False, t)]
+            segs += [new(S, (start, True, False, t)), new(S, (f"system\n{system}", False, False, t)),
+                     new(S, (end, True, False, t)), new(S, ("\n", False, False, t))]
         for i in range(first, len(turns)):
             turn = turns[i]
             if turn.role == "user":
-                segs += [Segment(self.start, True, False, i), Segment(f"user\n{turn.content}", False, False, i),
-                         Segment(self.end, True, False, i), Segment("\n", False, False, i)]
+                segs += [new(S, (start, True, False, i)), new(S, (f"user\n{turn.content}", False, False, i)),
+                         new(S, (end, True, False, i)), new(S, ("\n", False, False, i))]
             else:
-                segs += [Segment(self.start, True, False, i), Segment("assistant\n", False, False, i),
-                         Segment(turn.content, False, True, i), Segment(self.end, True, True, i),
-                         Segment("\n", False, False, i)]
+                segs += [new(S, (start, True, False, i)), new(S, ("assistant\n", False, False, i)),
+                         new(S, (turn.content, False, True, i)), new(S, (end, True, True, i)),
+                         new(S, ("\n", False, False, i))]
         return segs
 
     def _render_llava_next(self, record: Record, system_prompt: str | None) -> list[Segment]:
