@@ -1,6 +1,6 @@
 """Build throughput against the raw batched fast tokenizer, on the same rendered texts, in one run.
 
-    python benchmarks/build_throughput.py [--records 20000] [--repeats 3]
+    python benchmarks/build_throughput.py [--records 20000] [--repeats 5]
 
 Baseline: ``Tokenizer.encode_batch`` over the fully rendered ChatML texts (what a tokenizer alone costs,
 with no validation, masks, Arrow or files). Build: ``parsit_data.build.build`` end to end on a JSONL
@@ -56,8 +56,9 @@ def render(rec: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", type=int, default=20_000)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--shard-rows", type=int, default=4096)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--shard-rows", type=int, default=BuildConfig.model_fields["shard_rows"].default,
+                    help="records per shard (default: the build's own default)")
     args = ap.parse_args()
 
     recs = make_records(args.records)

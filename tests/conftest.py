@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 
 for _k, _v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DS_ACCELERATOR": "cpu",
-               "RAY_AUTH_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}.items():
+               "RAY_AUTH_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false",
+               # The machine is shared: Ray's memory monitor would kill our workers for another process's memory.
+               "RAY_memory_monitor_refresh_ms": "0"}.items():
     os.environ.setdefault(_k, _v)
 
 from pathlib import Path  # noqa: E402
@@ -37,3 +39,13 @@ def demo_build(tmp_path_factory) -> Path:
     build(BuildConfig(inputs=[str(DEMO / "mixture.yaml")], image_root=str(DEMO / "images"), out=str(out),
                       shard_rows=16))
     return out
+
+
+@pytest.fixture
+def no_ray_left():
+    """Whatever the test did, no Ray driver connection is left open after it."""
+    import ray
+
+    yield
+    if ray.is_initialized():
+        ray.shutdown()

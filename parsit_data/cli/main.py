@@ -1,17 +1,15 @@
 """``parsit-data``: one typer app; each subcommand lives in its own module and calls the library.
 
-This is the one place that turns a :class:`ParsitError` into ``error: ...`` and exit code 2.
+:func:`parsit_data.cli.run.run_app` turns a :class:`ParsitError` into ``error: ...`` and exit code 2.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 
 import typer
-from rich.console import Console
 
-from parsit_data.errors import ParsitError
+from parsit_data.cli.run import run_app
 
 app = typer.Typer(
     name="parsit-data",
@@ -20,7 +18,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err_console = Console(stderr=True)
 
 
 def _version(value: bool) -> None:
@@ -62,11 +59,7 @@ _register()
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        app(args=argv, standalone_mode=True)
-    except ParsitError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        sys.exit(2)
+    run_app(app, argv)
 
 
 if __name__ == "__main__":

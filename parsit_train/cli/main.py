@@ -1,19 +1,19 @@
 """``parsit-train``: validate a config, launch a run (torchrun or Ray), or run one rank in this process.
 
-This is the one place that turns a :class:`ParsitError` into ``error: ...`` and exit code 2. Every
-command is a few lines over a library function that the tests call directly.
+:func:`parsit_data.cli.run.run_app` turns a :class:`ParsitError` into ``error: ...`` and exit code 2
+(for both console scripts). Every command is a few lines over a library function that the tests call directly.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
-import sys
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
+from parsit_data.cli.run import run_app
 from parsit_data.errors import ParsitError
 
 app = typer.Typer(
@@ -24,7 +24,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-err_console = Console(stderr=True)
 
 CONFIG = typer.Option(..., "--config", "-c", help="Training config (YAML).", exists=False)
 SET = typer.Option(None, "--set", help="Override a config key: KEY.SUB=VALUE (YAML value); repeatable.")
@@ -108,11 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     logging.getLogger("parsit_train").setLevel(logging.INFO)
-    try:
-        app(args=argv, standalone_mode=True)
-    except ParsitError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        sys.exit(2)
+    run_app(app, argv)
 
 
 if __name__ == "__main__":

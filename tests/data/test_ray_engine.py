@@ -6,37 +6,20 @@ Every test here starts real Ray (embedded, 2 CPUs) and shuts it down afterwards;
 from __future__ import annotations
 
 import json
-import os
+from pathlib import Path
 
-for _k, _v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "RAY_AUTH_MODE": "disabled",
-               "TOKENIZERS_PARALLELISM": "false",
-               # The machine is shared: Ray's memory monitor would kill our workers for another process's memory.
-               "RAY_memory_monitor_refresh_ms": "0"}.items():
-    os.environ.setdefault(_k, _v)
+import pytest
+import ray  # a test dependency: missing, the suite fails
 
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-
-ray = pytest.importorskip("ray")
-
-from parsit_data import build as build_mod  # noqa: E402
-from parsit_data.build import build  # noqa: E402
-from parsit_data.config import BuildConfig  # noqa: E402
-from parsit_data.engines import ray as ray_engine  # noqa: E402
-from parsit_data.errors import ParsitError  # noqa: E402
+from parsit_data import build as build_mod
+from parsit_data.build import build
+from parsit_data.config import BuildConfig
+from parsit_data.engines import ray as ray_engine
+from parsit_data.errors import ParsitError
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "examples" / "demo"
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def _ray_down():
-    """Whatever a test did, no Ray is left running after it."""
-    yield
-    if ray.is_initialized():
-        ray.shutdown()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_ray_left")]
 
 
 @pytest.fixture

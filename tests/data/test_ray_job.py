@@ -9,34 +9,26 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
 
-for _k, _v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "RAY_AUTH_MODE": "disabled",
-               "TOKENIZERS_PARALLELISM": "false",
-               # The machine is shared: Ray's memory monitor would kill our workers for another process's memory.
-               "RAY_memory_monitor_refresh_ms": "0"}.items():
-    os.environ.setdefault(_k, _v)
+import pytest
+import ray  # a test dependency: missing, the suite fails
 
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import urllib.request  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-
-ray = pytest.importorskip("ray")
-
-from parsit_data.build import build  # noqa: E402
-from parsit_data.config import BuildConfig  # noqa: E402
+from parsit_data.build import build
+from parsit_data.config import BuildConfig
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "examples" / "demo"
 RAY_BIN = Path(sys.executable).parent / "ray"
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not RAY_BIN.exists(), reason="the ray CLI is not installed")]
+pytestmark = pytest.mark.slow
 
 
 def _free_ports(n: int) -> list[int]:
@@ -69,6 +61,7 @@ def ray_head():
     """A head on loopback with the job server (dashboard), 2 CPUs, every port chosen free."""
     gcs, dash, client, agent_http, agent_grpc, metrics, rt_env = _free_ports(7)
     temp = tempfile.mkdtemp(prefix="/tmp/prh-")  # short: Ray's unix socket paths must stay under 108 bytes
+    assert RAY_BIN.exists(), f"the ray CLI is not at {RAY_BIN}: install the test extras (ray[default])"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{RAY_BIN.parent}:{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
     log = open(Path(temp) / "head.log", "w")

@@ -7,7 +7,6 @@ DeepSpeed fit together and that the run writes its metrics and checkpoint. Multi
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -24,7 +23,6 @@ def test_ray_train_runs_the_same_loop(tmp_path):
     import ray
     from parsit_train.launch import LaunchSpec, launch_ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     build = make_build(tmp_path / "data", n=8)
     cfg = write_config(tmp_path / "train.yaml", tiny_config(build, tmp_path / "out", optim={"max_steps": 2}))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
