@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import gc
 import json
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from itertools import accumulate, chain
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,24 +185,22 @@ def process_partitions(parts: Iterable[Partition], ctx: WorkerContext, out: Path
         if part is None:
             break
         work = _PartitionWork(part, ctx)
-        starts = range(0, len(part.items), CHUNK_ROWS)
+        starts = range(0, max(len(part.items), 1), CHUNK_ROWS)  # an empty partition still commits (no rows)
         for start in starts:
             with gc_paused():
                 chunk = work.prepare(start, part.items[start:start + CHUNK_ROWS])
-            if pending is not None:
-                yield from _emit(pending, out)
+            if pending is not None and (result := _emit(*pending, out)) is not None:
+                yield result
             pending = (work, chunk, start == starts[-1])
-    if pending is not None:
-        yield from _emit(pending, out)
+    if pending is not None and (result := _emit(*pending, out)) is not None:
+        yield result
 
 
-def _emit(pending: tuple["_PartitionWork", "_Chunk", bool], out: Path) -> Iterator[PartitionResult]:
-    work, chunk, last = pending
+def _emit(work: "_PartitionWork", chunk: "_Chunk", last: bool, out: Path) -> PartitionResult | None:
+    """Rows of a tokenized chunk; after the partition's last chunk, its commit."""
     with gc_paused():
         work.emit(chunk)
-        result = work.commit(out) if last else None
-    if result is not None:
-        yield result
+        return work.commit(out) if last else None
 
 
 @dataclass

@@ -180,3 +180,19 @@ def test_the_pipeline_leaves_no_reference_cycles(tmp_path, monkeypatch):
     finally:
         gc.enable()
     assert len(found) > 5 and not any(found), found
+
+
+def test_an_empty_partition_commits_an_empty_shard(tmp_path):
+    """process_partition on no records still writes its shard, quarantine part and part file."""
+    from parsit_data.pipeline import Partition, WorkerContext, part_path, process_partition
+    from parsit_data.validate import control_tokens_of
+    from parsit_data.templates import get_template
+
+    cfg = BuildConfig(inputs=["unused.jsonl"], out=str(tmp_path))
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "_parts").mkdir()
+    ctx = WorkerContext(cfg, "h", control_tokens_of(get_template(cfg.template, cfg.tokenizer)))
+    result = process_partition(Partition(0, "s", []), ctx, tmp_path)
+    assert result.index == 0 and result.shard["rows"] == 0 and result.quarantined == 0
+    assert read_shard(tmp_path / result.shard["path"]).num_rows == 0
+    assert json.loads(part_path(tmp_path, 0).read_text())["shard"]["sha256"] == result.shard["sha256"]
