@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from parsit_data.build import build  # noqa: E402
 from parsit_data.config import BuildConfig  # noqa: E402
-from parsit_data.tokenizer import bundled_qwen3_tokenizer, load_tokenizer  # noqa: E402
+from parsit_data.format import bundled_qwen3_tokenizer  # noqa: E402
+from parsit_data.tokenizer import load_tokenizer  # noqa: E402
 
 WORDS = ("the report shows revenue growth of percent in the third quarter while costs fell and margins "
          "improved across all regions except the north where a new plant opened late").split()
@@ -82,7 +83,7 @@ def main() -> None:
         m = build(BuildConfig(inputs=[str(src)], out=str(out), shard_rows=args.shard_rows))
         build_s.append(time.perf_counter() - t0)
         build_cpu.append(_cpu() - c0)
-        assert m["totals"]["kept"] == args.records
+        assert m.totals.kept == args.records
         shutil.rmtree(out)
     shutil.rmtree(tmp)
 

@@ -48,8 +48,8 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from parsit_data.build import build  # noqa: E402
 from parsit_data.config import BuildConfig  # noqa: E402
-from parsit_data.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX  # noqa: E402
-from parsit_data.tokenizer import bundled_qwen3_tokenizer  # noqa: E402
+from parsit_data.format import IGNORE_INDEX, IMAGE_TOKEN_INDEX  # noqa: E402
+from parsit_data.format import bundled_qwen3_tokenizer  # noqa: E402
 from parsit_train.data import ImageProcessor, build_dataloader, seed_worker  # noqa: E402
 
 QWEN_IMAGE_PAD = 151655

@@ -8,7 +8,6 @@ per-partition quarantine and statistics and writes the manifest, last and atomic
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -18,13 +17,14 @@ from pathlib import Path
 
 from parsit_data import __version__
 from parsit_data.config import BuildConfig, config_hash
-from parsit_data.constants import (FORMAT_VERSION, IGNORE_INDEX, IMAGE_TOKEN_INDEX, MANIFEST_NAME, PARTS_DIR,
-                                   QUARANTINE_NAME, SHARDS_DIR)
 from parsit_data.errors import ParsitError
-from parsit_data.manifest import Manifest
-from parsit_data.pipeline import Partition, PartitionResult, quarantine_part_path, reuse_finished
+from parsit_data.format import (FORMAT_VERSION, IGNORE_INDEX, IMAGE_TOKEN_INDEX, MANIFEST_NAME, PARTS_DIR,
+                                QUARANTINE_NAME, SHARDS_DIR, Manifest, ShardEntry, ShardMeta, SourceEntry, Timing,
+                                TokenizerEntry, Totals, VisionEntry, atomic_write_bytes, load_manifest,
+                                quarantine_part_path)
+from parsit_data.pipeline import Partition, PartitionResult, reuse_finished
 from parsit_data.records import Rejection
-from parsit_data.shards import atomic_write_bytes
+from parsit_data.report import write_report
 from parsit_data.sources import RawItem, SourceSpec, expand_inputs, iter_source
 from parsit_data.stats import PartitionStats
 from parsit_data.templates import LABEL_POLICIES, check_template, get_template, template_manifest
@@ -61,8 +61,8 @@ def _check_out_dir(out: Path, chash: str, overwrite: bool) -> None:
     manifest = out / MANIFEST_NAME
     if manifest.is_file():
         try:
-            old = json.loads(manifest.read_text()).get("config_hash")
-        except (OSError, json.JSONDecodeError):
+            old = load_manifest(out).config_hash
+        except ParsitError:  # unreadable, foreign or of another format version: not this build
             old = None
         if old != chash:
             if not overwrite:
@@ -98,7 +98,7 @@ def _engine(name: str, config: BuildConfig | None = None, specs: list[SourceSpec
     raise ParsitError(f"unknown engine {name!r}: choose local or ray")
 
 
-def build(config: BuildConfig, on_progress=None, on_start=None) -> dict:
+def build(config: BuildConfig, on_progress=None, on_start=None) -> Manifest:
     """Run a build; returns the manifest (also written to ``OUT/manifest.json``).
 
     ``on_start(specs)`` is called once the sources are known (the CLI counts records for its ETA);
@@ -131,9 +131,11 @@ def build(config: BuildConfig, on_progress=None, on_start=None) -> dict:
         if on_progress:
             on_progress(r)
 
+    shard_meta = ShardMeta(chash, tok_info.sha256, config.template)
+
     def todo() -> Iterator[Partition]:
         for part in _partitions(specs, config.shard_rows):
-            done = reuse_finished(out, part.index, chash)
+            done = reuse_finished(out, part.index, shard_meta)
             if done is not None:
                 log.info("partition %d reused (checksum verified)", part.index)
                 on_result(done)
@@ -145,10 +147,10 @@ def build(config: BuildConfig, on_progress=None, on_start=None) -> dict:
 
 
 def _finalize(out: Path, config: BuildConfig, chash: str, tok_info, template_block: dict, specs, results,
-              started) -> dict:
+              started) -> Manifest:
     indices = sorted(results)
     if indices != list(range(len(indices))):
-        raise ParsitError(f"internal: partitions missing from the build: got {indices}")  # a bug, not bad input
+        raise AssertionError(f"partitions missing from the build: got {indices}")  # a bug, not bad input
     # Merge quarantine parts in partition order.
     qdata = b"".join(quarantine_part_path(out, i).read_bytes() for i in indices)
     atomic_write_bytes(out / QUARANTINE_NAME, qdata)
@@ -162,53 +164,34 @@ def _finalize(out: Path, config: BuildConfig, chash: str, tok_info, template_blo
     for i in indices:
         stats.merge(results[i].stats)
     sources = []
-    totals = {"read": 0, "kept": 0, "quarantined": 0, "truncated": 0, "tokens": 0, "supervised_tokens": 0,
-              "images": 0}
     for spec in specs:
-        s = stats.sources.get(spec.name)
-        sj = s.to_json() if s else PartitionStats().source(spec.name).to_json()
-        q = sum(sj["quarantined"].values())
-        if sj["read"] != sj["kept"] + q:
-            raise AssertionError(f"accounting broken for {spec.name}: {sj}")  # internal invariant
-        sources.append({**spec.to_json(), **sj})
-        totals["read"] += sj["read"]
-        totals["kept"] += sj["kept"]
-        totals["quarantined"] += q
-        totals["truncated"] += sj["truncated"]
-        totals["tokens"] += sj["tokens"]
-        totals["supervised_tokens"] += sj["supervised_tokens"]
-        totals["images"] += sj["images"]
-
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "parsit_version": __version__,
-        "config": config.output_config(),
-        "config_hash": chash,
-        "tokenizer": tok_info.to_json(),
-        "template": template_block,
-        "image_token_index": IMAGE_TOKEN_INDEX,
-        "ignore_index": IGNORE_INDEX,
-        "vision": config.geometry.to_json(),
-        "sources": sources,
-        "totals": totals,
-        "shards": [results[i].shard for i in indices],
-    }
-    _write_report(out, manifest, stats)
+        s = stats.sources.get(spec.name) or PartitionStats().source(spec.name)
+        sources.append(SourceEntry(**spec.to_json(), **s.to_json()))  # checks read = kept + quarantined
+    totals = Totals(
+        read=sum(s.read for s in sources), kept=sum(s.kept for s in sources),
+        quarantined=sum(sum(s.quarantined.values()) for s in sources),
+        truncated=sum(s.truncated for s in sources), tokens=sum(s.tokens for s in sources),
+        supervised_tokens=sum(s.supervised_tokens for s in sources), images=sum(s.images for s in sources))
+    manifest = Manifest(
+        format_version=FORMAT_VERSION,
+        parsit_version=__version__,
+        config=config.output_config(),
+        config_hash=chash,
+        tokenizer=TokenizerEntry(**tok_info.to_json()),
+        template=template_block,
+        image_token_index=IMAGE_TOKEN_INDEX,
+        ignore_index=IGNORE_INDEX,
+        vision=VisionEntry(**config.geometry.to_json()),
+        sources=sources,
+        totals=totals,
+        shards=[ShardEntry(**results[i].shard) for i in indices],
+    )  # the contract, accounting included, is validated here: a failure is a bug
+    write_report(out, manifest, stats)
     finished = time.time()
-    manifest["timing"] = {
-        "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(),
-        "finished_at": datetime.fromtimestamp(finished, timezone.utc).isoformat(),
-        "seconds": round(finished - started, 3),
-    }
-    Manifest.model_validate(manifest)  # the contract, accounting included; a failure here is a bug
-    atomic_write_bytes(out / MANIFEST_NAME, (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
+    manifest.timing = Timing(
+        started_at=datetime.fromtimestamp(started, timezone.utc).isoformat(),
+        finished_at=datetime.fromtimestamp(finished, timezone.utc).isoformat(),
+        seconds=round(finished - started, 3),
+    )
+    atomic_write_bytes(out / MANIFEST_NAME, manifest.to_bytes())
     return manifest
-
-
-def _write_report(out: Path, manifest: dict, stats: PartitionStats) -> None:
-    """Hook for the data quality report (see parsit_data.report); a no-op until it exists."""
-    try:
-        from parsit_data import report
-    except ImportError:
-        return
-    report.write_report(out, manifest, stats)

@@ -9,7 +9,8 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from parsit_data.images import ImageOptions, VisionGeometry
+from parsit_data.format.vision import VisionGeometry
+from parsit_data.images import ImageOptions
 
 
 class BuildConfig(BaseModel):

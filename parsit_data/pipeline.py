@@ -19,10 +19,12 @@ import numpy as np
 import pyarrow as pa
 
 from parsit_data.config import BuildConfig
-from parsit_data.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX, PARTS_DIR, SHARD_SCHEMA, SHARDS_DIR, shard_name
+from parsit_data.format import (IGNORE_INDEX, IMAGE_TOKEN_INDEX, SHARD_SCHEMA, SHARDS_DIR, ShardMeta,
+                                atomic_write_bytes, fingerprint, part_path, quarantine_part_path, read_part,
+                                read_shard_meta, sha256_file, shard_name, write_shard)
+from parsit_data.errors import ParsitError
 from parsit_data.images import LoadedImage
 from parsit_data.records import QuarantineRecord, Record, Reject, Rejection
-from parsit_data.shards import atomic_write_bytes, sha256_file, write_shard
 from parsit_data.sources import RawItem
 from parsit_data.stats import PartitionStats
 from parsit_data.templates import Segment, get_template
@@ -47,14 +49,6 @@ class PartitionResult:
     reused: bool = False
 
 
-def part_path(out: Path, index: int) -> Path:
-    return out / PARTS_DIR / f"part-{index:05d}.json"
-
-
-def quarantine_part_path(out: Path, index: int) -> Path:
-    return out / PARTS_DIR / f"quarantine-{index:05d}.jsonl"
-
-
 @dataclass
 class WorkerContext:
     """What a worker loads once and reuses for every partition (the tokenizer above all)."""
@@ -71,25 +65,24 @@ class WorkerContext:
         self.vopts = ValidationOptions(self.control_tokens, self.config.fix_missing_placeholder)
         self.iopts = self.config.image_options
         self.geometry = self.config.geometry
+        #: What every shard of the build says about the build (its schema metadata).
+        self.shard_meta = ShardMeta(self.config_hash, fingerprint(self.config.tokenizer), self.config.template)
 
 
-def reuse_finished(out: Path, index: int, config_hash: str) -> PartitionResult | None:
-    """A partition finished by an earlier run with the same config, whose shard still verifies."""
-    pp = part_path(out, index)
-    if not pp.is_file():
-        return None
+def reuse_finished(out: Path, index: int, meta: ShardMeta) -> PartitionResult | None:
+    """A partition finished by an earlier run of the same build, whose shard still verifies."""
     try:
-        meta = json.loads(pp.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if meta.get("config_hash") != config_hash:
-        return None
-    shard = out / meta["shard"]["path"]
-    if not shard.is_file() or sha256_file(shard) != meta["shard"]["sha256"]:
+        part = read_part(out, index)
+        if part is None or part.get("config_hash") != meta.config_hash:
+            return None
+        shard = out / part["shard"]["path"]
+        if not shard.is_file() or sha256_file(shard) != part["shard"]["sha256"] or read_shard_meta(shard) != meta:
+            return None  # a shard of another format version is rebuilt, not reused
+    except (ParsitError, OSError, pa.ArrowInvalid):
         return None
     if not quarantine_part_path(out, index).is_file():
         return None
-    return PartitionResult(index, meta["shard"], PartitionStats.from_json(meta["stats"]), meta["quarantined"], True)
+    return PartitionResult(index, part["shard"], PartitionStats.from_json(part["stats"]), part["quarantined"], True)
 
 
 def _quarantine_line(item: RawItem, sample_id: str | None, rej: Rejection) -> str:
@@ -289,7 +282,7 @@ class _PartitionWork:
             cols[name] = int32_lists(cols[name])
         table = pa.Table.from_pydict(cols, schema=SHARD_SCHEMA)
         rel = f"{SHARDS_DIR}/{shard_name(part.index)}"
-        nbytes, digest = write_shard(out / rel, table)
+        nbytes, digest = write_shard(out / rel, table, ctx.shard_meta)
         atomic_write_bytes(quarantine_part_path(out, part.index), "".join(q + "\n" for q in qlines).encode())
         shard = {"path": rel, "rows": table.num_rows, "bytes": nbytes, "sha256": digest}
         meta = {"config_hash": ctx.config_hash, "index": part.index, "source": part.source, "shard": shard,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from parsit_data.manifest import Manifest
+from parsit_data.format import Manifest
 from parsit_data.records import InputRecord, QuarantineRecord
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"

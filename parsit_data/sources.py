@@ -19,7 +19,7 @@ import yaml
 
 from parsit_data.errors import ParsitError
 from parsit_data.records import Rejection
-from parsit_data.shards import sha256_file
+from parsit_data.format import sha256_file
 
 _STRATEGY = re.compile(r"^(all|first:\d+%?|end:\d+%?|random:\d+%?)$")
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from tokenizers import Tokenizer
 
-from parsit_data.constants import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
+from parsit_data.format import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
 from parsit_data.errors import ParsitError
 from parsit_data.templates.base import Segment
 

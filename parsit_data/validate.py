@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from parsit_data.constants import IMAGE_PLACEHOLDER
+from parsit_data.format import IMAGE_PLACEHOLDER
 from parsit_data.images import ImageInfo, ImageOptions, LoadedImage, inspect_image, load_image
 from parsit_data.records import FromValueTurn, InputRecord, Record, Reject, Turn
 from parsit_data.sources import RawItem

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from parsit_data.constants import IGNORE_INDEX
+from parsit_data.format import IGNORE_INDEX
 from parsit_data.errors import ParsitError
 from parsit_train.config import TrainConfig, config_to_json
 from parsit_train.model import (
@@ -102,11 +102,11 @@ def set_rng_state(state: dict) -> None:
 def open_data(cfg: TrainConfig, image_token_id: int, rank: int, world_size: int):
     """(loader, sampler, vision geometry, tokenizer vocab size) for this rank, from the builds' manifests."""
     from parsit_train.data import build_dataloader
-    from parsit_train.data.dataset import read_manifest
+    from parsit_data.format import load_manifest
 
-    manifests = [read_manifest(b.path) for b in cfg.data.builds]
+    manifests = [load_manifest(b.path) for b in cfg.data.builds]
     max_length = cfg.data.max_length or max(
-        (int(m.get("config", {}).get("max_length") or 0) for m in manifests), default=0
+        (int(m.config.get("max_length") or 0) for m in manifests), default=0
     )
     if max_length <= 0:
         # A build without --max-length: its longest row bounds the sequence length.
@@ -307,7 +307,7 @@ def resume(engine, cfg: TrainConfig, sampler, rank: int) -> int:
 
 def export_hf(engine, cfg: TrainConfig, rank: int) -> Path:
     """A Hugging Face folder (config, safetensors, tokenizer files) that LlavaForConditionalGeneration loads."""
-    from parsit_data.tokenizer import resolve_tokenizer_path
+    from parsit_data.format import resolve_tokenizer_path
 
     out = cfg.output_dir / HF_DIR
     if cfg.deepspeed.zero_stage == 3:

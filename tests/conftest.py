@@ -16,7 +16,8 @@ import pytest  # noqa: E402
 
 from parsit_data.build import build  # noqa: E402
 from parsit_data.config import BuildConfig  # noqa: E402
-from parsit_data.tokenizer import bundled_qwen3_tokenizer, load_tokenizer  # noqa: E402
+from parsit_data.format import bundled_qwen3_tokenizer  # noqa: E402
+from parsit_data.tokenizer import load_tokenizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "examples" / "demo"

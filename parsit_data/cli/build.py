@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from pydantic import ValidationError
@@ -12,6 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from parsit_data.errors import ParsitError
+
+if TYPE_CHECKING:
+    from parsit_data.format import Manifest
 
 console = Console()
 PROGRESS_EVERY_S = 1.0
@@ -123,21 +126,21 @@ def _engine_line(cfg, specs) -> str:
     return f"{name} (auto: {why})"
 
 
-def _summary(out: Path, manifest: dict) -> None:
+def _summary(out: Path, manifest: Manifest) -> None:
     t = Table(title=f"build {out}", show_lines=False)
     for col in ("source", "read", "kept", "quarantined", "truncated", "tokens"):
         t.add_column(col, justify="right" if col != "source" else "left")
-    for s in manifest["sources"]:
-        q = sum(s["quarantined"].values())
-        t.add_row(s["name"], str(s["read"]), str(s["kept"]), str(q), str(s["truncated"]), f"{s['tokens']:,}")
+    for s in manifest.sources:
+        q = sum(s.quarantined.values())
+        t.add_row(s.name, str(s.read), str(s.kept), str(q), str(s.truncated), f"{s.tokens:,}")
     console.print(t)
     reasons: dict[str, int] = {}
-    for s in manifest["sources"]:
-        for k, v in s["quarantined"].items():
+    for s in manifest.sources:
+        for k, v in s.quarantined.items():
             reasons[k] = reasons.get(k, 0) + v
     if reasons:
         console.print("quarantined by reason: " + ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())))
-    console.print(f"shards:     {out / 'shards'} ({len(manifest['shards'])} files)")
+    console.print(f"shards:     {out / 'shards'} ({len(manifest.shards)} files)")
     console.print(f"quarantine: {out / 'quarantine.jsonl'}")
     if (out / "report.html").exists():
         console.print(f"report:     {out / 'report.html'}")

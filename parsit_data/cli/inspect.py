@@ -53,18 +53,12 @@ def inspect_command(
     if ids:
         from parsit_data.tokenizer import load_tokenizer
 
-        tok = load_tokenizer(tokenizer or _manifest_tokenizer(build_dir))
+        tok = load_tokenizer(tokenizer or view.tokenizer_path)
         t = Table("pos", "id", "label", "token")
         for k, (x, y) in enumerate(zip(view.input_ids, view.labels)):
             token = "<image>" if x == -200 else repr(tok.decode([x], skip_special_tokens=False))
             t.add_row(str(k), str(x), str(y), token, style="green" if y != -100 else None)
         console.print(t)
-
-
-def _manifest_tokenizer(build_dir: Path) -> str:
-    import json
-
-    return json.loads((build_dir / "manifest.json").read_text())["tokenizer"]["path"]
 
 
 def register(app: typer.Typer) -> None:

@@ -1,6 +1,6 @@
 """``parsit-data``: one typer app; each subcommand lives in its own module and calls the library.
 
-:func:`parsit_data.cli.run.run_app` turns a :class:`ParsitError` into ``error: ...`` and exit code 2.
+:func:`parsit_data.errors.run_app` turns a :class:`ParsitError` into ``error: ...`` and exit code 2.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import logging
 
 import typer
 
-from parsit_data.cli.run import run_app
+from parsit_data.errors import run_app
 
 app = typer.Typer(
     name="parsit-data",

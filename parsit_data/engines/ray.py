@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from parsit_data.config import BuildConfig
-from parsit_data.constants import PARTS_DIR
+from parsit_data.format import PARTS_DIR
 from parsit_data.errors import ParsitError
 from parsit_data.pipeline import Partition, PartitionResult, WorkerContext, process_partition
 

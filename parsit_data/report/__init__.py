@@ -11,11 +11,11 @@ import json
 import logging
 from pathlib import Path
 
-from parsit_data.constants import MANIFEST_NAME, PARTS_DIR, REPORT_HTML_NAME, REPORT_JSON_NAME
 from parsit_data.errors import ParsitError
+from parsit_data.format import (MANIFEST_NAME, REPORT_HTML_NAME, REPORT_JSON_NAME, Manifest, atomic_write_bytes,
+                                open_build, part_path, read_part)
 from parsit_data.report.compute import Thresholds, build_report
 from parsit_data.report.model import Report
-from parsit_data.shards import atomic_write_bytes
 from parsit_data.stats import PartitionStats
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def render_html(report: Report, title: str = "") -> str:
     return _render(report, title)
 
 
-def write_report(out: Path, manifest: dict, stats: PartitionStats) -> Report:
+def write_report(out: Path, manifest: Manifest, stats: PartitionStats) -> Report:
     """Compute the report and write ``report.json`` and ``report.html`` into ``out`` (atomically)."""
     out = Path(out)
     report = build_report(manifest, stats, out)
@@ -40,21 +40,20 @@ def write_report(out: Path, manifest: dict, stats: PartitionStats) -> Report:
     return report
 
 
-def load_stats(out: Path, manifest: dict) -> PartitionStats:
+def load_stats(out: Path, manifest: Manifest) -> PartitionStats:
     """Merge the statistics the partitions of a finished build left in ``DIR/_parts``, in partition order."""
     stats = PartitionStats()
-    for i, shard in enumerate(manifest.get("shards", [])):
-        pp = Path(out) / PARTS_DIR / f"part-{i:05d}.json"
+    for i, shard in enumerate(manifest.shards):
+        pp = part_path(out, i)
         try:
-            meta = json.loads(pp.read_text())
-        except FileNotFoundError:
+            meta = read_part(out, i)
+        except ParsitError as exc:
+            raise ParsitError(f"{exc}: run the same `parsit-data build` again") from None
+        if meta is None:
             raise ParsitError(f"{pp} is missing: the report is made from the per-partition statistics a build keeps "
                               "in _parts/; run the same `parsit-data build` again (it reuses the finished shards "
-                              "and rewrites the report)") from None
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ParsitError(f"{pp} is not readable JSON ({exc}): run the same `parsit-data build` again") from None
-        if meta.get("config_hash") != manifest.get("config_hash") or meta.get("shard", {}).get("sha256") != shard.get(
-                "sha256"):
+                              "and rewrites the report)")
+        if meta.get("config_hash") != manifest.config_hash or meta["shard"].get("sha256") != shard.sha256:
             raise ParsitError(f"{pp} belongs to another build than {Path(out) / MANIFEST_NAME}: run the same "
                               "`parsit-data build` again to bring them back in step")
         if "dists" not in meta.get("stats", {}):
@@ -64,14 +63,7 @@ def load_stats(out: Path, manifest: dict) -> PartitionStats:
 
 
 def regenerate(out: Path) -> Report:
-    """Rewrite ``report.json`` and ``report.html`` of a finished build, without rebuilding."""
+    """Rewrite ``report.json`` and ``report.html`` of a finished build, without rebuilding (nor the shards)."""
     out = Path(out)
-    mp = out / MANIFEST_NAME
-    if not mp.is_file():
-        raise ParsitError(f"{out} is not a finished build (no {MANIFEST_NAME}): run `parsit-data build ... --out {out}`")
-    try:
-        manifest = json.loads(mp.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ParsitError(f"{mp} is not readable JSON: {exc}") from None
-    manifest.pop("timing", None)  # added after the report was written at build time
+    manifest = open_build(out, check_files=False).manifest
     return write_report(out, manifest, load_stats(out, manifest))

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
-from parsit_data.constants import SHARDS_DIR, shard_name
+from parsit_data.format import SHARDS_DIR, Manifest, map_shard, shard_name
+from parsit_data.errors import ParsitError
 from parsit_data.reasons import explain
 from parsit_data.stats import ROW_METRICS, Histogram, PartitionStats, SourceDists, int_bin_range
 from parsit_data.report.model import (Bin, Check, Distribution, DuplicateGroup, Duplicates, MaskedExample,
@@ -89,15 +89,14 @@ def _lookup_ids(out: Path | None, wanted: dict[tuple[int, int], str]) -> dict[tu
         path = Path(out) / SHARDS_DIR / shard_name(part)
         rows = sorted(r for p, r in wanted if p == part)
         try:
-            reader = pa.ipc.open_stream(pa.memory_map(str(path)))
             start = 0
-            for batch in reader:
+            for batch in map_shard(path).batches:
                 col = batch.column(batch.schema.get_field_index("sample_id"))
                 for r in rows:
                     if start <= r < start + batch.num_rows:
                         found[(part, r)] = f"{wanted[(part, r)]}/{col[r - start].as_py()}"
                 start += batch.num_rows
-        except (OSError, pa.ArrowInvalid, KeyError) as exc:  # shards moved away: keep partition:row
+        except ParsitError as exc:  # shards moved away: keep partition:row
             log.info("cannot name duplicate rows from %s: %s", path, exc)
     return found
 
@@ -144,30 +143,30 @@ def _duplicates(dists: dict[str, SourceDists], out: Path | None) -> tuple[Duplic
     return dup, per_source
 
 
-def build_report(manifest: dict, stats: PartitionStats, out: Path | None = None,
+def build_report(manifest: Manifest, stats: PartitionStats, out: Path | None = None,
                  thresholds: Thresholds = Thresholds()) -> Report:
     """The report of a build from its manifest and its merged statistics."""
-    names = [s["name"] for s in manifest["sources"]]
+    names = [s.name for s in manifest.sources]
     dists = {n: stats.dists.get(n) or SourceDists() for n in names}
     dup, dup_per_source = _duplicates(dists, out)
 
     overall_h = {k: Histogram(s) for k, s in ROW_METRICS.items()}
     overall_sizes = SourceDists().image_sizes
     sources: list[SourceReport] = []
-    for s in manifest["sources"]:
-        d = dists[s["name"]]
+    for s in manifest.sources:
+        d = dists[s.name]
         for k, h in d.hists.items():
             overall_h[k].merge(h)
         overall_sizes.update(d.image_sizes)
-        q = sum(s["quarantined"].values())
+        q = sum(s.quarantined.values())
         sources.append(SourceReport(
-            name=s["name"], path=s["path"], format=s.get("format", ""), sampling=s.get("sampling", "all"),
-            read=s["read"], kept=s["kept"], quarantined=q, quarantine_rate=_rate(q, s["read"]),
-            quarantined_by_reason=dict(s["quarantined"]), truncated=s.get("truncated", 0),
-            overlong_dropped=s["quarantined"].get("overlong", 0),
-            placeholder_inserted=s.get("placeholder_inserted", 0), tokens=s.get("tokens", 0),
-            text_tokens=s.get("text_tokens", 0), supervised_tokens=s.get("supervised_tokens", 0),
-            images=s.get("images", 0), duplicate_rows=dup_per_source.get(s["name"], 0),
+            name=s.name, path=s.path, format=s.format, sampling=s.sampling,
+            read=s.read, kept=s.kept, quarantined=q, quarantine_rate=_rate(q, s.read),
+            quarantined_by_reason=dict(s.quarantined), truncated=s.truncated,
+            overlong_dropped=s.quarantined.get("overlong", 0),
+            placeholder_inserted=s.placeholder_inserted, tokens=s.tokens,
+            text_tokens=s.text_tokens, supervised_tokens=s.supervised_tokens,
+            images=s.images, duplicate_rows=dup_per_source.get(s.name, 0),
             distributions={k: distribution(k, h) for k, h in d.hists.items()},
             image_sizes=_size_bins(d.image_sizes)))
 
@@ -177,17 +176,17 @@ def build_report(manifest: dict, stats: PartitionStats, out: Path | None = None,
         "read", "kept", "quarantined", "truncated", "overlong_dropped", "tokens", "text_tokens",
         "supervised_tokens", "images")}
     zero_sup = overall_h["supervised_tokens"].count_at_most(0)
-    max_length = manifest.get("config", {}).get("max_length")
+    max_length = manifest.config.get("max_length")
     summary = dict(
         sources=len(sources), **tot, quarantine_rate=_rate(tot["quarantined"], tot["read"]),
         over_max_length=tot["truncated"] + tot["overlong_dropped"], max_length=max_length,
         duplicate_rows=dup.duplicate_rows, zero_supervised_rows=zero_sup,
-        shards=len(manifest.get("shards", [])), shard_bytes=sum(x.get("bytes", 0) for x in manifest.get("shards", [])))
+        shards=len(manifest.shards), shard_bytes=sum(x.bytes for x in manifest.shards))
     checks = _checks(summary, sources, mixture, overall_h["length"], thresholds)
     verdict = "no-go" if any(c.status == "fail" for c in checks) else (
         "review" if any(c.status == "warn" for c in checks) else "go")
 
-    tmpl = dict(manifest.get("template", {}))
+    tmpl = dict(manifest.template)
     examples = [MaskedExample(source=n, sample_id=d.example["sample_id"], images=d.example["images"],
                               length=d.example["length"], spans=d.example["spans"])
                 for n, d in dists.items() if d.example]
@@ -196,13 +195,13 @@ def build_report(manifest: dict, stats: PartitionStats, out: Path | None = None,
         system_prompt=tmpl.get("system_prompt"), details=tmpl, examples=examples,
         manifest_example=next((tmpl[k] for k in MANIFEST_EXAMPLE_KEYS if tmpl.get(k)), None))
     return Report(
-        parsit_version=manifest.get("parsit_version", ""), format_version=manifest.get("format_version", 0),
-        config_hash=manifest.get("config_hash", ""), build=manifest.get("config", {}),
+        parsit_version=manifest.parsit_version, format_version=manifest.format_version,
+        config_hash=manifest.config_hash, build=manifest.config,
         summary=Summary(verdict=verdict, **summary), checks=checks, sources=sources,
         overall={k: distribution(k, h) for k, h in overall_h.items()}, image_sizes=_size_bins(overall_sizes),
         reasons=reasons, duplicates=dup, mixture=mixture, template=template,
-        tokenizer=manifest.get("tokenizer", {}), vision=manifest.get("vision", {}),
-        image_token_index=manifest.get("image_token_index", -200), ignore_index=manifest.get("ignore_index", -100),
+        tokenizer=manifest.tokenizer.model_dump(mode="json"), vision=manifest.vision.model_dump(mode="json"),
+        image_token_index=manifest.image_token_index, ignore_index=manifest.ignore_index,
         precision=PRECISION)
 
 

@@ -46,7 +46,8 @@ MARK_OPEN, MARK_CLOSE = "⟦", "⟧"
 
 def _plain_end_token(tokenizer: str | Path) -> str:
     """``<|endoftext|>`` when the tokenizer has it, else the tokenizer's own eos token."""
-    from parsit_data.tokenizer import load_tokenizer, resolve_tokenizer_path
+    from parsit_data.format import resolve_tokenizer_path
+    from parsit_data.tokenizer import load_tokenizer
 
     folder = resolve_tokenizer_path(tokenizer)
     tok = load_tokenizer(folder)
@@ -68,7 +69,7 @@ def get_template(name: str, tokenizer: str | Path | None = None) -> Template:
     if name in ("plain", "tokenizer"):
         if tokenizer is None:
             raise ParsitError(f"template {name!r} needs the tokenizer (pass --tokenizer)")
-        from parsit_data.tokenizer import resolve_tokenizer_path
+        from parsit_data.format import resolve_tokenizer_path
 
         folder = resolve_tokenizer_path(tokenizer)
         stamp = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in sorted(folder.glob("*.json")))

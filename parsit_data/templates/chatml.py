@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from parsit_data.constants import IMAGE_PLACEHOLDER
+from parsit_data.format import IMAGE_PLACEHOLDER
 from parsit_data.records import Record
 from parsit_data.templates.base import LLAVA_NEXT, NATIVE, Segment, Template, split_system
 

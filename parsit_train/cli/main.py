@@ -1,6 +1,6 @@
 """``parsit-train``: validate a config, launch a run (torchrun or Ray), or run one rank in this process.
 
-:func:`parsit_data.cli.run.run_app` turns a :class:`ParsitError` into ``error: ...`` and exit code 2
+:func:`parsit_data.errors.run_app` turns a :class:`ParsitError` into ``error: ...`` and exit code 2
 (for both console scripts). Every command is a few lines over a library function that the tests call directly.
 """
 
@@ -13,8 +13,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from parsit_data.cli.run import run_app
-from parsit_data.errors import ParsitError
+from parsit_data.errors import ParsitError, run_app
 
 app = typer.Typer(
     name="parsit-train",

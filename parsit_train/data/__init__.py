@@ -37,19 +37,18 @@ consumes ((S // patch)² tokens per crop). Length policy: a sample over ``max_le
 builds are checked when the loader is built), never truncated by the loader; rebuild with
 ``--max-length``. Padding is right-sided; ``attention_mask`` comes from lengths, never from ids.
 
-Modules: ``dataset`` (open + verify builds, zero-copy rows), ``images`` (pixel values for SigLIP-style
+Modules: ``dataset`` (builds opened with ``parsit_data.format.open_build``, zero-copy rows), ``images`` (pixel values for SigLIP-style
 towers), ``collator`` (padding, image-token expansion), ``sampler`` (deterministic, resumable batch
 sampler), ``loader`` (the DataLoader factory and seeded workers).
 """
 
 from parsit_train.data.collator import Collator
-from parsit_train.data.dataset import BuildInfo, ShardDataset
+from parsit_train.data.dataset import ShardDataset
 from parsit_train.data.images import ImageProcessor
 from parsit_train.data.loader import ParsitLoader, build_dataloader, seed_worker
 from parsit_train.data.sampler import ResumableBatchSampler
 
 __all__ = [
-    "BuildInfo",
     "Collator",
     "ImageProcessor",
     "ParsitLoader",

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
-from parsit_data.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from parsit_data.format import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from parsit_data.errors import ParsitError
 
 

@@ -15,15 +15,15 @@ Why it looks like this:
   ``release_every`` rows the worker drops the page-table entries of the shards it touched
   (``MADV_DONTNEED`` on a read-only shared file mapping: the data stays in the page cache, a later read
   maps it again with a minor fault), which keeps per-worker RSS flat whatever the dataset size.
+- Opening, verifying and mapping a build is :func:`parsit_data.format.open_build`, the one reader of the
+  format; this module adds what is the trainer's own (tokenizer, pad id, geometry, ``max_length`` checks).
 - Checksums are verified once, in the process that opens the dataset. Workers receive the dataset
   without its open shards (see ``__getstate__``) and re-map the same files lazily.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import mmap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,122 +31,40 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from parsit_data.constants import (
-    FORMAT_VERSION,
-    IGNORE_INDEX,
-    IMAGE_TOKEN_INDEX,
-    MANIFEST_NAME,
-    SHARD_SCHEMA,
-)
 from parsit_data.errors import ParsitError
-from parsit_data.shards import sha256_file
-from parsit_data.tokenizer import fingerprint, resolve_tokenizer_path
+from parsit_data.format import (IGNORE_INDEX, IMAGE_TOKEN_INDEX, Build, MappedShard, fingerprint, open_build,
+                                resolve_tokenizer_path)
 
 log = logging.getLogger(__name__)
 
-# The columns a row needs at train time; the others (source, paths, counts) stay on disk.
-_ROW_COLUMNS = ("sample_id", "input_ids", "labels", "num_image_tokens", "images", "image_sizes")
 
-
-@dataclass(frozen=True)
-class BuildInfo:
-    """One finished build directory as the trainer sees it."""
-
-    root: Path
-    manifest: dict
-    shard_paths: tuple[Path, ...]
-    shard_rows: tuple[int, ...]
-
-    @property
-    def num_rows(self) -> int:
-        return int(sum(self.shard_rows))
-
-    @property
-    def vision(self) -> dict | None:
-        return self.manifest.get("vision")
-
-    @property
-    def pad_token_id(self) -> int:
-        return int(self.manifest["tokenizer"]["pad_token_id"])
-
-
-def read_manifest(root: str | Path) -> dict:
-    """The manifest of a finished build, or a ParsitError that says why there is none."""
-    root = Path(root)
-    if not root.is_dir():
-        raise ParsitError(f"build directory {root} does not exist: pass the DIR that parsit-data build wrote")
-    mpath = root / MANIFEST_NAME
-    if not mpath.is_file():
-        raise ParsitError(
-            f"{root} has no {MANIFEST_NAME}: the build is unfinished (the manifest is written last) or this "
-            "is not a build directory; run `parsit-data build` again to finish it"
-        )
-    try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ParsitError(f"cannot read {mpath}: {exc}; rebuild {root}") from exc
-    version = manifest.get("format_version") if isinstance(manifest, dict) else None
-    if version != FORMAT_VERSION:
-        raise ParsitError(
-            f"{mpath} has format_version {version!r}, this trainer reads version {FORMAT_VERSION}: "
-            "rebuild with the parsit-data of this release"
-        )
-    for key in ("tokenizer", "shards", "image_token_index"):
-        if key not in manifest:
-            raise ParsitError(f"{mpath} has no {key!r} entry: it is not a Parsit manifest; rebuild {root}")
-    return manifest
-
-
-def verify_build(root: Path, manifest: dict, verify_checksums: bool = True) -> BuildInfo:
-    """Check that every shard the manifest lists exists with its recorded size and sha256."""
-    paths, rows = [], []
-    for entry in manifest["shards"]:
-        path = (root / entry["path"]).resolve()
-        if not path.is_relative_to(root.resolve()):
-            raise ParsitError(f"{root / MANIFEST_NAME} lists shard {entry['path']!r} outside the build directory")
-        if not path.is_file():
-            raise ParsitError(f"shard {entry['path']} of build {root} is missing: restore it or rebuild {root}")
-        size = path.stat().st_size
-        if "bytes" in entry and size != int(entry["bytes"]):
-            raise ParsitError(
-                f"shard {entry['path']} of build {root} has {size} bytes, the manifest says {entry['bytes']}: "
-                "the file is truncated or was replaced after the build; restore it or rebuild"
-            )
-        if verify_checksums:
-            digest = sha256_file(path)
-            if digest != entry["sha256"]:
-                raise ParsitError(
-                    f"shard {entry['path']} of build {root} is corrupt: sha256 {digest[:16]}… differs from the "
-                    f"manifest's {entry['sha256'][:16]}…; restore the file or rebuild {root}"
-                )
-        paths.append(path)
-        rows.append(int(entry["rows"]))
-    return BuildInfo(root=root, manifest=manifest, shard_paths=tuple(paths), shard_rows=tuple(rows))
-
-
-def check_compatible(build: BuildInfo, run_fingerprint: str, run_tokenizer: str, pad_token_id: int | None) -> None:
+def check_compatible(build: Build, run_fingerprint: str, run_tokenizer: str, pad_token_id: int | None) -> None:
     """Refuse a build whose tokens mean something else to this run's tokenizer or collator."""
-    tok = build.manifest["tokenizer"]
+    m = build.manifest
+    tok = m.tokenizer
     where = f"build {build.root}"
-    if tok.get("sha256") != run_fingerprint:
+    if tok.sha256 != run_fingerprint:
         raise ParsitError(
             f"{where} was tokenized with a different tokenizer: manifest fingerprint "
-            f"{str(tok.get('sha256'))[:16]}… ({tok.get('path')}), this run's tokenizer {run_fingerprint[:16]}… "
+            f"{tok.sha256[:16]}… ({tok.path}), this run's tokenizer {run_fingerprint[:16]}… "
             f"({run_tokenizer}); rebuild with --tokenizer {run_tokenizer} or train with the build's tokenizer"
         )
-    if pad_token_id is not None and int(tok["pad_token_id"]) != int(pad_token_id):
+    if pad_token_id is not None and tok.pad_token_id != int(pad_token_id):
         raise ParsitError(
-            f"{where} pads with id {tok['pad_token_id']} ({tok.get('pad_token')!r}), this run with id {pad_token_id}: "
+            f"{where} pads with id {tok.pad_token_id} ({tok.pad_token!r}), this run with id {pad_token_id}: "
             "use the build's pad token (pad_token_id=None) or rebuild with --pad-token"
         )
-    if int(build.manifest["image_token_index"]) != IMAGE_TOKEN_INDEX:
+    if m.image_token_index != IMAGE_TOKEN_INDEX:
         raise ParsitError(
-            f"{where} marks images with id {build.manifest['image_token_index']}, this trainer expands "
+            f"{where} marks images with id {m.image_token_index}, this trainer expands "
             f"{IMAGE_TOKEN_INDEX}: rebuild with this release of parsit-data"
         )
-    ignore = int(build.manifest.get("ignore_index", IGNORE_INDEX))
-    if ignore != IGNORE_INDEX:
-        raise ParsitError(f"{where} masks labels with {ignore}, this trainer with {IGNORE_INDEX}: rebuild it")
+    if m.ignore_index != IGNORE_INDEX:
+        raise ParsitError(f"{where} masks labels with {m.ignore_index}, this trainer with {IGNORE_INDEX}: rebuild it")
+
+
+def _vision(build: Build) -> dict:
+    return build.manifest.vision.model_dump(mode="json")
 
 
 def _vision_key(vision: dict | None) -> Any:
@@ -163,12 +81,18 @@ def _vision_key(vision: dict | None) -> Any:
 
 @dataclass
 class _OpenShard:
-    """One memory-mapped shard: its record batches and zero-copy views of the token columns."""
+    """One memory-mapped shard (:func:`parsit_data.format.map_shard`) and zero-copy views of its token columns."""
 
-    mm: mmap.mmap  # read-only shared mapping of the whole file; every Arrow buffer points into it
-    batches: list[pa.RecordBatch]
-    starts: np.ndarray  # first row of each record batch
+    mapped: MappedShard
     views: dict[int, tuple] = field(default_factory=dict)
+
+    @property
+    def batches(self) -> list[pa.RecordBatch]:
+        return self.mapped.batches
+
+    @property
+    def starts(self) -> np.ndarray:
+        return self.mapped.starts
 
 
 def _list_view(arr: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
@@ -202,30 +126,30 @@ class ShardDataset:
             raise ParsitError("no build directory given: pass at least one DIR written by parsit-data build")
         tok_folder = resolve_tokenizer_path(tokenizer_path)
         run_fp = fingerprint(tok_folder)
-        self.builds: list[BuildInfo] = []
+        self.builds: list[Build] = []
         for d in build_dirs:
-            root = Path(d)
-            manifest = read_manifest(root)
-            build = verify_build(root, manifest, verify_checksums=verify_checksums)
+            build = open_build(d, verify=verify_checksums)
             check_compatible(build, run_fp, str(tok_folder), pad_token_id)
             self.builds.append(build)
-        pads = {b.pad_token_id for b in self.builds}
+        pads = {b.manifest.tokenizer.pad_token_id for b in self.builds}
         if len(pads) > 1:
             raise ParsitError(f"the builds pad with different ids {sorted(pads)}: rebuild them with one --pad-token")
         self.pad_token_id: int = pads.pop()
-        visions = {_vision_key(b.vision) for b in self.builds if any(b.manifest.get("vision") or {})}
+        visions = {_vision_key(_vision(b)) for b in self.builds}
         if len(visions) > 1:
             raise ParsitError(
                 "the builds were made for different vision geometries "
-                + "; ".join(f"{b.root}: {_vision_key(b.vision)}" for b in self.builds)
+                + "; ".join(f"{b.root}: {_vision_key(_vision(b))}" for b in self.builds)
                 + ": one model has one vision tower, rebuild them with the same --image-size/--patch-size/--aspect"
             )
-        self.vision: dict | None = next((b.vision for b in self.builds if b.vision), None)
+        self.vision: dict | None = _vision(self.builds[0])
         self.image_processor = image_processor
         self.release_every = int(release_every)
         self._reads = 0
         self._touched: set[int] = set()
 
+        #: (build, shard within it) of every shard, in order.
+        self._shards: list[tuple[int, int]] = [(i, k) for i, b in enumerate(self.builds) for k in range(len(b.shard_paths))]
         self._paths: list[Path] = [p for b in self.builds for p in b.shard_paths]
         rows = np.array([r for b in self.builds for r in b.shard_rows], dtype=np.int64)
         self._shard_starts = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
@@ -233,7 +157,8 @@ class ShardDataset:
         #: First global index of each build; ``build_offsets[-1] == len(self)``.
         self.build_offsets = np.concatenate([[0], np.cumsum(per_build)]).astype(np.int64)
         self._open: dict[int, _OpenShard] = {}
-        self._check_rows()
+        for k in range(len(self._paths)):
+            self._shard(k)  # maps it and checks its row count against the manifest
         if max_length is not None:
             self._check_max_length(int(max_length))
         self.release_pages(all_shards=True)
@@ -249,39 +174,16 @@ class ShardDataset:
     def release_pages(self, all_shards: bool = False) -> None:
         """Drop this process's page-table entries of the shards read since the last call (see module doc)."""
         for k in list(self._open) if all_shards else self._touched:
-            self._open[k].mm.madvise(mmap.MADV_DONTNEED)
+            self._open[k].mapped.release()
         self._touched.clear()
 
     def _shard(self, k: int) -> _OpenShard:
         shard = self._open.get(k)
         if shard is None:
-            path = self._paths[k]
-            try:
-                with open(path, "rb") as f:
-                    mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-                # Zero copy: the record batches' buffers are slices of the mapping.
-                reader = pa.ipc.open_stream(pa.BufferReader(pa.py_buffer(mm)))
-                batches = [b for b in reader if b.num_rows]
-            except (OSError, ValueError, pa.ArrowInvalid) as exc:
-                raise ParsitError(f"cannot read shard {path}: {exc}; restore it or rebuild") from exc
-            missing = [c for c in _ROW_COLUMNS if c not in reader.schema.names]
-            if missing:
-                raise ParsitError(f"shard {path} lacks columns {missing}: it was not written by parsit-data {FORMAT_VERSION}")
-            for name in ("input_ids", "labels"):
-                if reader.schema.field(name).type != SHARD_SCHEMA.field(name).type:
-                    raise ParsitError(f"shard {path}: column {name} is {reader.schema.field(name).type}, expected "
-                                      f"{SHARD_SCHEMA.field(name).type}; rebuild it")
-            counts = np.array([b.num_rows for b in batches], dtype=np.int64)
-            shard = _OpenShard(mm=mm, batches=batches, starts=np.concatenate([[0], np.cumsum(counts)]))
+            b, j = self._shards[k]
+            shard = _OpenShard(self.builds[b].map_shard(j))
             self._open[k] = shard
         return shard
-
-    def _check_rows(self) -> None:
-        for k, path in enumerate(self._paths):
-            n = int(self._shard(k).starts[-1])
-            want = int(self._shard_starts[k + 1] - self._shard_starts[k])
-            if n != want:
-                raise ParsitError(f"shard {path} has {n} rows, its manifest says {want}: rebuild it")
 
     def _check_max_length(self, max_length: int) -> None:
         lengths = self.lengths()

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from parsit_data.errors import ParsitError
-from parsit_data.images import select_best_resolution
+from parsit_data.format import select_best_resolution
 
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
@@ -35,7 +35,7 @@ DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 def anyres_grid(size: tuple[int, int], pinpoints: Sequence[Sequence[int]], crop: int) -> tuple[int, int]:
     """(columns, rows) of crops for an image of ORIGINAL ``size`` = (width, height).
 
-    Uses the builder's own rule (``parsit_data.images.select_best_resolution``, LLaVA-NeXT's), so the
+    Uses the builder's own rule (``parsit_data.format.select_best_resolution``, LLaVA-NeXT's), so the
     number of crops always matches the visual tokens the build counted.
     """
     best = select_best_resolution(tuple(size), pinpoints)

@@ -102,7 +102,7 @@ def build_dataloader(
     dirs = [build_dirs] if isinstance(build_dirs, (str, Path)) else list(build_dirs)
     probe = ShardDataset(dirs, tokenizer_path, pad_token_id=pad_token_id, max_length=max_length,
                          verify_checksums=verify_checksums)
-    vocab = int(probe.builds[0].manifest["tokenizer"].get("vocab_size") or 0)
+    vocab = int(probe.builds[0].manifest.tokenizer.vocab_size)
     if vocab and not 0 <= image_token_id < vocab:
         raise ParsitError(f"image_token_id {image_token_id} is outside the tokenizer's {vocab} ids: pass the model's "
                           "image token id (Qwen3: 151655, <|image_pad|>)")

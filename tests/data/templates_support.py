@@ -19,11 +19,12 @@ for _k, _v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DS_ACCELERATO
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
-from parsit_data.constants import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX  # noqa: E402
+from parsit_data.format import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX  # noqa: E402
 from parsit_data.records import Record, Turn  # noqa: E402
 from parsit_data.templates import rendered_text  # noqa: E402
 from parsit_data.tokenize import SegmentTokenizer, decode_ids, supervised_runs  # noqa: E402
-from parsit_data.tokenizer import bundled_qwen3_tokenizer, load_tokenizer  # noqa: E402
+from parsit_data.format import bundled_qwen3_tokenizer  # noqa: E402
+from parsit_data.tokenizer import load_tokenizer  # noqa: E402
 
 
 @lru_cache(maxsize=1)

@@ -10,7 +10,7 @@ from PIL import Image
 
 from parsit_data.build import build
 from parsit_data.config import BuildConfig
-from parsit_data.shards import read_shard
+from parsit_data.format import read_shard
 
 M = -100  # IGNORE_INDEX
 SYS = [151644, 8948, 198, 2610, 525, 264, 10950, 17847, 13, 151645, 198]  # <|im_start|>system\nYou are a helpful assistant.<|im_end|>\n
@@ -21,8 +21,8 @@ def _build(tmp_path: Path, records: list[dict], **kw) -> list[dict]:
     src.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     m = build(BuildConfig(inputs=[str(src)], out=str(tmp_path / "out"), **kw))
     rows = []
-    for s in m["shards"]:
-        rows += read_shard(tmp_path / "out" / s["path"]).to_pylist()
+    for s in m.shards:
+        rows += read_shard(tmp_path / "out" / s.path).to_pylist()
     return rows
 
 

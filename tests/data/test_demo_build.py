@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from parsit_data.shards import read_shard
+from parsit_data.format import read_shard
 
 IM_START, IM_END, IMAGE = 151644, 151645, -200
 DEFAULT_SYSTEM = "You are a helpful assistant."
@@ -130,11 +130,19 @@ def test_datasets_from_file_memory_maps_every_shard(demo_build):
 
 
 def test_shards_are_ipc_streams_with_schema_metadata(demo_build):
-    from parsit_data.constants import SHARD_SCHEMA
+    from parsit_data.format import SHARD_SCHEMA, ShardMeta, open_build, shard_schema
 
+    m = json.loads((demo_build / "manifest.json").read_text())
+    meta = ShardMeta(m["config_hash"], m["tokenizer"]["sha256"], m["template"]["name"])
+    assert meta == open_build(demo_build).shard_meta
     for shard in sorted((demo_build / "shards").glob("*.arrow")):
         reader = pa.ipc.open_stream(pa.memory_map(str(shard)))
-        assert reader.schema.equals(SHARD_SCHEMA, check_metadata=True)
+        assert reader.schema.equals(shard_schema(meta), check_metadata=True)
+        assert reader.schema.equals(SHARD_SCHEMA)  # the columns; the metadata says which build made the shard
+        md = reader.schema.metadata
+        assert md[b"parsit.format_version"] == b"2" and md[b"parsit.config_hash"] == m["config_hash"].encode()
+        assert md[b"parsit.tokenizer_sha256"] == m["tokenizer"]["sha256"].encode()
+        assert md[b"parsit.template"] == b"qwen_1_5"
 
 
 def test_accounting_and_manifest(demo_build):

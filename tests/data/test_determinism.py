@@ -14,7 +14,7 @@ import pytest
 
 from parsit_data.build import build
 from parsit_data.config import BuildConfig
-from parsit_data.shards import read_shard
+from parsit_data.format import read_shard
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -184,7 +184,8 @@ def test_the_pipeline_leaves_no_reference_cycles(tmp_path, monkeypatch):
 
 def test_an_empty_partition_commits_an_empty_shard(tmp_path):
     """process_partition on no records still writes its shard, quarantine part and part file."""
-    from parsit_data.pipeline import Partition, WorkerContext, part_path, process_partition
+    from parsit_data.format import part_path
+    from parsit_data.pipeline import Partition, WorkerContext, process_partition
     from parsit_data.validate import control_tokens_of
     from parsit_data.templates import get_template
 

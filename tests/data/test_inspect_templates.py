@@ -35,7 +35,7 @@ def data(tmp_path_factory):
 def run_build(data, out, **kw):
     cfg = BuildConfig(inputs=[str(data / "data.jsonl")], out=str(out), image_root=str(data / "images"),
                       overwrite=True, **kw)
-    return build(cfg)
+    return build(cfg).model_dump(mode="json")  # the manifest as the JSON it wrote
 
 
 def rows(out):

@@ -27,7 +27,7 @@ from parsit_data.config import BuildConfig  # noqa: E402
 from parsit_data.errors import ParsitError  # noqa: E402
 from parsit_data.report import Report, regenerate  # noqa: E402
 from parsit_data.report.model import report_json_schema  # noqa: E402
-from parsit_data.shards import read_shard  # noqa: E402
+from parsit_data.format import read_shard  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from parsit_data.cli.main import main
 from parsit_data.errors import ParsitError
-from parsit_data.manifest import Manifest, load_manifest
+from parsit_data.format import Manifest, load_manifest
 from parsit_data.records import InputRecord
 from parsit_data.schemas import MODELS, drifted, schema_files
 

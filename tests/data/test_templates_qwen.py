@@ -134,7 +134,7 @@ def test_tokenizer_template_think_block_is_prompt():
 def test_tokenizer_template_missing(tmp_path):
     import shutil
 
-    from parsit_data.tokenizer import bundled_qwen3_tokenizer
+    from parsit_data.format import bundled_qwen3_tokenizer
 
     for f in ("tokenizer.json", "vocab.json", "merges.txt"):
         shutil.copy(bundled_qwen3_tokenizer() / f, tmp_path / f)

@@ -50,7 +50,7 @@ def test_json_list_is_streamed_and_a_broken_tail_is_quarantined(tmp_path):
     assert [i.value["id"] for i in items[:3]] == ["j0", "j1", "j2"]
     assert items[3].rejection.reason == "invalid_json" and len(items) == 4
     m = build(BuildConfig(inputs=[str(p)], out=str(tmp_path / "o")))
-    assert m["totals"] == {**m["totals"], "read": 4, "kept": 3, "quarantined": 1}
+    assert (m.totals.read, m.totals.kept, m.totals.quarantined) == (4, 3, 1)
 
 
 def test_non_utf8_line_is_quarantined(tmp_path):

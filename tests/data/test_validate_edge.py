@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from parsit_data.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from parsit_data.format import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from parsit_data.records import Reject
-from parsit_data.shards import read_shard
+from parsit_data.format import read_shard
 from parsit_data.validate import ValidationOptions, check_record
 
 from validate_helpers import check_accounting, conv, run_build, save_image, write_jsonl

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from parsit_data.constants import IMAGE_PLACEHOLDER
+from parsit_data.format import IMAGE_PLACEHOLDER
 from parsit_data.images import ImageOptions
 from parsit_data.precheck import precheck
 from parsit_data.reasons import REASONS

@@ -16,7 +16,7 @@ from PIL import Image
 from parsit_data import pipeline, tokenizer
 from parsit_data.build import build
 from parsit_data.config import BuildConfig
-from parsit_data.constants import QUARANTINE_NAME
+from parsit_data.format import QUARANTINE_NAME
 
 _real_load_tokenizer = tokenizer.load_tokenizer
 
@@ -84,8 +84,10 @@ def write_jsonl(path: Path, records) -> Path:
 
 
 def run_build(inputs, out: Path, **kw) -> dict:
+    """The build's manifest as the JSON it wrote."""
     with fast_builds():
-        return build(BuildConfig(inputs=[str(p) for p in inputs], out=str(out), overwrite=True, **kw))
+        return build(BuildConfig(inputs=[str(p) for p in inputs], out=str(out), overwrite=True, **kw)).model_dump(
+            mode="json")
 
 
 def quarantine_lines(out: Path) -> list[dict]:
@@ -95,7 +97,7 @@ def quarantine_lines(out: Path) -> list[dict]:
 
 def check_accounting(manifest: dict, out: Path, expected_read: dict[str, int] | None = None) -> None:
     """read = kept + quarantined per source, in the manifest, in quarantine.jsonl and in the shards."""
-    from parsit_data.shards import read_shard
+    from parsit_data.format import read_shard
 
     q_by_source: Counter = Counter()
     reasons_by_source: dict[str, Counter] = {}

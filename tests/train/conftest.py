@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from train_support import make_build
 
-from parsit_data.tokenizer import bundled_qwen3_tokenizer
+from parsit_data.format import bundled_qwen3_tokenizer
 
 
 @pytest.fixture(scope="session")

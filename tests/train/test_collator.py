@@ -7,7 +7,7 @@ import pytest
 import torch
 from train_support import QWEN_EOS, QWEN_IMAGE_PAD, QWEN_PAD
 
-from parsit_data.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from parsit_data.format import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from parsit_data.errors import ParsitError
 from parsit_train.data import Collator, ImageProcessor, ShardDataset
 

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 from train_support import QWEN_EOS, make_build
 
-from parsit_data.constants import IMAGE_TOKEN_INDEX, MANIFEST_NAME
+from parsit_data.format import IMAGE_TOKEN_INDEX, MANIFEST_NAME
 from parsit_data.errors import ParsitError
 from parsit_train.data import ShardDataset
 

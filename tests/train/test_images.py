@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from parsit_data.errors import ParsitError
-from parsit_data.images import VisionGeometry
+from parsit_data.format import VisionGeometry
 from parsit_train.data import ImageProcessor
 
 

@@ -19,7 +19,7 @@ from PIL import Image  # noqa: E402
 
 from parsit_data.build import build  # noqa: E402
 from parsit_data.config import BuildConfig  # noqa: E402
-from parsit_data.tokenizer import bundled_qwen3_tokenizer  # noqa: E402
+from parsit_data.format import bundled_qwen3_tokenizer  # noqa: E402
 
 QWEN_IMAGE_PAD = 151655  # <|image_pad|>
 QWEN_EOS = 151645  # <|im_end|>

@@ -1,9 +1,10 @@
 """``manifest.json`` as a pydantic model: the contract a build hands to the trainer.
 
-:func:`parsit_data.build.build` validates the manifest it is about to write through :class:`Manifest`
-(so a build can never publish a manifest that breaks its own contract, the accounting invariant
-above all), and readers can call :func:`load_manifest`. The JSON Schema is
-``schemas/manifest.schema.json``; docs/FORMAT.md describes the same thing in prose.
+:func:`parsit_data.build.build` constructs a :class:`Manifest` (so a build can never publish a manifest
+that breaks its own contract, the accounting invariant above all) and writes it with
+:meth:`Manifest.to_bytes`; every reader gets one from :func:`load_manifest` (through
+:func:`parsit_data.format.open_build`). The JSON Schema is ``schemas/manifest.schema.json``;
+docs/FORMAT.md describes the same thing in prose.
 
 Models allow extra keys: a newer Parsit may add fields, and a reader of this version must still
 accept its manifests (the format version says when something incompatible changed).
@@ -17,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from parsit_data.constants import FORMAT_VERSION
+from parsit_data.format.constants import MANIFEST_NAME, READABLE_VERSIONS
 from parsit_data.errors import ParsitError
 
 _OPEN = ConfigDict(extra="allow")
@@ -28,7 +29,7 @@ class TokenizerEntry(BaseModel):
 
     model_config = _OPEN
     path: str
-    sha256: str = Field(description="parsit_data.tokenizer.fingerprint of the tokenizer folder")
+    sha256: str = Field(description="parsit_data.format.fingerprint of the tokenizer folder")
     vocab_size: int = Field(gt=0)
     pad_token: str = Field(min_length=1)
     pad_token_id: int = Field(ge=0)
@@ -137,19 +138,30 @@ class Manifest(BaseModel):
             raise ValueError(f"source names are not unique: {names}")
         return self
 
+    def to_bytes(self) -> bytes:
+        """``manifest.json`` as written: two-space indent, keys in model order, UTF-8, final newline."""
+        return (json.dumps(self.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n").encode()
+
 
 def load_manifest(build_dir: str | Path) -> Manifest:
     """Read and validate ``DIR/manifest.json``; a clear error when it is missing, foreign or broken."""
-    path = Path(build_dir) / "manifest.json"
+    build_dir = Path(build_dir)
+    path = build_dir / MANIFEST_NAME
+    if not build_dir.is_dir():
+        raise ParsitError(f"build directory {build_dir} does not exist: pass the DIR that parsit-data build wrote")
     if not path.is_file():
-        raise ParsitError(f"{path} does not exist: {build_dir} is not a finished build (run parsit-data build)")
+        raise ParsitError(
+            f"{build_dir} has no {MANIFEST_NAME}: the build is unfinished (the manifest is written last) or this "
+            "is not a finished build directory; run `parsit-data build` again to finish it"
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ParsitError(f"{path} is not readable JSON: {exc}") from None
-    if isinstance(data, dict) and data.get("format_version") not in (None, FORMAT_VERSION):
-        raise ParsitError(f"{path} has format_version {data.get('format_version')}; this Parsit reads "
-                          f"version {FORMAT_VERSION}: rebuild with this version")
+        raise ParsitError(f"{path} is not readable JSON: {exc}; rebuild {build_dir}") from None
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if version not in READABLE_VERSIONS:
+        raise ParsitError(f"{path} has format_version {version!r}; this Parsit reads version(s) "
+                          f"{', '.join(map(str, READABLE_VERSIONS))}: rebuild with this version")
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:

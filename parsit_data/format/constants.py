@@ -1,14 +1,20 @@
-"""Constants shared by the writer (parsit_data) and the reader (parsit_train).
+"""The fixed part of the contract: format version, sentinel ids, file layout, the shard row schema.
 
-This module is the whole contract between the two stages, together with ``manifest.json``: the Arrow
-schema of a shard row, the sentinel ids, and the file layout of a build directory.
+Everything a build directory holds is named here (the manifest's shape is :mod:`.manifest`, a shard's
+bytes :mod:`.shards`), so the writer (``parsit_data``) and the reader (``parsit_train``) cannot disagree.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
 
-FORMAT_VERSION = 1
+#: Version 2 adds the build's config hash, tokenizer fingerprint and template name to each shard's
+#: schema metadata (docs/FORMAT.md); rows, quarantine and manifest are as in version 1.
+FORMAT_VERSION = 2
+#: Versions this reader opens: a version 1 build differs only in its shards' schema metadata.
+READABLE_VERSIONS = (1, 2)
 
 #: One image placeholder in ``input_ids`` (the LLaVA convention). The collator expands it.
 IMAGE_TOKEN_INDEX = -200
@@ -31,10 +37,27 @@ def shard_name(partition: int) -> str:
     return f"shard-{partition:05d}.arrow"
 
 
+def part_path(out: Path, index: int) -> Path:
+    """A partition's commit marker: config hash, shard entry and statistics (written after its shard)."""
+    return Path(out) / PARTS_DIR / f"part-{index:05d}.json"
+
+
+def quarantine_part_path(out: Path, index: int) -> Path:
+    """A partition's quarantine lines; ``quarantine.jsonl`` is their concatenation in partition order."""
+    return Path(out) / PARTS_DIR / f"quarantine-{index:05d}.jsonl"
+
+
 IMAGE_SIZE_TYPE = pa.struct([("width", pa.int32()), ("height", pa.int32())])
 
+#: Schema metadata keys of a shard (see :class:`parsit_data.format.shards.ShardMeta`).
+META_FORMAT_VERSION = b"parsit.format_version"
+META_CONFIG_HASH = b"parsit.config_hash"
+META_TOKENIZER_SHA256 = b"parsit.tokenizer_sha256"
+META_TEMPLATE = b"parsit.template"
+
 #: The columns of every shard, in order. Written as the Arrow IPC *stream* format (what HF datasets
-#: writes and memory-maps with ``datasets.Dataset.from_file``).
+#: writes and memory-maps with ``datasets.Dataset.from_file``). A written shard's schema also carries
+#: the build's identity in its metadata (:func:`parsit_data.format.shards.shard_schema`).
 SHARD_SCHEMA = pa.schema(
     [
         pa.field("sample_id", pa.string(), nullable=False),
@@ -54,5 +77,5 @@ SHARD_SCHEMA = pa.schema(
         pa.field("supervised_tokens", pa.int32(), nullable=False),
         pa.field("truncated", pa.bool_(), nullable=False),
     ],
-    metadata={b"parsit.format_version": str(FORMAT_VERSION).encode()},
+    metadata={META_FORMAT_VERSION: str(FORMAT_VERSION).encode()},
 )

@@ -1,0 +1,38 @@
+"""The build directory format: the contract between the build stage and the trainer.
+
+One package holds all of it, so a format change is one edit:
+
+- :mod:`.constants`: format version, sentinel ids (-200 image, -100 ignore), file layout, the shard schema;
+- :mod:`.manifest`: ``manifest.json`` as a typed model (the build constructs one and writes it);
+- :mod:`.shards`: the shard writer (atomic, checksummed) and a shard's identity in its schema metadata;
+- :mod:`.reader`: :func:`open_build`, the one reader (typed manifest, verification, zero-copy batches);
+- :mod:`.tokenizer_files` and :mod:`.vision`: the tokenizer fingerprint and the vision geometry, which
+  both stages must compute the same way.
+
+The trainer imports from ``parsit_data`` only this package and :mod:`parsit_data.errors`
+(tests/test_imports.py checks). docs/FORMAT.md describes the format in prose.
+"""
+
+from parsit_data.format.constants import (FORMAT_VERSION, IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_SIZE_TYPE,
+                                          IMAGE_TOKEN_INDEX, MANIFEST_NAME, PARTS_DIR, QUARANTINE_NAME,
+                                          READABLE_VERSIONS, REPORT_HTML_NAME, REPORT_JSON_NAME, SHARD_SCHEMA,
+                                          SHARDS_DIR, part_path, quarantine_part_path, shard_name)
+from parsit_data.format.manifest import (Manifest, ShardEntry, SourceEntry, Timing, TokenizerEntry, Totals,
+                                         VisionEntry, load_manifest)
+from parsit_data.format.reader import (Build, MappedShard, map_shard, open_build, read_part, read_shard,
+                                        read_shard_meta)
+from parsit_data.format.shards import ShardMeta, atomic_write_bytes, sha256_file, shard_schema, write_shard
+from parsit_data.format.tokenizer_files import (bundled_qwen3_tokenizer, config_token, fingerprint,
+                                                read_tokenizer_config, resolve_tokenizer_path)
+from parsit_data.format.vision import Aspect, VisionGeometry, select_best_resolution
+
+__all__ = [
+    "FORMAT_VERSION", "IGNORE_INDEX", "IMAGE_PLACEHOLDER", "IMAGE_SIZE_TYPE", "IMAGE_TOKEN_INDEX", "MANIFEST_NAME",
+    "PARTS_DIR", "QUARANTINE_NAME", "READABLE_VERSIONS", "REPORT_HTML_NAME", "REPORT_JSON_NAME", "SHARD_SCHEMA",
+    "SHARDS_DIR", "part_path", "quarantine_part_path", "shard_name",
+    "Manifest", "ShardEntry", "SourceEntry", "Timing", "TokenizerEntry", "Totals", "VisionEntry", "load_manifest",
+    "Build", "MappedShard", "map_shard", "open_build", "read_part", "read_shard", "read_shard_meta",
+    "ShardMeta", "atomic_write_bytes", "sha256_file", "shard_schema", "write_shard",
+    "bundled_qwen3_tokenizer", "config_token", "fingerprint", "read_tokenizer_config", "resolve_tokenizer_path",
+    "Aspect", "VisionGeometry", "select_best_resolution",
+]

@@ -1,0 +1,189 @@
+"""The one reader of a build directory: :func:`open_build` -> :class:`Build`.
+
+Every consumer reads through it: the trainer's dataset, ``parsit-data inspect``, ``parsit-data report``
+and the build's own out-dir check. What it gives:
+
+- the typed :class:`~parsit_data.format.manifest.Manifest` (validated, the accounting invariant included);
+- verification: every shard the manifest lists exists inside the build directory with its recorded
+  size, and (``verify=True``, the default) its full sha256; a failure names the shard and says what to do;
+- shards memory-mapped, zero copy: :meth:`Build.map_shard` gives the record batches whose buffers are
+  slices of one read-only shared mapping (:class:`MappedShard`), :meth:`Build.table` a ``pa.Table``
+  over them.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from parsit_data.errors import ParsitError
+from parsit_data.format.constants import MANIFEST_NAME, SHARD_SCHEMA, part_path
+from parsit_data.format.manifest import Manifest, ShardEntry, load_manifest
+from parsit_data.format.shards import ShardMeta, sha256_file
+
+
+@dataclass
+class MappedShard:
+    """One memory-mapped shard: its schema, its non-empty record batches, and where each batch starts."""
+
+    path: Path
+    mm: mmap.mmap  # read-only shared mapping of the whole file; every Arrow buffer points into it
+    schema: pa.Schema
+    batches: list[pa.RecordBatch]
+    starts: np.ndarray  # first row of each record batch, then the row count
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def meta(self) -> ShardMeta | None:
+        """What built this shard (None for a format version 1 shard)."""
+        return ShardMeta.from_schema(self.schema)
+
+    def table(self) -> pa.Table:
+        return pa.Table.from_batches(self.batches, schema=self.schema)
+
+    def release(self) -> None:
+        """Drop this process's page-table entries of the mapping; the data stays in the page cache."""
+        self.mm.madvise(mmap.MADV_DONTNEED)
+
+
+def map_shard(path: str | Path) -> MappedShard:
+    """Memory-map one shard file and check its columns against :data:`SHARD_SCHEMA` (zero copy)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        # Zero copy: the record batches' buffers are slices of the mapping.
+        reader = pa.ipc.open_stream(pa.BufferReader(pa.py_buffer(mm)))
+        batches = [b for b in reader if b.num_rows]
+    except (OSError, ValueError, pa.ArrowInvalid) as exc:
+        raise ParsitError(f"cannot read shard {path}: {exc}; restore it or rebuild") from exc
+    schema = reader.schema
+    missing = [c for c in SHARD_SCHEMA.names if c not in schema.names]
+    if missing:
+        raise ParsitError(f"shard {path} lacks columns {missing}: it was not written by this parsit-data")
+    for name in ("input_ids", "labels"):
+        if schema.field(name).type != SHARD_SCHEMA.field(name).type:
+            raise ParsitError(f"shard {path}: column {name} is {schema.field(name).type}, expected "
+                              f"{SHARD_SCHEMA.field(name).type}; rebuild it")
+    counts = np.array([b.num_rows for b in batches], dtype=np.int64)
+    return MappedShard(path=path, mm=mm, schema=schema, batches=batches,
+                       starts=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+
+
+def read_shard(path: str | Path) -> pa.Table:
+    """One shard as a table, memory-mapped (zero copy)."""
+    return map_shard(path).table()
+
+
+def read_shard_meta(path: str | Path) -> ShardMeta | None:
+    """What built a shard, from its schema alone (None for a version 1 shard); OSError/ArrowInvalid pass."""
+    with pa.memory_map(str(path)) as src:
+        return ShardMeta.from_schema(pa.ipc.open_stream(src).schema)
+
+
+def read_part(out: str | Path, index: int) -> dict | None:
+    """``_parts/part-NNNNN.json``, a partition's commit marker: ``config_hash``, ``index``, ``source``,
+    ``shard`` (its manifest entry), ``quarantined`` and ``stats``. None when the partition has none."""
+    pp = part_path(Path(out), index)
+    try:
+        data = json.loads(pp.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ParsitError(f"{pp} is not readable JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("shard"), dict):
+        raise ParsitError(f"{pp} is not a partition's commit marker")
+    return data
+
+
+@dataclass(frozen=True)
+class Build:
+    """A finished build directory: its manifest and its verified shard files, in order."""
+
+    root: Path
+    manifest: Manifest
+    shard_paths: tuple[Path, ...]
+
+    @property
+    def shards(self) -> list[ShardEntry]:
+        return self.manifest.shards
+
+    @cached_property
+    def shard_rows(self) -> tuple[int, ...]:
+        return tuple(int(s.rows) for s in self.manifest.shards)
+
+    @property
+    def num_rows(self) -> int:
+        return int(sum(self.shard_rows))
+
+    @property
+    def config_hash(self) -> str:
+        return self.manifest.config_hash
+
+    @property
+    def shard_meta(self) -> ShardMeta:
+        """The metadata every shard of this build carries (format version 2)."""
+        return ShardMeta(config_hash=self.manifest.config_hash, tokenizer_sha256=self.manifest.tokenizer.sha256,
+                         template=str(self.manifest.template.get("name", "")))
+
+    def map_shard(self, k: int) -> MappedShard:
+        """Shard ``k`` memory-mapped; its row count must be the manifest's."""
+        shard = map_shard(self.shard_paths[k])
+        want = self.shard_rows[k]
+        if shard.num_rows != want:
+            raise ParsitError(f"shard {shard.path} has {shard.num_rows} rows, its manifest says {want}: rebuild it")
+        return shard
+
+    def table(self, k: int) -> pa.Table:
+        return self.map_shard(k).table()
+
+
+def _verify(root: Path, manifest: Manifest, checksums: bool) -> tuple[Path, ...]:
+    """Every shard the manifest lists exists inside ``root`` with its recorded size (and sha256)."""
+    paths = []
+    for entry in manifest.shards:
+        path = (root / entry.path).resolve()
+        if not path.is_relative_to(root.resolve()):
+            raise ParsitError(f"{root / MANIFEST_NAME} lists shard {entry.path!r} outside the build directory")
+        if not path.is_file():
+            raise ParsitError(f"shard {entry.path} of build {root} is missing: restore it or rebuild {root}")
+        size = path.stat().st_size
+        if size != entry.bytes:
+            raise ParsitError(
+                f"shard {entry.path} of build {root} has {size} bytes, the manifest says {entry.bytes}: "
+                "the file is truncated or was replaced after the build; restore it or rebuild"
+            )
+        if checksums:
+            digest = sha256_file(path)
+            if digest != entry.sha256:
+                raise ParsitError(
+                    f"shard {entry.path} of build {root} is corrupt: sha256 {digest[:16]}… differs from the "
+                    f"manifest's {entry.sha256[:16]}…; restore the file or rebuild {root}"
+                )
+        paths.append(path)
+    return tuple(paths)
+
+
+def open_build(root: str | Path, verify: bool = True, check_files: bool = True) -> Build:
+    """Open a finished build: its manifest, validated, and its shards checked.
+
+    ``verify``: compare each shard's full sha256 with the manifest's (else only its size).
+    ``check_files=False`` reads the manifest alone (``parsit-data report`` regenerates from it and the
+    per-partition statistics, and must work when the shards were moved away).
+    """
+    root = Path(root)
+    manifest = load_manifest(root)
+    if check_files:
+        paths = _verify(root, manifest, verify)
+    else:
+        paths = tuple((root / s.path) for s in manifest.shards)
+    return Build(root=root, manifest=manifest, shard_paths=paths)
