@@ -27,7 +27,8 @@ from parsit_data.records import Rejection
 from parsit_data.report import write_report
 from parsit_data.sources import RawItem, SourceSpec, expand_inputs, iter_source
 from parsit_data.stats import PartitionStats
-from parsit_data.templates import LABEL_POLICIES, check_template, get_template, template_manifest
+from parsit_data.mask_report import check_template, template_manifest
+from parsit_data.templates import LABEL_POLICIES, get_template
 from parsit_data.tokenizer import describe_tokenizer
 from parsit_data.validate import control_tokens_of, sample_id_of
 

@@ -28,7 +28,7 @@ from parsit_data.records import QuarantineRecord, Record, Reject, Rejection
 from parsit_data.sources import RawItem
 from parsit_data.stats import PartitionStats
 from parsit_data.templates import Segment, get_template
-from parsit_data.tokenize import PendingBatch, SegmentTokenizer, Tokenized
+from parsit_data.encode import PendingBatch, SegmentTokenizer, Tokenized
 from parsit_data.tokenizer import load_tokenizer
 from parsit_data.validate import ValidationOptions, check_item, sample_id_of
 

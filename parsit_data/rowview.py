@@ -2,7 +2,8 @@
 
 A row is found by its position in the build (rows counted across shards in shard order) or by its
 ``sample_id``; its ``input_ids`` are decoded in runs of supervised and unsupervised tokens, and each
-image placeholder (-200) is reported with the number of visual tokens the collator will expand it to.
+image placeholder (-200) is reported with the number of visual tokens the collator will expand it to
+(the decoding is :func:`parsit_data.decode.decode_runs`, the one every reader of a row uses).
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from parsit_data.errors import ParsitError
-from parsit_data.format import IMAGE_TOKEN_INDEX, Build, open_build
-from parsit_data.tokenize import decode_ids, supervised_runs
+from parsit_data.format import Build, open_build
+from parsit_data.decode import decode_runs, tokenizer_decode
 from parsit_data.tokenizer import load_tokenizer
 
 
@@ -78,17 +79,12 @@ def load_row(build_dir: str | Path, index: int | None = None, sample_id: str | N
         labels=row["labels"], template=dict(build.manifest.template), tokenizer_path=build.manifest.tokenizer.path,
     )
     image_i = 0
-    for sup, run in supervised_runs(row["input_ids"], row["labels"]):
-        text: list[int] = []
-        for x in run + [None]:
-            if x is None or x == IMAGE_TOKEN_INDEX:
-                if text:
-                    view.pieces.append(Piece("supervised" if sup else "text", decode_ids(tok, text), len(text)))
-                    text = []
-                if x is not None:
-                    n = row["num_image_tokens"][image_i] if image_i < len(row["num_image_tokens"]) else 0
-                    view.pieces.append(Piece("image", f"<image {image_i + 1}: {n} visual tokens>", n))
-                    image_i += 1
+    for run in decode_runs(row["input_ids"], row["labels"], tokenizer_decode(tok)):
+        for p in run.pieces:
+            if p.text is not None:
+                view.pieces.append(Piece("supervised" if run.supervised else "text", p.text, p.tokens))
             else:
-                text.append(x)
+                n = row["num_image_tokens"][image_i] if image_i < len(row["num_image_tokens"]) else 0
+                view.pieces.append(Piece("image", f"<image {image_i + 1}: {n} visual tokens>", n))
+                image_i += 1
     return view

@@ -19,12 +19,11 @@ import base64
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from parsit_data.format import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
+from parsit_data.decode import marked_spans, tokenizer_decode
 
 # ---------------------------------------------------------------------------------------------------
 # Fixed-bin histograms
@@ -183,44 +182,6 @@ def content_digest(input_ids, images) -> int:
     return int.from_bytes(h.digest(), "little")
 
 
-def marked_spans(input_ids: list[int], labels: list[int], decode: Callable[[list[int]], str]) -> list[dict]:
-    """Decode a row into runs of ``{"text", "supervised"}``; each -200 is written as ``<image>``.
-
-    Built from the row's own labels, so it shows what training really supervises.
-    """
-    spans: list[dict] = []
-    run: list[int] = []
-    flag = None
-
-    def flush():
-        if run:
-            text = "".join(IMAGE_PLACEHOLDER if isinstance(p, str) else decode(p) for p in _split_images(run))
-            spans.append({"text": text, "supervised": bool(flag)})
-
-    for tid, lab in zip(input_ids, labels):
-        sup = lab != IGNORE_INDEX
-        if sup != flag:
-            flush()
-            run, flag = [], sup
-        run.append(tid)
-    flush()
-    return spans
-
-
-def _split_images(ids: list[int]) -> Iterable:
-    piece: list[int] = []
-    for t in ids:
-        if t == IMAGE_TOKEN_INDEX:
-            if piece:
-                yield piece
-            piece = []
-            yield "image"
-        else:
-            piece.append(t)
-    if piece:
-        yield piece
-
-
 @dataclass
 class SourceDists:
     """Distributions and examples of one source (merged in partition order)."""
@@ -375,8 +336,7 @@ class PartitionStats:
                 if d.example is None or score > d.example["score"]:
                     d.example = {"sample_id": cols["sample_id"][i], "score": score,
                                  "images": len(cols["images"][i]), "length": cols["length"][i],
-                                 "spans": marked_spans(ids, cols["labels"][i], lambda x: tokenizer.decode(
-                                     x, skip_special_tokens=False))}
+                                 "spans": marked_spans(ids, cols["labels"][i], tokenizer_decode(tokenizer))}
         d.digests.append((index, base64.b64encode(digests.tobytes()).decode("ascii")))
         for line in quarantine_lines:
             q = json.loads(line)

@@ -13,7 +13,7 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from parsit_data.errors import ParsitError
-from parsit_data.format.tokenizer_files import config_token, fingerprint, read_tokenizer_config, resolve_tokenizer_path
+from parsit_data.format import fingerprint, read_tokenizer_config, resolve_tokenizer_path, token_content
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def describe_tokenizer(path: str | Path, pad_token: str | None = None) -> tuple[
     tok = load_tokenizer(folder)
     own = read_tokenizer_config(folder)
     if pad_token is None:
-        pad_token = config_token(own, "pad_token")
+        pad_token = token_content(own.get("pad_token"))
         if pad_token is None:
             raise ParsitError(
                 f"the tokenizer in {folder} defines no pad token: pass --pad-token TOKEN "
@@ -79,7 +79,7 @@ def describe_tokenizer(path: str | Path, pad_token: str | None = None) -> tuple[
             f"pad token {pad_token!r} is not a single entry of the tokenizer's vocabulary: "
             "pass --pad-token with a token the tokenizer has (e.g. '<|endoftext|>')"
         )
-    eos = config_token(own, "eos_token")
+    eos = token_content(own.get("eos_token"))
     eos_id = single_token_id(tok, eos) if eos else None
     info = TokenizerInfo(
         path=str(folder),

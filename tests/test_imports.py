@@ -68,3 +68,63 @@ def test_the_rule_catches_a_violation(tmp_path):
     assert [m for m in sorted(mods) if not _allowed(m, ALLOWED)] == ["parsit_data", "parsit_data.cli.run",
                                                                      "parsit_data.images",
                                                                      "parsit_data.images.select_best_resolution"]
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def module_level_graph(package: str) -> dict[str, set[str]]:
+    """Module -> the package's modules it imports at module level (what runs when it is imported)."""
+    paths = sorted((ROOT / package).rglob("*.py"))
+    names = {_module_name(p) for p in paths}
+    graph: dict[str, set[str]] = {}
+    for path in paths:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        deps: set[str] = set()
+        for node in tree.body:  # top-level statements only (an `if TYPE_CHECKING:` block does not run)
+            if isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                deps.add(node.module)
+                deps.update(f"{node.module}.{a.name}" for a in node.names)
+        graph[_module_name(path)] = {d for d in deps if d in names} - {_module_name(path)}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(graph.get(n, ())):
+            if state.get(m) == 1:
+                return stack[stack.index(m):] + [m]
+            if m not in state and (c := visit(m)):
+                return c
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in state and (c := visit(n)):
+            return c
+    return None
+
+
+def test_no_import_cycles_and_templates_import_at_module_level():
+    graph = module_level_graph("parsit_data")
+    assert "parsit_data.encode" in graph["parsit_data.mask_report"]
+    assert _cycle(graph) is None, f"import cycle: {' -> '.join(_cycle(graph))}"
+    assert _cycle({"a": {"b"}, "b": {"a"}}) == ["a", "b", "a"]
+    # Templates hide no dependency in a function body (that is how the old cycle with tokenize.py hid).
+    for path in sorted((ROOT / "parsit_data" / "templates").glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        top = set(map(id, tree.body))
+        late = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.ImportFrom | ast.Import) and id(n) not in top
+                and any(a.name.startswith("parsit_data") for a in n.names) | bool(
+                    isinstance(n, ast.ImportFrom) and (n.module or "").startswith("parsit_data"))]
+        assert late == [], f"{path.name}: function-level imports of parsit_data at lines {late}"

@@ -22,7 +22,7 @@ from parsit_data.format.manifest import (Manifest, ShardEntry, SourceEntry, Timi
 from parsit_data.format.reader import (Build, MappedShard, map_shard, open_build, read_part, read_shard,
                                         read_shard_meta)
 from parsit_data.format.shards import ShardMeta, atomic_write_bytes, sha256_file, shard_schema, write_shard
-from parsit_data.format.tokenizer_files import (bundled_qwen3_tokenizer, config_token, fingerprint,
+from parsit_data.format.tokenizer_files import (bundled_qwen3_tokenizer, token_content, fingerprint,
                                                 read_tokenizer_config, resolve_tokenizer_path)
 from parsit_data.format.vision import Aspect, VisionGeometry, select_best_resolution
 
@@ -33,6 +33,6 @@ __all__ = [
     "Manifest", "ShardEntry", "SourceEntry", "Timing", "TokenizerEntry", "Totals", "VisionEntry", "load_manifest",
     "Build", "MappedShard", "map_shard", "open_build", "read_part", "read_shard", "read_shard_meta",
     "ShardMeta", "atomic_write_bytes", "sha256_file", "shard_schema", "write_shard",
-    "bundled_qwen3_tokenizer", "config_token", "fingerprint", "read_tokenizer_config", "resolve_tokenizer_path",
+    "bundled_qwen3_tokenizer", "token_content", "fingerprint", "read_tokenizer_config", "resolve_tokenizer_path",
     "Aspect", "VisionGeometry", "select_best_resolution",
 ]

@@ -81,8 +81,7 @@ def read_tokenizer_config(folder: Path) -> dict:
     return data
 
 
-def config_token(config: dict, key: str) -> str | None:
-    """A special token of ``tokenizer_config.json`` (``pad_token``, ``eos_token``, ...): a string or
-    an AddedToken-style ``{"content": ...}`` object."""
-    v = config.get(key)
+def token_content(v) -> str | None:
+    """A special token as ``tokenizer_config.json`` writes it (``pad_token``, ``eos_token``, ...): a string
+    or an AddedToken-style ``{"content": ...}`` object."""
     return v.get("content") if isinstance(v, dict) else v

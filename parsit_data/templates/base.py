@@ -1,7 +1,7 @@
 """What every template shares: typed segments, the template interface, and the example record.
 
 A template turns a validated :class:`~parsit_data.records.Record` into a list of :class:`Segment`.
-Each segment is tokenized on its own (:mod:`parsit_data.tokenize`) and carries its ``supervised``
+Each segment is tokenized on its own (:mod:`parsit_data.encode`) and carries its ``supervised``
 flag, so masks are correct by construction: nothing ever searches rendered text for separators or
 counts tokens after splitting.
 
@@ -14,7 +14,7 @@ in their docstring where the cut between prompt and reply falls.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 from parsit_data.errors import ParsitError
 from parsit_data.records import Record, Reject, Turn
@@ -23,9 +23,11 @@ from parsit_data.records import Record, Reject, Turn
 #: template given a multi-round record, a chat template that rewrites reply text, ...).
 TEMPLATE_MISMATCH = "template_mismatch"
 
-NATIVE = "native"
-LLAVA_NEXT = "llava-next"
-LABEL_POLICIES = (NATIVE, LLAVA_NEXT)
+#: What ``--label-policy`` accepts.
+LabelPolicy = Literal["native", "llava-next"]
+NATIVE: LabelPolicy = "native"
+LLAVA_NEXT: LabelPolicy = "llava-next"
+LABEL_POLICIES: tuple[str, ...] = get_args(LabelPolicy)
 
 
 class Segment(NamedTuple):

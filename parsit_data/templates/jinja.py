@@ -25,6 +25,7 @@ from datetime import datetime
 from pathlib import Path
 
 from parsit_data.errors import ParsitError
+from parsit_data.format import read_tokenizer_config, token_content
 from parsit_data.records import Record
 from parsit_data.templates.base import NATIVE, Segment, Template, mismatch
 
@@ -32,18 +33,11 @@ _OPEN = "\ue000"
 _CLOSE = "\ue001"
 
 
-def _config(folder: Path) -> dict:
-    f = folder / "tokenizer_config.json"
-    if not f.is_file():
-        return {}
-    return json.loads(f.read_text(encoding="utf-8"))
-
-
 def _chat_template_source(folder: Path) -> str:
     jinja_file = folder / "chat_template.jinja"  # where recent transformers save it
     if jinja_file.is_file():
         return jinja_file.read_text(encoding="utf-8")
-    src = _config(folder).get("chat_template")
+    src = read_tokenizer_config(folder).get("chat_template")
     if isinstance(src, list):  # named templates: [{"name": "default", "template": ...}, ...]
         src = next((t.get("template") for t in src if t.get("name") == "default"), None)
     if not isinstance(src, str) or not src.strip():
@@ -52,10 +46,6 @@ def _chat_template_source(folder: Path) -> str:
             "chat_template.jinja): choose another --template (qwen_1_5, qwen3, llama3, llava_v1, plain, parsit)"
         )
     return src
-
-
-def _token_content(v):
-    return v.get("content") if isinstance(v, dict) else v
 
 
 def _compile(source: str):
@@ -97,9 +87,9 @@ class JinjaTemplate(Template):
         self.specials = tuple(sorted({t["content"] for t in tj.get("added_tokens", []) if t.get("special")},
                                      key=lambda s: (-len(s), s)))
         self._control_re = re.compile("|".join(map(re.escape, self.specials))) if self.specials else None
-        cfg = _config(self.folder)
-        self.context = {k: _token_content(cfg.get(k)) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
-        self.context["additional_special_tokens"] = [_token_content(t) for t in cfg.get("additional_special_tokens", [])]
+        cfg = read_tokenizer_config(self.folder)
+        self.context = {k: token_content(cfg.get(k)) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
+        self.context["additional_special_tokens"] = [token_content(t) for t in cfg.get("additional_special_tokens", [])]
 
     @property
     def control_tokens(self) -> frozenset[str]:

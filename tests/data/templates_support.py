@@ -22,7 +22,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # 
 from parsit_data.format import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX  # noqa: E402
 from parsit_data.records import Record, Turn  # noqa: E402
 from parsit_data.templates import rendered_text  # noqa: E402
-from parsit_data.tokenize import SegmentTokenizer, decode_ids, supervised_runs  # noqa: E402
+from parsit_data.decode import decode_ids, supervised_runs  # noqa: E402
+from parsit_data.encode import SegmentTokenizer  # noqa: E402
 from parsit_data.format import bundled_qwen3_tokenizer  # noqa: E402
 from parsit_data.tokenizer import load_tokenizer  # noqa: E402
 

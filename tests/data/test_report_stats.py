@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from parsit_data.stats import (INT_EXACT_BELOW, Histogram, PartitionStats, content_digest, int_bin, int_bin_range,
-                               marked_spans)
+from parsit_data.decode import marked_spans
+from parsit_data.stats import INT_EXACT_BELOW, Histogram, PartitionStats, content_digest, int_bin, int_bin_range
 
 
 def test_int_bins_tile_the_integers_with_bounded_width():

@@ -7,7 +7,7 @@ import pytest
 from parsit_data.errors import ParsitError
 from parsit_data.records import Reject
 from parsit_data.templates import DEFAULT_SYSTEM, PARSIT_SYSTEM, get_template, rendered_text
-from parsit_data.tokenize import decode_ids
+from parsit_data.decode import decode_ids
 from tests.data.templates_support import RECORDS, check_boundaries, qwen, rec, tokenize
 from tests.data.templates_support import hf_qwen as support_hf_qwen
 

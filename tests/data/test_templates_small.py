@@ -7,9 +7,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from parsit_data.errors import ParsitError
 from parsit_data.records import Reject
-from parsit_data.templates import check_template, get_template, rendered_text
+from parsit_data.mask_report import check_template
+from parsit_data.templates import get_template, rendered_text
 from parsit_data.templates.llava import LLAMA3_SYSTEM, VICUNA_SYSTEM
-from parsit_data.tokenize import check_segmentable
+from parsit_data.encode import check_segmentable
 from parsit_data.tokenizer import load_tokenizer
 from tests.data.templates_support import (RECORDS, check_boundaries, encode_chunk, qwen, rec, small_tokenizer,
                                           tokenize)
@@ -135,7 +136,7 @@ def test_prefix_space_tokenizers_are_refused():
 
 def test_tokenizer_template_that_raises_quarantines_and_reports(tmp_path):
     """raise_exception in a chat template quarantines the record; the mask report falls back."""
-    from parsit_data.templates import mask_report
+    from parsit_data.mask_report import mask_report
 
     tpl = ("{% for m in messages %}{% if '<image>' in m['content'] %}{{ raise_exception('no images here') }}"
            "{% endif %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + m['content'] + '<|eot_id|>' }}"

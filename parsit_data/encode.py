@@ -188,38 +188,3 @@ def check_segmentable(tok: Tokenizer) -> None:
             f"'\\nok' gives {got!r}; it probably adds a prefix space to every input): Parsit tokenizes each "
             "segment on its own; use a tokenizer.json without a Prepend/Metaspace prefix (legacy=False)"
         )
-
-
-def decode_ids(tok: Tokenizer, ids: list[int], image_text: str = IMAGE_PLACEHOLDER) -> str:
-    """Decode ``input_ids`` back to text, each -200 read as the image placeholder."""
-    out: list[str] = []
-    run: list[int] = []
-    for x in ids:
-        if x == IMAGE_TOKEN_INDEX:
-            if run:
-                out.append(tok.decode(run, skip_special_tokens=False))
-                run = []
-            out.append(image_text)
-        else:
-            run.append(x)
-    if run:
-        out.append(tok.decode(run, skip_special_tokens=False))
-    return "".join(out)
-
-
-def supervised_runs(ids: list[int], labels: list[int]) -> list[tuple[bool, list[int]]]:
-    """Consecutive tokens grouped by whether they are supervised, in order."""
-    runs: list[tuple[bool, list[int]]] = []
-    for x, y in zip(ids, labels):
-        sup = y != IGNORE_INDEX
-        if runs and runs[-1][0] == sup:
-            runs[-1][1].append(x)
-        else:
-            runs.append((sup, [x]))
-    return runs
-
-
-def marked_text(tok: Tokenizer, ids: list[int], labels: list[int], open_mark: str = "⟦", close_mark: str = "⟧") -> str:
-    """The decoded text with each run of supervised tokens between ``open_mark`` and ``close_mark``."""
-    return "".join(f"{open_mark}{decode_ids(tok, run)}{close_mark}" if sup else decode_ids(tok, run)
-                   for sup, run in supervised_runs(ids, labels))

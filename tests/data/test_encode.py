@@ -6,7 +6,8 @@ import pytest
 
 from parsit_data.errors import ParsitError
 from parsit_data.templates import Segment, get_template
-from parsit_data.tokenize import SegmentTokenizer, decode_ids, marked_text, supervised_runs
+from parsit_data.decode import decode_ids, marked_text, supervised_runs
+from parsit_data.encode import SegmentTokenizer
 from tests.data.templates_support import RECORDS, qwen
 
 
