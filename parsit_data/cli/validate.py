@@ -1,6 +1,8 @@
 """``parsit-data validate``: check inputs without building; a summary table by source and reason.
 
-Exit codes: 0 when every record passed, 1 when some were rejected, 2 on usage errors.
+Exit codes: 0 when every record passed, 1 when some were rejected, 2 on usage errors. Options, defaults
+and help come from :class:`parsit_data.config.ValidateConfig`; those it shares with the build are
+declared once there.
 """
 
 from __future__ import annotations
@@ -12,54 +14,50 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from parsit_data.errors import ParsitError
+from parsit_data.config import ValidateConfig
 
 console = Console()
 
 
+V = ValidateConfig
+
+
+def _opt(name: str, *decls: str) -> typer.models.OptionInfo:
+    """A typer option whose help is the ValidateConfig field's description (the one source of truth)."""
+    return typer.Option(*decls, help=V.help(name))
+
+
 def validate_command(
-    inputs: Annotated[list[Path], typer.Argument(help="Input files: JSON list, JSONL, or a LLaVA-NeXT YAML mixture.",
-                                                 show_default=False)],
-    image_root: Annotated[Optional[Path], typer.Option(help="Folder that image paths are relative to; paths may not "
-                                                            "leave it.")] = None,
-    image_check: Annotated[str, typer.Option(help="'full' decodes every image (catches truncated files); 'header' "
-                                                  "reads headers only (fast first pass).")] = "full",
-    quarantine_out: Annotated[Optional[Path], typer.Option(help="Write rejected records here, one JSON line each "
-                                                                "(the build's quarantine.jsonl format).")] = None,
-    min_image_side: Annotated[int, typer.Option(help="Reject images whose shorter side is below N; 0 disables.")] = 0,
-    max_image_pixels: Annotated[int, typer.Option(help="Reject images with more pixels (decompression bomb "
-                                                       "guard).")] = 64_000_000,
-    fix_missing_placeholder: Annotated[bool, typer.Option(help="Count records whose one image lacks <image> as "
-                                                               "fixable (the build inserts it) instead of "
-                                                               "rejecting them.")] = False,
-    template: Annotated[str, typer.Option(help="Template the records are rendered with (as in build); its control "
-                                               "tokens may not appear in text.")] = "qwen_1_5",
-    label_policy: Annotated[str, typer.Option(help="Label policy (as in build).")] = "native",
-    tokenizer: Annotated[str, typer.Option(help="Tokenizer whose special tokens text may not contain ('qwen3': the "
-                                                "bundled Qwen3 tokenizer; 'none': the template's tokens only).")]
-    = "qwen3",
-    seed: Annotated[int, typer.Option(help="Seed for random:N% sampling strategies (as in build).")] = 0,
+    inputs: Annotated[list[Path], typer.Argument(help=V.help("inputs"), show_default=False)],
+    image_root: Annotated[Optional[Path], _opt("image_root")] = V.default("image_root"),
+    image_check: Annotated[str, _opt("image_check")] = V.default("image_check"),
+    quarantine_out: Annotated[Optional[Path], _opt("quarantine_out")] = V.default("quarantine_out"),
+    min_image_side: Annotated[int, _opt("min_image_side")] = V.default("min_image_side"),
+    max_image_pixels: Annotated[int, _opt("max_image_pixels")] = V.default("max_image_pixels"),
+    fix_missing_placeholder: Annotated[bool, _opt("fix_missing_placeholder")] = V.default("fix_missing_placeholder"),
+    template: Annotated[str, _opt("template")] = V.default("template"),
+    label_policy: Annotated[str, _opt("label_policy")] = V.default("label_policy"),
+    tokenizer: Annotated[str, _opt("tokenizer")] = V.default("tokenizer"),
+    seed: Annotated[int, _opt("seed")] = V.default("seed"),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing; the exit code says it.")] = False,
 ) -> None:
     """Run every check that needs no tokenization (all but 'overlong') and summarise by source and reason."""
-    from parsit_data.images import ImageOptions
     from parsit_data.precheck import precheck
     from parsit_data.templates import get_template
     from parsit_data.tokenizer import load_tokenizer
     from parsit_data.validate import ValidationOptions, control_tokens_of
 
-    if image_check not in ("full", "header"):
-        raise ParsitError(f"--image-check {image_check!r}: choose full or header")
-    if min_image_side < 0 or max_image_pixels <= 0:
-        raise ParsitError("--min-image-side must be >= 0 and --max-image-pixels > 0")
-    tok_path = None if tokenizer.lower() == "none" else tokenizer
-    tok = load_tokenizer(tok_path) if tok_path else None
-    tmpl = get_template(template, tok_path)
-    tmpl.check_policy(label_policy)
-    vopts = ValidationOptions(control_tokens_of(tmpl, tok), fix_missing_placeholder)
-    iopts = ImageOptions(root=image_root, max_pixels=max_image_pixels, min_side=min_image_side, check=image_check)
-    result = precheck(inputs, vopts=vopts, iopts=iopts, template=tmpl, label_policy=label_policy,
-                      quarantine_out=quarantine_out, seed=seed)
+    cfg = ValidateConfig.parse(
+        inputs=[str(p) for p in inputs], image_root=str(image_root) if image_root else None, image_check=image_check,
+        quarantine_out=str(quarantine_out) if quarantine_out else None, min_image_side=min_image_side,
+        max_image_pixels=max_image_pixels, fix_missing_placeholder=fix_missing_placeholder, template=template,
+        label_policy=label_policy, tokenizer=tokenizer, seed=seed)
+    tok = load_tokenizer(cfg.tokenizer_path) if cfg.tokenizer_path else None
+    tmpl = get_template(cfg.template, cfg.tokenizer_path)
+    tmpl.check_policy(cfg.label_policy)
+    vopts = ValidationOptions(control_tokens_of(tmpl, tok), cfg.fix_missing_placeholder)
+    result = precheck(cfg.inputs, vopts=vopts, iopts=cfg.image_options, template=tmpl, label_policy=cfg.label_policy,
+                      quarantine_out=cfg.quarantine_out, seed=cfg.seed)
     if not quiet:
         _summary(result)
     raise typer.Exit(1 if result.rejected else 0)

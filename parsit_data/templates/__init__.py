@@ -12,9 +12,9 @@ a tokenizer and the manifest's mask report are :mod:`parsit_data.mask_report`.
 """
 
 from parsit_data.templates.base import (LABEL_POLICIES, LLAVA_NEXT, NATIVE, TEMPLATE_MISMATCH, LabelPolicy, Segment,
-                                        Template, example_record, rendered_text)
+                                        Template, TemplateName, example_record, rendered_text)
 from parsit_data.templates.chatml import DEFAULT_SYSTEM, LLAVA_NEXT_SYSTEM, PARSIT_SYSTEM, ChatMLTemplate
-from parsit_data.templates.registry import TEMPLATE_NAMES, TEMPLATES, TemplateName, get_template
+from parsit_data.templates.registry import TEMPLATE_NAMES, TEMPLATES, get_template
 
 __all__ = [
     "LABEL_POLICIES", "LLAVA_NEXT", "NATIVE", "TEMPLATE_MISMATCH", "TEMPLATES", "TEMPLATE_NAMES", "LabelPolicy",

@@ -23,6 +23,9 @@ from parsit_data.records import Record, Reject, Turn
 #: template given a multi-round record, a chat template that rewrites reply text, ...).
 TEMPLATE_MISMATCH = "template_mismatch"
 
+#: Every template name (what ``--template`` accepts; :mod:`parsit_data.templates.registry` maps them).
+TemplateName = Literal["qwen_1_5", "parsit", "qwen3", "llava_v1", "llama3", "plain", "tokenizer"]
+
 #: What ``--label-policy`` accepts.
 LabelPolicy = Literal["native", "llava-next"]
 NATIVE: LabelPolicy = "native"

@@ -7,18 +7,15 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, get_args
+from typing import get_args
 
 from parsit_data.errors import ParsitError
 from parsit_data.format import read_tokenizer_config, resolve_tokenizer_path, token_content
-from parsit_data.templates.base import Template
+from parsit_data.templates.base import Template, TemplateName
 from parsit_data.templates.chatml import PARSIT, QWEN3, QWEN_1_5
 from parsit_data.templates.jinja import JinjaTemplate
 from parsit_data.templates.llava import Llama3Template, PlainTemplate, VicunaTemplate
 from parsit_data.tokenizer import load_tokenizer
-
-#: Every template name (what ``--template`` accepts).
-TemplateName = Literal["qwen_1_5", "parsit", "qwen3", "llava_v1", "llama3", "plain", "tokenizer"]
 
 #: Templates that need no tokenizer to exist.
 TEMPLATES: dict[str, Template] = {

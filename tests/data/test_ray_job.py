@@ -115,7 +115,7 @@ def _outputs(out: Path) -> dict[str, bytes]:
 def local_build(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("local") / "b"
     build(BuildConfig(inputs=[str(DEMO / "mixture.yaml")], image_root=str(DEMO / "images"), out=str(out),
-                      shard_rows=8))
+                      shard_rows=8, engine="local"))
     return out
 
 
