@@ -7,15 +7,13 @@ can validate records and read manifests without Parsit. ``parsit-data schema`` r
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from pydantic import BaseModel
 
-from parsit_data.format import Manifest
+from parsit_data.format import Manifest, schema_text
+from parsit_data.format.json_schema import drifted_text
 from parsit_data.records import InputRecord, QuarantineRecord
-
-DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
 #: file stem -> model. Input records ("sample"), quarantine.jsonl lines, manifest.json.
 MODELS: dict[str, type[BaseModel]] = {
@@ -23,12 +21,6 @@ MODELS: dict[str, type[BaseModel]] = {
     "quarantine": QuarantineRecord,
     "manifest": Manifest,
 }
-
-
-def schema_text(model: type[BaseModel]) -> str:
-    """The schema as committed: validation mode, sorted keys, two-space indent, trailing newline."""
-    doc = {"$schema": DRAFT, **model.model_json_schema(mode="validation")}
-    return json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
 def schema_files() -> dict[str, str]:
@@ -48,5 +40,4 @@ def write_schemas(out_dir: str | Path) -> list[Path]:
 def drifted(schema_dir: str | Path) -> list[str]:
     """Names of the schema files in ``schema_dir`` that are missing or differ from the models."""
     d = Path(schema_dir)
-    return [name for name, text in schema_files().items()
-            if not (d / name).is_file() or (d / name).read_text(encoding="utf-8") != text]
+    return [name for name, text in schema_files().items() if drifted_text(d / name, text)]

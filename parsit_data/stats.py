@@ -35,7 +35,6 @@ from parsit_data.decode import marked_spans, tokenizer_decode
 INT_EXACT_BELOW = 128
 INT_SUB_BINS = 64
 SHARE_BINS = 100
-SCHEMES = ("int", "share")
 
 
 def int_bin(v: int) -> int:

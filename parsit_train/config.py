@@ -18,6 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from parsit_data.errors import ParsitError
+from parsit_data.format import schema_document, schema_text
+from parsit_data.format import write_schema as _write_schema
 
 PARTS = ("projector", "vision_tower", "language_model")
 Part = Literal["projector", "vision_tower", "language_model"]
@@ -279,14 +281,17 @@ def config_to_json(cfg: TrainConfig) -> dict:
     return json.loads(cfg.model_dump_json())
 
 
+SCHEMA_TITLE = "Parsit training config"
+
+
 def json_schema() -> dict:
-    schema = TrainConfig.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "Parsit training config"
-    return schema
+    return schema_document(TrainConfig, SCHEMA_TITLE)
+
+
+def schema_json() -> str:
+    """The schema as ``schemas/train_config.schema.json`` holds it."""
+    return schema_text(TrainConfig, SCHEMA_TITLE)
 
 
 def write_schema(path: Path = SCHEMA_PATH) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(json_schema(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return path
+    return _write_schema(TrainConfig, path, SCHEMA_TITLE)

@@ -128,8 +128,8 @@ def open_data(cfg: TrainConfig, image_token_id: int, rank: int, world_size: int)
         persistent_workers=dl.persistent_workers,
         pin_memory=dl.pin_memory,
     )
-    vision = next((m.get("vision") for m in manifests if m.get("vision")), {}) or {}
-    vocab = max(int(m["tokenizer"]["vocab_size"]) for m in manifests)
+    vision = manifests[0].vision.model_dump(mode="json")  # the dataset refused builds of other geometries
+    vocab = max(m.tokenizer.vocab_size for m in manifests)
     return loader, sampler, vision, vocab
 
 

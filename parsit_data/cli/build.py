@@ -123,3 +123,7 @@ def _summary(out: Path, manifest: Manifest) -> None:
     if (out / "report.html").exists():
         console.print(f"report:     {out / 'report.html'}")
     console.print(f"manifest:   {out / 'manifest.json'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("build")(build_command)

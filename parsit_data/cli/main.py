@@ -9,6 +9,11 @@ import logging
 
 import typer
 
+from parsit_data.cli import build as build_cmd
+from parsit_data.cli import inspect as inspect_cmd
+from parsit_data.cli import report as report_cmd
+from parsit_data.cli import schema as schema_cmd
+from parsit_data.cli import validate as validate_cmd
 from parsit_data.errors import run_app
 
 app = typer.Typer(
@@ -38,23 +43,8 @@ def _root(
         logging.getLogger("parsit_data").setLevel(logging.INFO)
 
 
-def _register() -> None:
-    from parsit_data.cli import build as build_cmd
-
-    app.command("build")(build_cmd.build_command)
-    for mod in ("validate", "inspect", "report", "schema"):
-        # Subcommands added by later work register themselves the same way.
-        name = f"parsit_data.cli.{mod}"
-        try:
-            m = __import__(name, fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        m.register(app)
-
-
-_register()
+for _module in (build_cmd, validate_cmd, inspect_cmd, report_cmd, schema_cmd):
+    _module.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,7 +7,8 @@ One package holds all of it, so a format change is one edit:
 - :mod:`.shards`: the shard writer (atomic, checksummed) and a shard's identity in its schema metadata;
 - :mod:`.reader`: :func:`open_build`, the one reader (typed manifest, verification, zero-copy batches);
 - :mod:`.tokenizer_files` and :mod:`.vision`: the tokenizer fingerprint and the vision geometry, which
-  both stages must compute the same way.
+  both stages must compute the same way;
+- :mod:`.json_schema`: the one exporter of the committed ``schemas/*.schema.json`` files.
 
 The trainer imports from ``parsit_data`` only this package and :mod:`parsit_data.errors`
 (tests/test_imports.py checks). docs/FORMAT.md describes the format in prose.
@@ -17,6 +18,7 @@ from parsit_data.format.constants import (FORMAT_VERSION, IGNORE_INDEX, IMAGE_PL
                                           IMAGE_TOKEN_INDEX, MANIFEST_NAME, PARTS_DIR, QUARANTINE_NAME,
                                           READABLE_VERSIONS, REPORT_HTML_NAME, REPORT_JSON_NAME, SHARD_SCHEMA,
                                           SHARDS_DIR, part_path, quarantine_part_path, shard_name)
+from parsit_data.format.json_schema import schema_document, schema_text, write_schema
 from parsit_data.format.manifest import (Manifest, ShardEntry, SourceEntry, Timing, TokenizerEntry, Totals,
                                          VisionEntry, load_manifest)
 from parsit_data.format.reader import (Build, MappedShard, map_shard, open_build, read_part, read_shard,
@@ -34,5 +36,5 @@ __all__ = [
     "Build", "MappedShard", "map_shard", "open_build", "read_part", "read_shard", "read_shard_meta",
     "ShardMeta", "atomic_write_bytes", "sha256_file", "shard_schema", "write_shard",
     "bundled_qwen3_tokenizer", "token_content", "fingerprint", "read_tokenizer_config", "resolve_tokenizer_path",
-    "Aspect", "VisionGeometry", "select_best_resolution",
+    "Aspect", "VisionGeometry", "select_best_resolution", "schema_document", "schema_text", "write_schema",
 ]

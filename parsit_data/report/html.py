@@ -1,6 +1,6 @@
 """``report.html``: one self-contained page rendered from the :class:`Report` model.
 
-Self-contained means it opens offline: CSS inline, plots inline as base64 PNG ``data:`` URIs, no
+Self-contained means it opens offline: CSS inline, plots inline as base64 SVG ``data:`` URIs, no
 script, no font, no URL outside the page. Order follows what an engineer asks first: can I train on
 this (verdict and checks), then sources, rejections, lengths, images, duplicates, mixture, and what
 exactly is supervised.

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from parsit_data.format import schema_document, schema_text
+
 REPORT_VERSION = 1
 
 Status = Literal["ok", "warn", "fail"]
@@ -200,14 +202,13 @@ class Report(_M):
     precision: str = Field(description="how quantiles are computed and how exact they are")
 
 
+REPORT_SCHEMA_TITLE = "Parsit data quality report (report.json)"
+
+
 def report_json_schema() -> dict:
     """The JSON Schema of ``report.json`` (what ``schemas/report.schema.json`` holds)."""
-    schema = Report.model_json_schema()
-    schema["title"] = "Parsit data quality report (report.json)"
-    return schema
+    return schema_document(Report, REPORT_SCHEMA_TITLE)
 
 
 if __name__ == "__main__":  # python -m parsit_data.report.model > schemas/report.schema.json
-    import json
-
-    print(json.dumps(report_json_schema(), indent=2))
+    print(schema_text(Report, REPORT_SCHEMA_TITLE), end="")

@@ -5,8 +5,8 @@ Each segment is tokenized on its own (:mod:`parsit_data.encode`) and carries its
 flag, so masks are correct by construction: nothing ever searches rendered text for separators or
 counts tokens after splitting.
 
-Token boundaries follow inference (DESIGN.md section 4). The text between two control tokens is one
-segment, tokenized as the tokenizer encodes it, except that an assistant reply is its own segment,
+Token boundaries follow inference (docs/TEMPLATES.md, "The token-boundary rule"). The text between two
+control tokens is one segment, tokenized as the tokenizer encodes it, except that an assistant reply is its own segment,
 apart from the header before it: at inference the prompt ends with that header and the reply is then
 generated after it. Templates whose separators are not control tokens (vicuna's ``ASSISTANT:``) say
 in their docstring where the cut between prompt and reply falls.

@@ -96,7 +96,7 @@ class Llama3Template(Template):
     (no newlines between turns; shown here for reading). Every separator is a control token except the
     ``\\n\\n`` after ``<|end_header_id|>``: it belongs to the header, and the reply is its own segment
     (the generation prompt ends with ``<|end_header_id|>\\n\\n``). One difference from Meta's Jinja
-    template: it trims each message; Parsit uses text exactly as written (DESIGN.md section 4).
+    template: it trims each message; Parsit uses text exactly as written (docs/TEMPLATES.md, llama3).
     """
 
     name: str = "llama3"

@@ -44,12 +44,10 @@ def validate_command(config: Path = CONFIG, overrides: list[str] = SET) -> None:
 @app.command("schema")
 def schema_command(out: Path = typer.Option(None, "--out", help="Write here (default: print).")) -> None:
     """Print (or write) the JSON Schema of the training config."""
-    import json
-
-    from parsit_train.config import json_schema, write_schema
+    from parsit_train.config import schema_json, write_schema
 
     if out is None:
-        typer.echo(json.dumps(json_schema(), indent=2, sort_keys=True))
+        typer.echo(schema_json(), nl=False)
     else:
         write_schema(out)
 
