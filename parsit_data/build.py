@@ -166,11 +166,7 @@ def _finalize(out: Path, config: BuildConfig, chash: str, tok_info, template_blo
     for spec in specs:
         s = stats.sources.get(spec.name) or PartitionStats().source(spec.name)
         sources.append(SourceEntry(**spec.to_json(), **s.to_json()))  # checks read = kept + quarantined
-    totals = Totals(
-        read=sum(s.read for s in sources), kept=sum(s.kept for s in sources),
-        quarantined=sum(sum(s.quarantined.values()) for s in sources),
-        truncated=sum(s.truncated for s in sources), tokens=sum(s.tokens for s in sources),
-        supervised_tokens=sum(s.supervised_tokens for s in sources), images=sum(s.images for s in sources))
+    totals = Totals.of(sources)
     manifest = Manifest(
         format_version=FORMAT_VERSION,
         parsit_version=__version__,

@@ -37,13 +37,26 @@ INT_SUB_BINS = 64
 SHARE_BINS = 100
 
 
+def bin_indices(scheme: str, values) -> np.ndarray:
+    """The one binning function: the bin index (int64) of each value in ``scheme`` (``int`` or ``share``).
+
+    ``int``: values below 128 are their own bin; above, the top 7 bits of the value (a mantissa in
+    [64, 127]) and its power of two pick the bin. ``share``: 100 equal bins over [0, 1], clamped.
+    """
+    if scheme == "int":
+        v = np.maximum(np.asarray(values, dtype=np.int64), 0)
+        bits = np.frexp(v.astype(np.float64))[1]  # exact bit_length for |v| < 2**53
+        shift = np.maximum(bits - 7, 1)
+        return np.where(v < INT_EXACT_BELOW, v, INT_EXACT_BELOW + (shift - 1) * INT_SUB_BINS
+                        + (np.right_shift(v, shift) - INT_SUB_BINS))
+    if scheme == "share":
+        return np.clip((np.asarray(values, dtype=np.float64) * SHARE_BINS).astype(np.int64), 0, SHARE_BINS - 1)
+    raise ValueError(f"unknown histogram scheme {scheme!r}")
+
+
 def int_bin(v: int) -> int:
     """Bin index of a non-negative integer in the ``int`` scheme."""
-    v = max(int(v), 0)
-    if v < INT_EXACT_BELOW:
-        return v
-    shift = v.bit_length() - 7  # >= 1 here; keeps the top 7 bits: mantissa in [64, 127]
-    return INT_EXACT_BELOW + (shift - 1) * INT_SUB_BINS + ((v >> shift) - INT_SUB_BINS)
+    return int(bin_indices("int", [v])[0])
 
 
 def int_bin_range(idx: int) -> tuple[int, int]:
@@ -56,7 +69,7 @@ def int_bin_range(idx: int) -> tuple[int, int]:
 
 
 def share_bin(x: float) -> int:
-    return min(max(int(x * SHARE_BINS), 0), SHARE_BINS - 1)
+    return int(bin_indices("share", [x])[0])
 
 
 def share_bin_range(idx: int) -> tuple[float, float]:
@@ -75,25 +88,13 @@ class Histogram:
     max: float | None = None
 
     def add(self, v: float) -> None:
-        self.counts[int_bin(v) if self.scheme == "int" else share_bin(v)] += 1
-        self.n += 1
-        self.total += v
-        self.min = v if self.min is None or v < self.min else self.min
-        self.max = v if self.max is None or v > self.max else self.max
+        self.add_many([v])
 
     def add_many(self, values: list) -> None:
-        """``add`` of every value, binned with numpy: the same counts, sum, min and max."""
+        """Count every value (binned by :func:`bin_indices`); count, sum, min and max are exact."""
         if not len(values):
             return
-        if self.scheme == "int":
-            v = np.maximum(np.asarray(values, dtype=np.int64), 0)
-            bits = np.frexp(v.astype(np.float64))[1]  # exact bit_length for |v| < 2**53
-            shift = np.maximum(bits - 7, 1)
-            idx = np.where(v < INT_EXACT_BELOW, v, INT_EXACT_BELOW + (shift - 1) * INT_SUB_BINS
-                           + (np.right_shift(v, shift) - INT_SUB_BINS))
-        else:
-            idx = np.clip((np.asarray(values, dtype=np.float64) * SHARE_BINS).astype(np.int64), 0, SHARE_BINS - 1)
-        keys, counts = np.unique(idx, return_counts=True)
+        keys, counts = np.unique(bin_indices(self.scheme, values), return_counts=True)
         self.counts.update(dict(zip(keys.tolist(), counts.tolist())))
         self.n += len(values)
         self.total = sum(values, self.total)  # in order, as repeated add() would
@@ -320,14 +321,15 @@ class PartitionStats:
         h["supervised_share"].add_many([s / n if n else 0.0 for s, n in zip(cols["supervised_tokens"], n_text)])
         h["turns"].add_many(cols["num_turns"])
         h["images"].add_many([len(x) for x in cols["images"]])
+        widths = [int(s["width"]) for sizes in cols["image_sizes"] for s in sizes]
+        heights = [int(s["height"]) for sizes in cols["image_sizes"] for s in sizes]
+        h["image_width"].add_many(widths)
+        h["image_height"].add_many(heights)
+        h["image_tokens"].add_many([vt for row in cols["num_image_tokens"] for vt in row])
+        d.image_sizes.update(f"{w},{ht}" for w, ht in zip(bin_indices("int", widths).tolist(),
+                                                         bin_indices("int", heights).tolist()))
         for i, ids in enumerate(cols["input_ids"]):
             sup = cols["supervised_tokens"][i]
-            for size, vt in zip(cols["image_sizes"][i], cols["num_image_tokens"][i]):
-                w, ht = int(size["width"]), int(size["height"])
-                h["image_width"].add(w)
-                h["image_height"].add(ht)
-                h["image_tokens"].add(vt)
-                d.image_sizes[f"{int_bin(w)},{int_bin(ht)}"] += 1
             digests[i] = content_digest(ids, cols["images"][i])
             if tokenizer is not None:
                 # Prefer a row with an image, then one with several rounds, then any supervised one.

@@ -46,16 +46,15 @@ class VisionEntry(BaseModel):
     grid_pinpoints: list[tuple[int, int]]
 
 
-class SourceEntry(BaseModel):
-    """One input source: where it came from, how it was sampled, and what became of its records."""
+class SourceCounts(BaseModel):
+    """What became of one source's records: the counters the manifest and the report show.
+
+    :meth:`accounting_error` is the accounting invariant (every record read is a row or a quarantine
+    line), checked here and nowhere else: by the manifest model when a build writes or a reader opens
+    one, and by the report's "accounting" check.
+    """
 
     model_config = _OPEN
-    name: str
-    path: str
-    format: str = Field(description="jsonl or json")
-    sampling: str = Field(description="LLaVA-NeXT sampling strategy: all, first:N[%], end:N[%], random:N[%]")
-    seed: int
-    sha256: str
     read: int = Field(ge=0, description="records read (after sampling), including ones that were not JSON")
     kept: int = Field(ge=0, description="rows written to the shards")
     quarantined: dict[str, int] = Field(description="lines of quarantine.jsonl by reason code")
@@ -66,13 +65,34 @@ class SourceEntry(BaseModel):
     supervised_tokens: int = Field(0, ge=0)
     images: int = Field(0, ge=0)
 
-    @model_validator(mode="after")
-    def _accounting(self) -> "SourceEntry":
+    def accounting_error(self) -> str | None:
+        """Why the counters do not add up (read = kept + quarantined, no negative count), or None."""
         q = sum(self.quarantined.values())
         if self.read != self.kept + q:
-            raise ValueError(f"source {self.name!r}: read {self.read} != kept {self.kept} + quarantined {q}")
+            return f"read {self.read} != kept {self.kept} + quarantined {q}"
         if any(v < 0 for v in self.quarantined.values()):
-            raise ValueError(f"source {self.name!r}: negative quarantine count")
+            return "negative quarantine count"
+        return None
+
+
+class _SourceSpec(BaseModel):
+    model_config = _OPEN
+    name: str
+    path: str
+    format: str = Field(description="jsonl or json")
+    sampling: str = Field(description="LLaVA-NeXT sampling strategy: all, first:N[%], end:N[%], random:N[%]")
+    seed: int
+    sha256: str
+
+
+class SourceEntry(SourceCounts, _SourceSpec):
+    """One input source: where it came from, how it was sampled, and what became of its records."""
+
+    @model_validator(mode="after")
+    def _accounting(self) -> "SourceEntry":
+        err = self.accounting_error()
+        if err:
+            raise ValueError(f"source {self.name!r}: {err}")
         return self
 
 
@@ -85,6 +105,12 @@ class Totals(BaseModel):
     tokens: int = Field(ge=0)
     supervised_tokens: int = Field(0, ge=0)
     images: int = Field(0, ge=0)
+
+    @classmethod
+    def of(cls, sources: list[SourceCounts]) -> "Totals":
+        """The sums over the sources (what a manifest's ``totals`` must be)."""
+        return cls(**{k: sum(sum(s.quarantined.values()) if k == "quarantined" else getattr(s, k) for s in sources)
+                      for k in cls.model_fields})
 
 
 class ShardEntry(BaseModel):
@@ -122,14 +148,10 @@ class Manifest(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "Manifest":
-        t = self.totals
-        for key in ("read", "kept", "truncated", "tokens"):
-            s = sum(getattr(src, key) for src in self.sources)
-            if getattr(t, key) != s:
-                raise ValueError(f"totals.{key} is {getattr(t, key)} but the sources add up to {s}")
-        q = sum(sum(src.quarantined.values()) for src in self.sources)
-        if t.quarantined != q:
-            raise ValueError(f"totals.quarantined is {t.quarantined} but the sources add up to {q}")
+        t, want = self.totals, Totals.of(self.sources)
+        for key in Totals.model_fields:
+            if getattr(t, key) != getattr(want, key):
+                raise ValueError(f"totals.{key} is {getattr(t, key)} but the sources add up to {getattr(want, key)}")
         rows = sum(s.rows for s in self.shards)
         if rows != t.kept:
             raise ValueError(f"the shards hold {rows} rows but totals.kept is {t.kept}")

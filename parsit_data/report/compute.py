@@ -182,7 +182,8 @@ def build_report(manifest: Manifest, stats: PartitionStats, out: Path | None = N
         over_max_length=tot["truncated"] + tot["overlong_dropped"], max_length=max_length,
         duplicate_rows=dup.duplicate_rows, zero_supervised_rows=zero_sup,
         shards=len(manifest.shards), shard_bytes=sum(x.bytes for x in manifest.shards))
-    checks = _checks(summary, sources, mixture, overall_h["length"], thresholds)
+    broken = [s.name for s in manifest.sources if s.accounting_error()]
+    checks = _checks(summary, broken, mixture, overall_h["length"], thresholds)
     verdict = "no-go" if any(c.status == "fail" for c in checks) else (
         "review" if any(c.status == "warn" for c in checks) else "go")
 
@@ -241,14 +242,13 @@ def _level(value: float, warn: float, fail: float) -> str:
     return "fail" if value > fail else "warn" if value > warn else "ok"
 
 
-def _checks(summary: dict, sources: list[SourceReport], mixture: list[MixtureRow], length: Histogram,
+def _checks(summary: dict, broken: list[str], mixture: list[MixtureRow], length: Histogram,
             t: Thresholds) -> list[Check]:
     checks = []
     kept, read = summary["kept"], summary["read"]
     checks.append(Check(name="rows kept", status="ok" if kept else "fail", value=f"{kept:,} of {read:,}",
                         message="the build has rows to train on" if kept else
                         "nothing was kept: read the reasons table before anything else"))
-    broken = [s.name for s in sources if s.read != s.kept + s.quarantined]
     checks.append(Check(name="accounting (read = kept + quarantined)", status="fail" if broken else "ok",
                         value="holds for every source" if not broken else "broken for " + ", ".join(broken),
                         message="every record read is either a row or a quarantine line"))
