@@ -165,7 +165,7 @@ def _finalize(out: Path, config: BuildConfig, chash: str, tok_info, template_blo
     sources = []
     for spec in specs:
         s = stats.sources.get(spec.name) or PartitionStats().source(spec.name)
-        sources.append(SourceEntry(**spec.to_json(), **s.to_json()))  # checks read = kept + quarantined
+        sources.append(SourceEntry(**spec.to_json(), **s.to_counts().model_dump()))  # checks the accounting
     totals = Totals.of(sources)
     manifest = Manifest(
         format_version=FORMAT_VERSION,

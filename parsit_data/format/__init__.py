@@ -19,8 +19,8 @@ from parsit_data.format.constants import (FORMAT_VERSION, IGNORE_INDEX, IMAGE_PL
                                           READABLE_VERSIONS, REPORT_HTML_NAME, REPORT_JSON_NAME, SHARD_SCHEMA,
                                           SHARDS_DIR, part_path, quarantine_part_path, shard_name)
 from parsit_data.format.json_schema import schema_document, schema_text, write_schema
-from parsit_data.format.manifest import (Manifest, ShardEntry, SourceEntry, Timing, TokenizerEntry, Totals,
-                                         VisionEntry, load_manifest)
+from parsit_data.format.manifest import (Manifest, ShardEntry, SourceCounts, SourceEntry, Timing, TokenizerEntry,
+                                         Totals, VisionEntry, load_manifest)
 from parsit_data.format.reader import (Build, MappedShard, map_shard, open_build, read_part, read_shard,
                                         read_shard_meta)
 from parsit_data.format.shards import ShardMeta, atomic_write_bytes, sha256_file, shard_schema, write_shard
@@ -32,7 +32,7 @@ __all__ = [
     "FORMAT_VERSION", "IGNORE_INDEX", "IMAGE_PLACEHOLDER", "IMAGE_SIZE_TYPE", "IMAGE_TOKEN_INDEX", "MANIFEST_NAME",
     "PARTS_DIR", "QUARANTINE_NAME", "READABLE_VERSIONS", "REPORT_HTML_NAME", "REPORT_JSON_NAME", "SHARD_SCHEMA",
     "SHARDS_DIR", "part_path", "quarantine_part_path", "shard_name",
-    "Manifest", "ShardEntry", "SourceEntry", "Timing", "TokenizerEntry", "Totals", "VisionEntry", "load_manifest",
+    "Manifest", "ShardEntry", "SourceCounts", "SourceEntry", "Timing", "TokenizerEntry", "Totals", "VisionEntry", "load_manifest",
     "Build", "MappedShard", "map_shard", "open_build", "read_part", "read_shard", "read_shard_meta",
     "ShardMeta", "atomic_write_bytes", "sha256_file", "shard_schema", "write_shard",
     "bundled_qwen3_tokenizer", "token_content", "fingerprint", "read_tokenizer_config", "resolve_tokenizer_path",

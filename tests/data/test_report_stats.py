@@ -110,3 +110,17 @@ def test_partition_merge_keeps_first_examples_and_prefers_rows_with_images():
     assert list(parts) == [0, 0, 1, 1] and list(rows) == [0, 1, 0, 1]
     assert len(set(digests.tolist())) == 4
     assert d.hists["length"].n == 4 and d.hists["image_width"].n == 2
+
+
+def test_the_partition_counters_are_the_manifest_s():
+    from dataclasses import fields
+
+    from parsit_data.format import SourceCounts
+    from parsit_data.stats import SourceStats
+
+    assert [f.name for f in fields(SourceStats)] == list(SourceCounts.model_fields)
+    s = SourceStats(read=3, kept=1)
+    s.quarantined["empty_turn"] += 2
+    assert s.to_counts().accounting_error() is None
+    s.read += 1
+    assert "read 4 != kept 1 + quarantined 2" in s.to_counts().accounting_error()
