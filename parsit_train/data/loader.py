@@ -71,6 +71,11 @@ class ParsitLoader:
         self.sampler = sampler
         self.dataset: ShardDataset = dataset if dataset is not None else dataloader.dataset
 
+    @property
+    def collator(self) -> Collator:
+        """The collate function (configure it, e.g. ``blank_image``, before iterating: workers copy it)."""
+        return self.dataloader.collate_fn
+
     def __len__(self) -> int:
         return len(self.sampler)
 
