@@ -403,6 +403,14 @@ def step_scale(denominator: int, world_size: int) -> float:
     return world_size / max(1, denominator)
 
 
+def micro_step(engine, batch: dict, denominator: int, world_size: int, dtype) -> torch.Tensor:
+    """Forward and backward of one micro-batch of a step whose loss denominator is ``denominator``;
+    returns the micro-batch's loss sum (detached)."""
+    loss = forward_loss(engine, batch, engine.device, dtype)
+    engine.backward(loss * step_scale(denominator, world_size), scale_wrt_gas=False)
+    return loss.detach()
+
+
 def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
     """Run (or resume) the configured training on this rank. ``stop_after``: stop at that step (a drill)."""
     import deepspeed
@@ -460,11 +468,10 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
         for batch in loader:
             if denominator is None:  # first micro-batch of a step: its loss denominator, from the plan
                 denominator, planned = step_denominator(cfg, sampler, batch["data_position"])
-            loss = forward_loss(engine, batch, engine.device, dtype)
-            engine.backward(loss * step_scale(denominator, world_size), scale_wrt_gas=False)
+            loss = micro_step(engine, batch, denominator, world_size, dtype)
             boundary = engine.is_gradient_accumulation_boundary()
             engine.step()
-            loss_sum += loss.detach().double()  # no host sync per micro-batch; read once per step
+            loss_sum += loss.double()  # no host sync per micro-batch; read once per step
             acc += torch.tensor([0, 1, batch["num_tokens"], batch["num_supervised"], batch["num_padded"],
                                  batch["num_samples_supervised"]], dtype=torch.float64)
             step_ids.extend(batch["sample_ids"])
