@@ -52,34 +52,41 @@ class PackPlan:
 
 
 def _best_fit(lengths: list[int], images: list[int], pack_length: int, max_images: int | None) -> list[int]:
-    """Bin of each item, items given longest first (best-fit decreasing with an image cap)."""
-    free: list[tuple[int, int]] = []  # sorted (free room, bin) of the open bins
-    bin_room: list[int] = []
-    bin_images: list[int] = []
-    out = []
+    """Bin of each item, items given longest first (best-fit decreasing with an image cap).
+
+    Open bins are kept in two sorted lists of (free room, bin): those that can still take an image and
+    those at the image cap (text only). A bin whose room is below the shortest item left is closed: items
+    come longest first, so nothing could go into it any more.
+    """
     cap = max_images if max_images is not None else 1 << 30
+    free_img: list[tuple[int, int]] = []
+    free_txt: list[tuple[int, int]] = []
+    room: list[int] = []
+    imgs: list[int] = []
+    out = []
+    shortest = lengths[-1] if lengths else 0
     for n, k in zip(lengths, images, strict=True):
-        pos = bisect_left(free, (n, -1))
-        chosen = -1
-        while pos < len(free):
-            b = free[pos][1]
-            if bin_images[b] + k <= cap:
-                chosen = b
-                break
-            pos += 1
-        if chosen < 0 or (k > cap):
-            chosen = len(bin_room)
-            bin_room.append(pack_length - n)
-            bin_images.append(k)
-            if k <= cap and pack_length - n > 0:
-                insort(free, (pack_length - n, chosen))
+        chosen, source, pos = -1, None, 0
+        if k <= cap:
+            p = bisect_left(free_img, (n, -1))
+            while p < len(free_img) and imgs[free_img[p][1]] + k > cap:  # multi-image item: enough slots
+                p += 1
+            if p < len(free_img):
+                chosen, source, pos = free_img[p][1], free_img, p
+            if k == 0:
+                q = bisect_left(free_txt, (n, -1))
+                if q < len(free_txt) and (chosen < 0 or free_txt[q][0] < room[chosen]):
+                    chosen, source, pos = free_txt[q][1], free_txt, q
+        if chosen < 0:  # a new bin (also for an item over the image cap: alone in its pack)
+            chosen = len(room)
+            room.append(pack_length)
+            imgs.append(0)
         else:
-            del free[pos]
-            room = bin_room[chosen] - n
-            bin_room[chosen] = room
-            bin_images[chosen] += k
-            if room > 0:
-                insort(free, (room, chosen))
+            del source[pos]
+        room[chosen] -= n
+        imgs[chosen] += k
+        if room[chosen] >= shortest and k <= cap:
+            insort(free_img if imgs[chosen] < cap else free_txt, (room[chosen], chosen))
         out.append(chosen)
     return out
 
