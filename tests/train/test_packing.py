@@ -261,3 +261,19 @@ def test_a_text_only_pack_gets_a_blank_image_in_its_own_trailing_segment(tiny_mo
     with torch.no_grad():
         assert forward_loss(tiny_model, fed, "cpu", torch.float32).item() == pytest.approx(
             forward_loss(tiny_model, plain, "cpu", torch.float32).item(), rel=1e-6)
+
+
+# --- parsit-train plan ----------------------------------------------------------------------------------
+def test_plan_report_and_command(builds, tok_path):
+    from typer.testing import CliRunner
+
+    from parsit_train.cli.main import app
+    from parsit_train.plan import plan_report
+
+    r = plan_report([builds["a"], builds["b"]], micro_batch_size=4, pack_length=256, tokenizer=str(tok_path))
+    assert r.rows == r.samples == 60
+    assert 0 < r.padded <= r.grouped <= 1.0 and r.packed > r.padded
+    assert r.packs * 256 >= r.tokens
+    res = CliRunner().invoke(app, ["plan", str(builds["a"]), "-b", "4", "-p", "256", "--tokenizer", str(tok_path)])
+    assert res.exit_code == 0, res.output
+    assert "packed at 256" in res.output and "length-grouped" in res.output
