@@ -14,6 +14,18 @@ ParsitError naming the sample (the dataset already refuses such builds at open, 
 inconsistent build). Truncating here could cut an image's tokens apart, and the build already had the
 chance to truncate at a turn boundary.
 
+Targets: ``targets`` are the labels shifted by one PER SAMPLE (position t holds the label of token t+1 of
+the same sample; a sample's last position holds -100), which is what the trainer's loss reads, so no
+position is ever trained on another sample's token.
+
+Packing: items carrying a ``pack`` slot (the sampler's ``(index, slot)`` keys) are concatenated into one
+row per slot, with ``position_ids`` restarting at 0 for each sample and NO ``attention_mask`` (None): the
+model's packed-sequence masking reads the boundaries from ``position_ids`` (see docs/PACKING.md). Padding
+after the last sample is a segment of its own.
+
+Blank image: with ``blank_image=(size, tokens)``, a batch without any image gets one blank image after
+its padding (masked out / its own segment, labels -100), so the vision tower runs on every rank.
+
 Example (pad 151643, image token 151655, 2 tokens per image)::
 
     row    input_ids [151644, -200, 198, 9707, 151645]  labels [-100, -100, -100, 9707, 151645]
@@ -69,9 +81,11 @@ def _empty_pixels(shape: tuple[int, ...]) -> torch.Tensor:
 class Collator:
     """Callable for ``DataLoader(collate_fn=...)`` over :class:`ShardDataset` items.
 
-    Returns ``input_ids`` / ``labels`` (int64 [B, T]), ``attention_mask`` (int64 [B, T]),
-    ``pixel_values`` (float32 [crops in batch, 3, S, S] or None), ``sample_ids`` (list[str]),
-    ``num_tokens`` (real, unpadded tokens) and ``num_supervised`` (labels != -100), for throughput logs.
+    Returns ``input_ids`` / ``labels`` / ``targets`` (int64 [B, T]), ``attention_mask`` (int64 [B, T]; None
+    when packed), ``position_ids`` (int64 [B, T] when packed, else None), ``target_weights`` (float32 [B, T]
+    with ``loss_weighting="sample"``, else None), ``pixel_values`` (float32 [crops in batch, 3, S, S] or
+    None), ``sample_ids`` (list[str]), ``num_tokens`` (real tokens), ``num_padded`` (positions computed),
+    ``num_supervised`` (targets != -100) and ``num_samples_supervised``, for the loss and the logs.
     """
 
     def __init__(
