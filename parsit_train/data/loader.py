@@ -164,7 +164,7 @@ def build_dataloader(
         has_image=dataset.has_image() if group_by_length else None,
         group_size=group_size,
         drop_last=drop_last,
-        build_ids=[b.manifest.get("config_hash") for b in dataset.builds],
+        build_ids=[b.manifest.config_hash for b in dataset.builds],
         pack_length=pack_length,
         max_images_per_pack=max_images_per_pack,
         image_counts=dataset.image_counts() if packing else None,
