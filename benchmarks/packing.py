@@ -134,7 +134,7 @@ def train_throughput(steps: int, samples: int) -> dict:
 
     from parsit_data.build import build
     from parsit_data.config import BuildConfig
-    from parsit_data.tokenizer import bundled_qwen3_tokenizer
+    from parsit_data.format import bundled_qwen3_tokenizer
     from parsit_train.config import parse_config
     from parsit_train.data import build_dataloader
     from parsit_train.model import build_model
