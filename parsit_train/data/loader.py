@@ -66,7 +66,9 @@ class ParsitLoader:
     the sampler for a step's supervised-token total.
     """
 
-    def __init__(self, dataloader: DataLoader, sampler: ResumableBatchSampler, dataset: ShardDataset | None = None) -> None:
+    def __init__(
+        self, dataloader: DataLoader, sampler: ResumableBatchSampler, dataset: ShardDataset | None = None
+    ) -> None:
         self.dataloader = dataloader
         self.sampler = sampler
         self.dataset: ShardDataset = dataset if dataset is not None else dataloader.dataset
@@ -148,7 +150,8 @@ def build_dataloader(
     if pack_length is not None and max_length > pack_length:
         longest = int(dataset.lengths().max()) if len(dataset) else 0
         if longest > pack_length:
-            raise ParsitError(f"the builds hold samples of up to {longest} tokens, over data.pack_length={pack_length}: "
+            raise ParsitError(f"the builds hold samples of up to {longest} tokens, over data.pack_length="
+                              f"{pack_length}: "
                               "packing never splits a sample; raise pack_length or rebuild with --max-length")
     packing = pack_length is not None
     sampler = ResumableBatchSampler(

@@ -76,8 +76,9 @@ class DataPosition:
     def from_dict(cls, state: dict) -> DataPosition:
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             version = state.get("version") if isinstance(state, dict) else None
-            raise ParsitError(f"sampler state version {version!r}, expected {STATE_VERSION}: the checkpoint was written "
-                              "by another release of the trainer; start the run afresh (checkpoint.resume: false)")
+            raise ParsitError(f"sampler state version {version!r}, expected {STATE_VERSION}: the checkpoint was "
+                              "written by another release of the trainer; start the run afresh "
+                              "(checkpoint.resume: false)")
         known = {k: state[k] for k in cls.__dataclass_fields__ if k in state}
         try:
             return cls(**known)

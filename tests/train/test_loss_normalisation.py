@@ -90,7 +90,8 @@ def _probe(configs: list[Path], world: int, out: Path) -> dict:
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={world}", f"--master-port={_port()}",
            str(HERE / "grad_probe.py"), *map(str, configs), str(out)]
     proc = subprocess.run(cmd, env=worker_env(), capture_output=True, text=True, timeout=200)
-    assert proc.returncode == 0, "\n".join(l for l in proc.stderr.splitlines() if "Error" in l or "error" in l or "File" in l)[-6000:]
+    lines = [x for x in proc.stderr.splitlines() if "Error" in x or "error" in x or "File" in x]
+    assert proc.returncode == 0, "\n".join(lines)[-6000:]
     return torch.load(out, weights_only=False)
 
 

@@ -137,7 +137,8 @@ def test_a_position_on_another_build_or_packing_is_refused():
     state = s.state_dict()
     pos = DataPosition.from_dict(state)
     assert pos.build_ids == ["hash-a", "hash-b"] and pos.consumed_samples == 4
-    with pytest.raises(ParsitError, match=r"build_ids: checkpoint \['hash-a', 'hash-b'\], this run \['hash-a', 'hash-c'\]"):
+    refused = r"build_ids: checkpoint \['hash-a', 'hash-b'\], this run \['hash-a', 'hash-c'\]"
+    with pytest.raises(ParsitError, match=refused):
         _sampler(1, 0, build_ids=["hash-a", "hash-c"]).load_state_dict(state)  # same sizes, rebuilt
     other = ResumableBatchSampler([200, 100], 2, seed=5, weights=[1.0, 1.5], build_ids=["hash-a", "hash-b"])
     with pytest.raises(ParsitError, match=r"pack_length: checkpoint 256, this run None"):
@@ -234,7 +235,8 @@ def test_a_cache_or_an_attention_mask_would_attend_across_samples(tiny_model, da
             return tiny_model(**common, **kw).logits[0, n0 : n0 + n1]
 
         torch.testing.assert_close(second(use_cache=False), ref, rtol=1e-5, atol=1e-5)
-        for leaky in ({}, {"use_cache": True}, {"use_cache": False, "attention_mask": torch.ones_like(packed["input_ids"])}):
+        ones = torch.ones_like(packed["input_ids"])
+        for leaky in ({}, {"use_cache": True}, {"use_cache": False, "attention_mask": ones}):
             assert (second(**leaky) - ref).abs().max() > 1e-3, leaky
 
 
