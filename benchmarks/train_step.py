@@ -45,7 +45,7 @@ def main() -> None:
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
 
     def step(batch) -> None:
-        loss = forward_loss(engine, batch, engine.device, dtype)
+        loss = forward_loss(engine, batch, engine.device, dtype) / max(1, batch["num_supervised"])  # a sum
         engine.backward(loss)
         engine.step()
 

@@ -42,6 +42,12 @@ class DataConfig(_Strict):
     tokenizer: str = Field("qwen3", description="'qwen3' (bundled) or a tokenizer folder; checked against manifests")
     max_length: int | None = Field(None, gt=0, description="multimodal length limit per sample (None: manifest's)")
     group_by_length: bool = False
+    # Packing (issue 13; docs/PACKING.md)
+    pack_length: int | None = Field(
+        None, gt=0, description="pack samples into sequences of this many tokens (None: pad each micro-batch); "
+        "optim.micro_batch_size then counts packs")
+    max_images_per_pack: int | None = Field(None, gt=0, description="cap on a pack's images (vision tower memory)")
+    pack_window: int = Field(16384, gt=0, description="samples of the shuffled order the planner packs at once")
 
     @field_validator("builds", mode="before")
     @classmethod
@@ -109,6 +115,9 @@ class OptimConfig(_Strict):
     gradient_accumulation_steps: int = Field(1, gt=0)
     epochs: int | None = Field(None, gt=0)
     max_steps: int | None = Field(None, gt=0, description="optimizer steps; wins over epochs when both are set")
+    loss_weighting: Literal["token", "sample"] = Field(
+        "token", description="token: a step's loss is the mean over all its supervised tokens (every micro-batch, "
+        "every rank); sample: the mean over its samples of each sample's mean token loss")
 
 
 class DeepSpeedConfig(_Strict):

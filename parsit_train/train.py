@@ -127,6 +127,10 @@ def open_data(cfg: TrainConfig, image_token_id: int, rank: int, world_size: int)
         prefetch_factor=dl.prefetch_factor,
         persistent_workers=dl.persistent_workers,
         pin_memory=dl.pin_memory,
+        pack_length=cfg.data.pack_length,
+        max_images_per_pack=cfg.data.max_images_per_pack,
+        pack_window=cfg.data.pack_window,
+        loss_weighting=cfg.optim.loss_weighting,
     )
     vision = manifests[0].vision.model_dump(mode="json")  # the dataset refused builds of other geometries
     vocab = max(m.tokenizer.vocab_size for m in manifests)
@@ -215,9 +219,10 @@ class Metrics:
         if s % self.every == 0 or s == total:
             lrs = " ".join(f"{k}={v:.2e}" for k, v in rec["lr"].items())
             gn = "n/a" if rec["grad_norm"] is None else f"{rec['grad_norm']:.3f}"
+            util = rec["tokens"] / max(1, rec["padded_tokens"])
             log.info(
-                "step %d/%d | epoch %d | loss %.4f | lr %s | grad_norm %s | tok/s %.0f | sup tok/s %.0f",
-                s, total, rec["epoch"], rec["loss"], lrs, gn, rec["tokens_per_s"], rec["supervised_tokens_per_s"],
+                "step %d/%d | epoch %d | loss %.4f | lr %s | grad_norm %s | tok/s %.0f | sup tok/s %.0f | util %.2f",
+                s, total, rec["epoch"], rec["loss"], lrs, gn, rec["tokens_per_s"], rec["supervised_tokens_per_s"], util,
             )
         if self.tb is not None:
             self.tb.add_scalar("train/loss", rec["loss"], s)
@@ -335,51 +340,75 @@ class TrainResult:
     stopped_early: bool = False
 
 
-def with_blank_image(batch: dict, image_token_id: int, image_size: int, tokens: int) -> dict:
-    """A text-only batch with one blank image appended after the padding (masked out, not supervised).
-
-    Every rank must run the same modules in the same order each micro-step: ZeRO-3 gathers parameters
-    module by module (a rank that skipped the vision tower would pair its gathers with another rank's
-    language-model gathers and corrupt or hang the collective), and ZeRO-2 expects a gradient for every
-    trainable parameter. The appended positions come after every real token and are masked out, so
-    causal attention keeps them from changing any real position; their labels are ignored.
-    """
-    ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
-    extra = torch.zeros((ids.shape[0], tokens), dtype=ids.dtype)
-    extra_ids = extra.clone()
-    extra_ids[0] = image_token_id
-    return {
-        **batch,
-        "input_ids": torch.cat([ids, extra_ids], dim=1),
-        "labels": torch.cat([labels, torch.full_like(extra, IGNORE_INDEX)], dim=1),
-        "attention_mask": torch.cat([mask, extra], dim=1),
-        "pixel_values": torch.zeros(1, 3, image_size, image_size),
-    }
-
-
 def forward_loss(model, batch: dict, device, dtype) -> torch.Tensor:
-    """Mean next-token cross-entropy over the supervised positions, projecting only those onto the vocabulary.
+    """SUM of the next-token cross-entropies over the batch's targets (weighted by ``target_weights`` when
+    the collator gives them), projecting only the supervised positions onto the vocabulary.
 
-    The same value as the model's own ``labels=`` loss, without materialising [batch, length, vocab] logits:
-    a document sample has ~800 positions and a dozen supervised ones, and Qwen3's vocabulary is 151k wide.
+    The caller divides by the step's total (see :func:`step_scale`): a mean per micro-batch would make the
+    gradient depend on how a step's samples are split into micro-batches and ranks. ``targets`` are the
+    labels shifted per sample by the collator, so no position of a pack predicts the next sample's first
+    token. The model is called with ``use_cache=False``: with a cache (the config default is
+    ``use_cache=True``) transformers' packed-sequence masking is off and a packed row would attend across
+    its samples; a packed batch has no attention mask for the same reason (its boundaries are the
+    ``position_ids`` restarts). Logits are never materialised as [batch, length, vocab]: a document sample
+    has ~800 positions and a dozen supervised ones, and Qwen3's vocabulary is 151k wide.
     """
-    labels = batch["labels"].to(device)
-    targets = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    targets = batch.get("targets")
+    if targets is None:  # a batch made elsewhere: one sample per row, shift the labels by one
+        targets = torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)
+    targets = targets.to(device)
     keep = targets != IGNORE_INDEX
     empty = not bool(keep.any())
     if empty:  # nothing supervised in this micro-batch: a zero loss that still touches every part
         keep[0, 0] = True
-    pixels = batch["pixel_values"]
+    pixels, mask, positions = batch["pixel_values"], batch.get("attention_mask"), batch.get("position_ids")
     out = model(
         input_ids=batch["input_ids"].to(device),
-        attention_mask=batch["attention_mask"].to(device),
+        attention_mask=None if mask is None else mask.to(device),
+        position_ids=None if positions is None else positions.to(device),
         pixel_values=None if pixels is None else pixels.to(device, dtype),
         logits_to_keep=keep,
+        use_cache=False,
     )
     logits = out.logits.float().reshape(-1, out.logits.shape[-1])
     if empty:
         return logits.sum() * 0.0
-    return torch.nn.functional.cross_entropy(logits, targets[keep])
+    ce = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="none")
+    weights = batch.get("target_weights")
+    if weights is not None:
+        ce = ce * weights.to(device)[keep]
+    return ce.sum()
+
+
+def step_denominator(cfg: TrainConfig, sampler, position: tuple[int, int]) -> tuple[int, int]:
+    """(denominator of the step's loss, its supervised tokens) for the step starting at ``position``.
+
+    Computed on every rank from the sampler's knowledge of the step's samples (all ranks, all micro-batches)
+    and the shards' ``supervised_tokens`` column: no collective. token weighting divides by the step's
+    supervised tokens, sample weighting by its samples that have any.
+    """
+    tokens, samples, _ = sampler.step_totals(position[0], position[1], cfg.optim.gradient_accumulation_steps)
+    return (tokens if cfg.optim.loss_weighting == "token" else samples), tokens
+
+
+def step_scale(denominator: int, world_size: int) -> float:
+    """Factor of a micro-batch's loss SUM so that the engine's gradient is d(step loss)/d(weights).
+
+    ``engine.backward(loss, scale_wrt_gas=False)`` drops DeepSpeed's 1/gradient_accumulation_steps; its
+    data-parallel reduction still averages over ranks (ZeRO-2/3: the reduce divides by the data-parallel
+    world size, with or without ``gradient_predivide_factor``, whose pre- and post-scaling cancel), which
+    the factor ``world_size`` undoes. So the summed gradient over every micro-batch of every rank is
+    sum(token losses) / denominator, exactly.
+    """
+    return world_size / max(1, denominator)
+
+
+def micro_step(engine, batch: dict, denominator: int, world_size: int, dtype) -> torch.Tensor:
+    """Forward and backward of one micro-batch of a step whose loss denominator is ``denominator``;
+    returns the micro-batch's loss sum (detached)."""
+    loss = forward_loss(engine, batch, engine.device, dtype)
+    engine.backward(loss * step_scale(denominator, world_size), scale_wrt_gas=False)
+    return loss.detach()
 
 
 def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
@@ -416,7 +445,10 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
     )
     dtype = torch.bfloat16 if cfg.deepspeed.bf16 else torch.float32
     vc = engine.module.config.vision_config
-    blank_tokens = (vc.image_size // vc.patch_size) ** 2  # "full" feature strategy: every patch
+    # A batch without images gets one blank image from the collator (masked out / its own segment, never
+    # supervised): every rank must run the same modules each micro-step, or ZeRO-3's per-module gathers
+    # pair up wrongly and ZeRO-2 misses gradients. "full" feature strategy: every patch is a token.
+    loader.collator.blank_image = (vc.image_size, (vc.image_size // vc.patch_size) ** 2)
 
     step = resume(engine, cfg, sampler, rank)  # restores the RNG streams too
     if step == 0:
@@ -426,20 +458,22 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
     every = cfg.checkpoint.every_steps
     engine.train()
 
-    acc = torch.zeros(4, dtype=torch.float64)  # loss sum, micro-batches, tokens, supervised tokens
+    # loss sum, micro-batches, tokens, supervised tokens, padded positions, samples with supervision
+    acc = torch.zeros(6, dtype=torch.float64)
     loss_sum = torch.zeros((), dtype=torch.float64, device=engine.device)
     step_ids: list[str] = []
+    denominator = planned = None
     t_last = time.perf_counter()
     while step < total and not result.stopped_early:
         for batch in loader:
-            feed = batch if batch["pixel_values"] is not None else with_blank_image(
-                batch, cfg.model.image_token_id, vc.image_size, blank_tokens)
-            loss = forward_loss(engine, feed, engine.device, dtype)
-            engine.backward(loss)
+            if denominator is None:  # first micro-batch of a step: its loss denominator, from the plan
+                denominator, planned = step_denominator(cfg, sampler, batch["data_position"])
+            loss = micro_step(engine, batch, denominator, world_size, dtype)
             boundary = engine.is_gradient_accumulation_boundary()
             engine.step()
-            loss_sum += loss.detach().double()  # no host sync per micro-batch; read once per step
-            acc += torch.tensor([0, 1, batch["num_tokens"], batch["num_supervised"]], dtype=torch.float64)
+            loss_sum += loss.double()  # no host sync per micro-batch; read once per step
+            acc += torch.tensor([0, 1, batch["num_tokens"], batch["num_supervised"], batch["num_padded"],
+                                 batch["num_samples_supervised"]], dtype=torch.float64)
             step_ids.extend(batch["sample_ids"])
             if not boundary:
                 continue
@@ -450,14 +484,22 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
             reduced = acc.to(engine.device)  # NCCL reduces device tensors only
             torch.distributed.all_reduce(reduced)
             acc = reduced.cpu()
+            if int(acc[3]) != planned:
+                raise ParsitError(
+                    f"step {step}: the batches held {int(acc[3])} supervised targets, the shards' supervised_tokens "
+                    f"column says {planned}: the build is inconsistent (a supervised first token?); rebuild it"
+                )
             now = time.perf_counter()
             grad_norm = engine.get_global_grad_norm()
             rec = {
                 "step": step,
                 "epoch": sampler.epoch,
-                "loss": float(acc[0] / acc[1]),
+                "loss": float(acc[0]) / max(1, denominator),
                 "lr": {g["part"]: g["lr"] for g in optimizer.param_groups},
                 "grad_norm": None if grad_norm is None else float(grad_norm),
+                "tokens": int(acc[2]),
+                "padded_tokens": int(acc[4]),
+                "supervised_tokens": int(acc[3]),
                 "tokens_per_s": float(acc[2]) / (now - t_last),
                 "supervised_tokens_per_s": float(acc[3]) / (now - t_last),
             }
@@ -470,6 +512,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
             acc.zero_()
             loss_sum.zero_()
             step_ids = []
+            denominator = planned = None
             if stop_after is not None and step >= stop_after and step < total:
                 result.stopped_early = True
             if (every and step % every == 0) or step == total or result.stopped_early:

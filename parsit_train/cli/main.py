@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from parsit_data.errors import ParsitError, run_app
+from parsit_train.cli.plan import plan_command
 
 app = typer.Typer(
     name="parsit-train",
@@ -98,6 +99,9 @@ def train_command(
 
     cfg = load_config(config, overrides)
     train(cfg, stop_after=stop_after)
+
+
+app.command("plan")(plan_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -37,9 +37,14 @@ consumes ((S // patch)² tokens per crop). Length policy: a sample over ``max_le
 builds are checked when the loader is built), never truncated by the loader; rebuild with
 ``--max-length``. Padding is right-sided; ``attention_mask`` comes from lengths, never from ids.
 
-Modules: ``dataset`` (builds opened with ``parsit_data.format.open_build``, zero-copy rows), ``images`` (pixel values for SigLIP-style
-towers), ``collator`` (padding, image-token expansion), ``sampler`` (deterministic, resumable batch
-sampler), ``loader`` (the DataLoader factory and seeded workers).
+Packing: ``pack_length=N`` makes ``batch_size`` count packs of up to N tokens (docs/PACKING.md); batches
+then hold ``position_ids`` and no ``attention_mask``. Every batch holds ``targets`` (labels shifted per
+sample) and ``data_position`` (where in the stream it starts, for ``sampler.step_totals``).
+
+Modules: ``dataset`` (builds opened with ``parsit_data.format.open_build``, zero-copy rows), ``images``
+(pixel values for SigLIP-style towers), ``collator`` (padding or packing, image-token expansion,
+per-sample targets), ``sampler`` (deterministic, resumable batch sampler; ``DataPosition``), ``packing``
+(the pack plan), ``loader`` (the DataLoader factory and seeded workers).
 """
 
 from parsit_train.data.collator import Collator

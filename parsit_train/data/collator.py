@@ -14,6 +14,18 @@ ParsitError naming the sample (the dataset already refuses such builds at open, 
 inconsistent build). Truncating here could cut an image's tokens apart, and the build already had the
 chance to truncate at a turn boundary.
 
+Targets: ``targets`` are the labels shifted by one PER SAMPLE (position t holds the label of token t+1 of
+the same sample; a sample's last position holds -100), which is what the trainer's loss reads, so no
+position is ever trained on another sample's token.
+
+Packing: items carrying a ``pack`` slot (the sampler's ``(index, slot)`` keys) are concatenated into one
+row per slot, with ``position_ids`` restarting at 0 for each sample and NO ``attention_mask`` (None): the
+model's packed-sequence masking reads the boundaries from ``position_ids`` (see docs/PACKING.md). Padding
+after the last sample is a segment of its own.
+
+Blank image: with ``blank_image=(size, tokens)``, a batch without any image gets one blank image after
+its padding (masked out / its own segment, labels -100), so the vision tower runs on every rank.
+
 Example (pad 151643, image token 151655, 2 tokens per image)::
 
     row    input_ids [151644, -200, 198, 9707, 151645]  labels [-100, -100, -100, 9707, 151645]
@@ -69,9 +81,11 @@ def _empty_pixels(shape: tuple[int, ...]) -> torch.Tensor:
 class Collator:
     """Callable for ``DataLoader(collate_fn=...)`` over :class:`ShardDataset` items.
 
-    Returns ``input_ids`` / ``labels`` (int64 [B, T]), ``attention_mask`` (int64 [B, T]),
-    ``pixel_values`` (float32 [crops in batch, 3, S, S] or None), ``sample_ids`` (list[str]),
-    ``num_tokens`` (real, unpadded tokens) and ``num_supervised`` (labels != -100), for throughput logs.
+    Returns ``input_ids`` / ``labels`` / ``targets`` (int64 [B, T]), ``attention_mask`` (int64 [B, T]; None
+    when packed), ``position_ids`` (int64 [B, T] when packed, else None), ``target_weights`` (float32 [B, T]
+    with ``loss_weighting="sample"``, else None), ``pixel_values`` (float32 [crops in batch, 3, S, S] or
+    None), ``sample_ids`` (list[str]), ``num_tokens`` (real tokens), ``num_padded`` (positions computed),
+    ``num_supervised`` (targets != -100) and ``num_samples_supervised``, for the loss and the logs.
     """
 
     def __init__(
@@ -81,6 +95,9 @@ class Collator:
         max_length: int,
         image_processor=None,
         pad_to_multiple_of: int | None = None,
+        pack_length: int | None = None,
+        blank_image: tuple[int, int] | None = None,
+        loss_weighting: str = "token",
     ) -> None:
         if image_token_id < 0:
             raise ParsitError(f"image_token_id {image_token_id} is not a vocabulary id: pass the model's image token id")
@@ -92,6 +109,11 @@ class Collator:
         self.image_processor = image_processor
         self.tokens_per_crop = image_processor.tokens_per_image if image_processor is not None else None
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.pack_length = None if pack_length is None else int(pack_length)
+        self.blank_image = None if blank_image is None else (int(blank_image[0]), int(blank_image[1]))
+        if loss_weighting not in ("token", "sample"):
+            raise ParsitError(f"loss_weighting must be 'token' or 'sample', got {loss_weighting!r}")
+        self.loss_weighting = loss_weighting
 
     def _check_crops(self, item: dict) -> None:
         if self.tokens_per_crop is None or "crops_per_image" not in item:
@@ -116,45 +138,94 @@ class Collator:
             k += c.shape[0]
         return out
 
+    def _sequence(self, item: dict) -> tuple[np.ndarray, np.ndarray]:
+        sid = item["sample_id"]
+        if item["num_image_tokens"] and (item.get("image_crops") is None or self.image_processor is None):
+            raise ParsitError(f"sample {sid!r} has images but no pixels: give the dataset and the collator the "
+                              "run's ImageProcessor")
+        self._check_crops(item)
+        ids, labels = expand_images(
+            np.asarray(item["input_ids"]), np.asarray(item["labels"]), item["num_image_tokens"],
+            self.image_token_id, sid,
+        )
+        limit = self.pack_length or self.max_length
+        if ids.shape[0] > limit:
+            raise ParsitError(
+                f"sample {sid!r} has {ids.shape[0]} tokens with its images expanded, over "
+                f"{'pack_length' if self.pack_length else 'max_length'}={limit}; the loader does not truncate: "
+                f"rebuild with --max-length {limit}"
+            )
+        return ids, labels
+
     def __call__(self, items: Sequence[dict]) -> dict:
         seqs, crops = [], []
-        for item in items:
-            sid = item["sample_id"]
-            if item["num_image_tokens"] and (item.get("image_crops") is None or self.image_processor is None):
-                raise ParsitError(f"sample {sid!r} has images but no pixels: give the dataset and the collator the "
-                                  "run's ImageProcessor")
-            self._check_crops(item)
-            ids, labels = expand_images(
-                np.asarray(item["input_ids"]), np.asarray(item["labels"]), item["num_image_tokens"],
-                self.image_token_id, sid,
-            )
-            if ids.shape[0] > self.max_length:
-                raise ParsitError(
-                    f"sample {sid!r} has {ids.shape[0]} tokens with its images expanded, over max_length="
-                    f"{self.max_length}; the loader does not truncate: rebuild with --max-length {self.max_length}"
-                )
-            seqs.append((ids, labels))
+        rows: list[list[int]] = []  # which sequences each batch row holds
+        slots: dict[int, int] = {}
+        for k, item in enumerate(items):
+            seqs.append(self._sequence(item))
             if item.get("image_crops") is not None:
                 crops.append(item["image_crops"])
-        width = max(s[0].shape[0] for s in seqs)
+            if "pack" in item:  # packed: the sampler's pack slot decides the row
+                row = slots.setdefault(int(item["pack"]), len(slots))
+                if row == len(rows):
+                    rows.append([])
+                rows[row].append(k)
+            else:
+                rows.append([k])
+        packed = any(len(r) > 1 for r in rows) or any("pack" in it for it in items)
+        lengths = [sum(seqs[k][0].shape[0] for k in r) for r in rows]
+        width = max(lengths)
         if self.pad_to_multiple_of:
             m = self.pad_to_multiple_of
-            width = min(self.max_length, -(-width // m) * m)
-        bsz = len(seqs)
-        input_ids = torch.full((bsz, width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((bsz, width), IGNORE_INDEX, dtype=torch.long)
-        attention = torch.zeros((bsz, width), dtype=torch.long)
-        for b, (ids, lab) in enumerate(seqs):
-            n = ids.shape[0]
-            input_ids[b, :n] = torch.from_numpy(ids)
-            labels[b, :n] = torch.from_numpy(lab)
-            attention[b, :n] = 1
+            width = min(self.pack_length or self.max_length, -(-width // m) * m)
+        blank = self.blank_image is not None and not crops
+        extra = self.blank_image[1] if blank else 0
+        bsz, total = len(rows), width + extra
+        input_ids = torch.full((bsz, total), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((bsz, total), IGNORE_INDEX, dtype=torch.long)
+        targets = torch.full((bsz, total), IGNORE_INDEX, dtype=torch.long)
+        weights = torch.zeros((bsz, total), dtype=torch.float32) if self.loss_weighting == "sample" else None
+        position_ids = torch.zeros((bsz, total), dtype=torch.long)
+        attention = torch.zeros((bsz, total), dtype=torch.long)
+        samples_supervised = 0
+        for b, members in enumerate(rows):
+            at = 0
+            for k in members:
+                ids, lab = seqs[k]
+                n = ids.shape[0]
+                input_ids[b, at : at + n] = torch.from_numpy(ids)
+                labels[b, at : at + n] = torch.from_numpy(lab)
+                # Shifted per sample: position t predicts token t+1 of the same sample; a sample's last
+                # position predicts nothing, so no target ever crosses into the next sample.
+                tgt = torch.from_numpy(lab[1:])
+                targets[b, at : at + n - 1] = tgt
+                supervised = int((tgt != IGNORE_INDEX).sum())
+                samples_supervised += supervised > 0
+                if weights is not None and supervised:
+                    weights[b, at : at + n - 1] = (tgt != IGNORE_INDEX).float() / supervised
+                position_ids[b, at : at + n] = torch.arange(n)
+                attention[b, at : at + n] = 1
+                at += n
+            # Padding (and a blank image) is one trailing segment of its own: positions restart at 0.
+            position_ids[b, at:] = torch.arange(total - at)
+        pixels = self._pixels(crops)
+        if blank:
+            input_ids[0, width:] = self.image_token_id
+            pixels = torch.zeros((1, 3, self.blank_image[0], self.blank_image[0]), dtype=torch.float32)
+        real = int(attention.sum())
         return {
             "input_ids": input_ids,
             "labels": labels,
-            "attention_mask": attention,
-            "pixel_values": self._pixels(crops),
+            "targets": targets,
+            "target_weights": weights,
+            # Packed: no attention mask (the model reads the sample boundaries from position_ids);
+            # padded: the mask from lengths, and position ids left to the model.
+            "attention_mask": None if packed else attention,
+            "position_ids": position_ids if packed else None,
+            "pixel_values": pixels,
             "sample_ids": [it["sample_id"] for it in items],
-            "num_tokens": int(attention.sum()),
-            "num_supervised": int((labels != IGNORE_INDEX).sum()),
+            "num_tokens": real,
+            "num_padded": int(input_ids.numel()),
+            "num_supervised": int((targets != IGNORE_INDEX).sum()),
+            "num_samples_supervised": int(samples_supervised),
         }

@@ -100,6 +100,13 @@ def _list_view(arr: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
     return arr.values.to_numpy(zero_copy_only=True), arr.offsets.to_numpy(zero_copy_only=True)
 
 
+def _list_sums(arr: pa.ListArray) -> np.ndarray:
+    """Sum of each list of a list<int32> column."""
+    offsets = arr.offsets.to_numpy()
+    values = np.concatenate([[0], np.cumsum(arr.values.to_numpy(zero_copy_only=False), dtype=np.int64)])
+    return values[offsets[1:]] - values[offsets[:-1]]
+
+
 class ShardDataset:
     """Rows of one or more builds, concatenated in the order given (index ``i`` is stable).
 
@@ -209,6 +216,18 @@ class ShardDataset:
     def has_image(self) -> np.ndarray:
         """True where the row has at least one image (for grouping by modality)."""
         return self._column("num_image_tokens", lambda c: np.diff(c.offsets.to_numpy()) > 0).astype(bool)
+
+    def image_counts(self) -> np.ndarray:
+        """Images of every row (int64), for the packing plan's image cap."""
+        return self._column("num_image_tokens", lambda c: np.diff(c.offsets.to_numpy())).astype(np.int64)
+
+    def visual_tokens(self) -> np.ndarray:
+        """Visual tokens of every row (int64), for balancing the vision tower's work across ranks."""
+        return self._column("num_image_tokens", _list_sums).astype(np.int64)
+
+    def supervised_tokens(self) -> np.ndarray:
+        """Supervised tokens of every row (int64): the denominators of the token-exact loss."""
+        return self._column("supervised_tokens", lambda c: c.to_numpy(zero_copy_only=False)).astype(np.int64)
 
     # -- rows --------------------------------------------------------------------------------------
 

@@ -40,23 +40,50 @@ def seed_worker(worker_id: int, seed: int, rank: int) -> None:
     torch.manual_seed(s)
 
 
+class PackedItems:
+    """The dataset as the DataLoader sees it when packing: a key is ``(index, pack slot)``, and the item
+    carries its slot so the collator knows which row of the batch (which pack) it belongs to."""
+
+    def __init__(self, dataset: ShardDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        index, slot = key
+        item = self.dataset[int(index)]
+        item["pack"] = int(slot)
+        return item
+
+
 class ParsitLoader:
     """Iterates the DataLoader and counts each batch it hands out in the sampler's state.
 
     A full pass moves the sampler to the next epoch; breaking out of the loop leaves it where the last
-    handed-out batch ended, which is what ``sampler.state_dict()`` then records.
+    handed-out batch ended, which is what ``sampler.state_dict()`` then records. Each batch carries
+    ``data_position``: the (epoch, consumed units) at which it starts, which the training loop uses to ask
+    the sampler for a step's supervised-token total.
     """
 
-    def __init__(self, dataloader: DataLoader, sampler: ResumableBatchSampler) -> None:
+    def __init__(
+        self, dataloader: DataLoader, sampler: ResumableBatchSampler, dataset: ShardDataset | None = None
+    ) -> None:
         self.dataloader = dataloader
         self.sampler = sampler
-        self.dataset: ShardDataset = dataloader.dataset
+        self.dataset: ShardDataset = dataset if dataset is not None else dataloader.dataset
+
+    @property
+    def collator(self) -> Collator:
+        """The collate function (configure it, e.g. ``blank_image``, before iterating: workers copy it)."""
+        return self.dataloader.collate_fn
 
     def __len__(self) -> int:
         return len(self.sampler)
 
     def __iter__(self) -> Iterator[dict]:
         for batch in self.dataloader:
+            batch["data_position"] = (self.sampler.epoch, self.sampler.consumed)
             self.sampler.advance()
             yield batch
         self.sampler.end_epoch()
@@ -92,12 +119,23 @@ def build_dataloader(
     image_std: Sequence[float] = SIGLIP_STD,
     verify_checksums: bool = True,
     pad_to_multiple_of: int | None = None,
+    pack_length: int | None = None,
+    max_images_per_pack: int | None = None,
+    pack_window: int | None = None,
+    blank_image: tuple[int, int] | None = None,
+    loss_weighting: str = "token",
 ) -> tuple[ParsitLoader, ResumableBatchSampler]:
     """Open and verify the builds and return (loader, sampler) for this rank.
 
     Raises ParsitError before any batch when a build is unfinished or corrupt, was made with another
     tokenizer / pad id / image token index, or holds rows longer than ``max_length``. ``pin_memory``
     None means: pin when CUDA is available.
+
+    ``pack_length``: batch ``batch_size`` packs of up to that many tokens per rank (see
+    :mod:`parsit_train.data.packing`) instead of ``batch_size`` padded samples. ``blank_image``:
+    ``(image_size, visual tokens)`` of one blank image the collator appends to a batch without images (the
+    trainer's ZeRO needs every rank to run the vision tower each micro-step). ``loss_weighting``: ``sample``
+    makes the collator emit per-token weights 1/(the sample's supervised tokens).
     """
     dirs = [build_dirs] if isinstance(build_dirs, (str, Path)) else list(build_dirs)
     probe = ShardDataset(dirs, tokenizer_path, pad_token_id=pad_token_id, max_length=max_length,
@@ -109,6 +147,13 @@ def build_dataloader(
     processor = ImageProcessor(probe.vision, mean=image_mean, std=image_std) if probe.vision else None
     probe.image_processor = processor
     dataset = probe
+    if pack_length is not None and max_length > pack_length:
+        longest = int(dataset.lengths().max()) if len(dataset) else 0
+        if longest > pack_length:
+            raise ParsitError(f"the builds hold samples of up to {longest} tokens, over data.pack_length="
+                              f"{pack_length}: "
+                              "packing never splits a sample; raise pack_length or rebuild with --max-length")
+    packing = pack_length is not None
     sampler = ResumableBatchSampler(
         [b.num_rows for b in dataset.builds],
         batch_size,
@@ -118,15 +163,25 @@ def build_dataloader(
         world_size=world_size,
         shuffle=shuffle,
         group_by_length=group_by_length,
-        lengths=dataset.lengths() if group_by_length else None,
+        lengths=dataset.lengths() if group_by_length or packing else None,
         has_image=dataset.has_image() if group_by_length else None,
         group_size=group_size,
         drop_last=drop_last,
+        build_ids=[b.manifest.config_hash for b in dataset.builds],
+        pack_length=pack_length,
+        max_images_per_pack=max_images_per_pack,
+        image_counts=dataset.image_counts() if packing else None,
+        visual_tokens=dataset.visual_tokens() if packing else None,
+        supervised=dataset.supervised_tokens(),
+        **({"pack_window": pack_window} if pack_window else {}),
     )
     collator = Collator(
         dataset.pad_token_id, image_token_id, max_length,
         image_processor=processor,
         pad_to_multiple_of=pad_to_multiple_of,
+        pack_length=pack_length,
+        blank_image=blank_image,
+        loss_weighting=loss_weighting,
     )
     workers = dict(
         worker_init_fn=functools.partial(seed_worker, seed=seed, rank=rank),
@@ -135,7 +190,7 @@ def build_dataloader(
     ) if num_workers > 0 else {}
     generator = torch.Generator().manual_seed(worker_seed(seed, rank, 2**32 - 1))  # main-process stream
     loader = DataLoader(
-        dataset,
+        PackedItems(dataset) if packing else dataset,
         batch_sampler=sampler,
         collate_fn=collator,
         num_workers=num_workers,
@@ -143,6 +198,7 @@ def build_dataloader(
         generator=generator,
         **workers,
     )
-    log.info("data: %d rows in %d build(s), %d batches of %d per rank this epoch, %d workers",
-             len(dataset), len(dataset.builds), len(sampler), batch_size, num_workers)
-    return ParsitLoader(loader, sampler), sampler
+    log.info("data: %d rows in %d build(s), %d batches of %d %s per rank this epoch, %d workers",
+             len(dataset), len(dataset.builds), len(sampler), batch_size,
+             f"packs of {pack_length} tokens" if packing else "samples", num_workers)
+    return ParsitLoader(loader, sampler, dataset), sampler

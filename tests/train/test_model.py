@@ -290,28 +290,32 @@ def test_forward_loss_equals_the_models_own_loss_on_supervised_positions(tiny_mo
     attention[1, 10:] = 0
     batch = {"input_ids": ids, "labels": labels, "attention_mask": attention, "pixel_values": torch.randn(2, 3, 28, 28)}
     with torch.no_grad():
-        ours = forward_loss(tiny_model, batch, "cpu", torch.float32)
+        ours = forward_loss(tiny_model, batch, "cpu", torch.float32)  # a sum: the trainer divides per step
         ref = tiny_model(**batch).loss
-    assert ours.item() == pytest.approx(ref.item(), rel=1e-6)
+    targets = int((labels[:, 1:] != -100).sum())
+    assert ours.item() / targets == pytest.approx(ref.item(), rel=1e-6)
     batch["labels"] = torch.full_like(ids, -100)  # nothing supervised: zero, not NaN
     assert forward_loss(tiny_model, batch, "cpu", torch.float32).item() == 0.0
 
 
 def test_blank_image_for_text_only_batches_changes_no_real_position(tiny_model):
-    from parsit_train.train import forward_loss, with_blank_image
+    from parsit_train.data.collator import Collator
+    from parsit_train.train import forward_loss
 
     torch.manual_seed(4)
-    ids = torch.randint(0, 1000, (2, 10))
-    labels = ids.clone()
-    labels[:, :4] = -100
-    attention = torch.ones_like(ids)
-    attention[1, 8:] = 0
-    labels[1, 8:] = -100
-    batch = {"input_ids": ids, "labels": labels, "attention_mask": attention, "pixel_values": None}
-    fed = with_blank_image(batch, 151655, 28, 4)
+    items = []
+    for k, n in enumerate((10, 8)):
+        ids = torch.randint(0, 1000, (n,)).numpy().astype("int32")
+        labels = ids.copy()
+        labels[:4] = -100
+        items.append({"sample_id": f"t{k}", "input_ids": ids, "labels": labels, "num_image_tokens": []})
+    plain = Collator(151643, 151655, 64)(items)
+    fed = Collator(151643, 151655, 64, blank_image=(28, 4))(items)
+    assert plain["pixel_values"] is None
     assert fed["input_ids"].shape == (2, 14) and int((fed["input_ids"] == 151655).sum()) == 4
     assert fed["pixel_values"].shape == (1, 3, 28, 28)
+    assert fed["num_supervised"] == plain["num_supervised"] and fed["num_tokens"] == plain["num_tokens"]
     with torch.no_grad():
-        plain = forward_loss(tiny_model, batch, "cpu", torch.float32)
-        blank = forward_loss(tiny_model, fed, "cpu", torch.float32)
-    assert blank.item() == pytest.approx(plain.item(), rel=1e-6)
+        plain_loss = forward_loss(tiny_model, plain, "cpu", torch.float32)
+        blank_loss = forward_loss(tiny_model, fed, "cpu", torch.float32)
+    assert blank_loss.item() == pytest.approx(plain_loss.item(), rel=1e-6)
