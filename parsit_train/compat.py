@@ -51,9 +51,31 @@ def hf_deepspeed_config(ds_config: dict):
     the model inside ``deepspeed.zero.Init`` (partitioned at construction) and loads each weight into
     its partition. transformers keeps only a weak reference: the caller must hold the object until the
     DeepSpeed engine exists."""
-    from transformers.integrations import HfDeepSpeedConfig
+    import importlib.util
 
-    return HfDeepSpeedConfig(ds_config)
+    if importlib.util.find_spec("accelerate") is not None:
+        from transformers.integrations import HfDeepSpeedConfig
+
+        return HfDeepSpeedConfig(ds_config)
+    # transformers' HfDeepSpeedConfig subclasses accelerate's and refuses to exist without it; the only things
+    # from_pretrained reads from the registered object (transformers 5.24: is_deepspeed_zero3_enabled and
+    # deepspeed_config in integrations/deepspeed.py) are ``is_zero3()`` and ``config``. Without accelerate,
+    # register a stand-in that provides exactly those through transformers' own setter.
+    from transformers.integrations.deepspeed import set_hf_deepspeed_config
+
+    holder = _ZeroConfig(ds_config)
+    set_hf_deepspeed_config(holder)
+    return holder
+
+
+class _ZeroConfig:
+    """What transformers reads from a registered HfDeepSpeedConfig (see :func:`hf_deepspeed_config`)."""
+
+    def __init__(self, config: dict) -> None:
+        self.config = config
+
+    def is_zero3(self) -> bool:
+        return int(self.config.get("zero_optimization", {}).get("stage", 0)) == 3
 
 
 def set_attn_implementation(config, name: str) -> None:
