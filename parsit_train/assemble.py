@@ -224,12 +224,21 @@ def assemble(
     from parsit_train.serving import write_serving_files
 
     vision_tower, language_model, out = Path(vision_tower), Path(language_model), Path(out)
+    for what, folder in (("vision tower", vision_tower), ("language model", language_model)):
+        if not (folder / "config.json").is_file():
+            raise ParsitError(f"the {what} {folder} is not a model folder (no config.json): give a local Hugging "
+                              "Face folder (nothing is downloaded)")
     vc = vision_config_of(TowerSpec(path=vision_tower))
     tc = text_config_of(TowerSpec(path=language_model))
     cfg = combine_configs(vc, tc, image_token_id, vision_feature_layer)
     if image_token_id >= tc.vocab_size:
         raise ParsitError(f"image token id {image_token_id} is outside the language model's vocabulary ({tc.vocab_size})")
     tok_dir = resolve_tokenizer_path(tokenizer)
+    geometry = vision or {"image_size": vc.image_size, "patch_size": vc.patch_size, "aspect": "pad"}
+    if vision and (int(vision["image_size"]) != vc.image_size or int(vision["patch_size"]) != vc.patch_size):
+        raise ParsitError(f"the build's geometry (image_size {vision['image_size']}, patch_size {vision['patch_size']}) "
+                          f"differs from the vision tower's ({vc.image_size}, {vc.patch_size}): rebuild the data "
+                          "for this tower or use a matching tower")
     # The names and shapes the LLaVA model expects, from a model built on the meta device (no memory).
     with torch.device("meta"):
         ref = LlavaForConditionalGeneration(cfg)
@@ -262,10 +271,6 @@ def assemble(
     cfg.dtype = str(_dtype_name(tc)).removeprefix("torch.")
     cfg.save_pretrained(str(out))
     write_shards(out, [entries[k] for k in sorted(entries)], max_shard_bytes)
-    geometry = vision or {"image_size": vc.image_size, "patch_size": vc.patch_size, "aspect": "pad"}
-    if vision and (int(vision["image_size"]) != vc.image_size or int(vision["patch_size"]) != vc.patch_size):
-        raise ParsitError(f"the build's geometry {vision['image_size']}/{vision['patch_size']} differs from the "
-                          f"vision tower's {vc.image_size}/{vc.patch_size}")
     tmpl = template or {"name": "qwen_1_5", "system_prompt": "You are a helpful assistant.", "label_policy": "native"}
     write_serving_files(out, tok_dir, geometry, tmpl, image_token_id, vc.patch_size)
     (out / MARKER).write_text(json.dumps({"vision_tower": str(vision_tower), "language_model": str(language_model),

@@ -100,6 +100,11 @@ def train_command(
     train(cfg, stop_after=stop_after)
 
 
+from parsit_train.cli.assemble import assemble_command  # noqa: E402
+
+app.command("assemble")(assemble_command)
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")

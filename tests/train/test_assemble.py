@@ -136,3 +136,16 @@ def test_attention_implementations_refused_clearly(tmp_path):
         parse_config(tiny_config(tmp_path, tmp_path / "o", model={
             "vision_tower": {"config": TINY_VISION}, "language_model": {"config": TINY_LM},
             "attn_implementation": "flash"}), tmp_path)
+
+
+def test_cli_assemble(towers, tmp_path, capsys):
+    from parsit_train.cli.main import main
+
+    with pytest.raises(SystemExit) as ok:
+        main(["assemble", "--vision-tower", str(towers / "vit"), "--language-model", str(towers / "lm"),
+              "--out", str(tmp_path / "m"), "--vision-feature-layer", "-1"])
+    assert ok.value.code == 0 and (tmp_path / "m" / "processor_config.json").is_file()
+    with pytest.raises(SystemExit) as err:
+        main(["assemble", "--vision-tower", str(towers / "vit"), "--language-model", str(tmp_path / "none"),
+              "--out", str(tmp_path / "m2")])
+    assert err.value.code == 2 and "no config.json" in capsys.readouterr().err
