@@ -211,8 +211,12 @@ def assemble(
     vision: dict | None = None,
     template: dict | None = None,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    serving: bool = True,
 ) -> Path:
     """Write the merged LLaVA folder ``out``; returns it.
+
+    ``serving=False`` leaves out the processor and chat template (a synthetic model whose vocabulary is not
+    the tokenizer's, as in benchmarks).
 
     ``vision`` / ``template``: the build's manifest blocks the serving files reproduce (default: the tower's
     own geometry with aspect ``pad``, and ``qwen_1_5`` with its default system prompt).
@@ -272,7 +276,8 @@ def assemble(
     cfg.save_pretrained(str(out))
     write_shards(out, [entries[k] for k in sorted(entries)], max_shard_bytes)
     tmpl = template or {"name": "qwen_1_5", "system_prompt": "You are a helpful assistant.", "label_policy": "native"}
-    write_serving_files(out, tok_dir, geometry, tmpl, image_token_id, vc.patch_size)
+    if serving:
+        write_serving_files(out, tok_dir, geometry, tmpl, image_token_id, vc.patch_size)
     (out / MARKER).write_text(json.dumps({"vision_tower": str(vision_tower), "language_model": str(language_model),
                                           "projector": str(projector) if projector else f"seeded init ({seed})",
                                           "tensors": len(entries), "skipped_source_tensors": skipped}) + "\n")
