@@ -28,10 +28,10 @@ def assemble_command(
 
     vision = template = None
     if build is not None:
-        from parsit_train.data.dataset import read_manifest
+        from parsit_data.format import load_manifest
 
-        manifest = read_manifest(build)
-        vision, template = manifest.get("vision"), manifest.get("template")
+        manifest = load_manifest(build)
+        vision, template = manifest.vision.model_dump(mode="json"), manifest.template
     folder = assemble(vision_tower, language_model, out, projector, image_token_id=image_token_id,
                       vision_feature_layer=vision_feature_layer, seed=seed, tokenizer=tokenizer, vision=vision,
                       template=template, max_shard_bytes=int(shard_gb * 1024**3))

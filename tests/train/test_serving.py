@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from train_helpers import TINY_LM, TINY_VISION  # noqa: E402
 
-from parsit_data.tokenizer import bundled_qwen3_tokenizer  # noqa: E402
+from parsit_data.format import bundled_qwen3_tokenizer  # noqa: E402
 from parsit_train.serving import chatml_jinja, write_serving_files  # noqa: E402
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo"
