@@ -1,9 +1,10 @@
 """Every private or version-sensitive DeepSpeed / torch / transformers call of the trainer, in one place.
 
 Checked against: torch 2.13.0, deepspeed 0.19.8, transformers 5.24.0 (``CHECKED_WITH``). When one of
-these libraries is upgraded, this module is the list to re-check; ``tests/train/test_compat.py`` pins
-the behaviours the rest of the trainer relies on (the LLaVA key layout on disk, HfDeepSpeedConfig
-switching ``from_pretrained`` to ``zero.Init``, ds_numel on partitioned parameters).
+these libraries is upgraded, this module is the list to re-check; tests pin the behaviours the rest of
+the trainer relies on: the LLaVA key layout on disk (``tests/train/test_assemble.py``), HfDeepSpeedConfig
+switching ``from_pretrained`` to ``zero.Init`` and ds_numel / ds_tensor on partitioned parameters
+(``tests/train/test_zero3.py``, ``tests/train/test_model.py``).
 
 Nothing else in ``parsit_train`` reaches into a private attribute of these libraries.
 """

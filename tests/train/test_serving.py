@@ -138,3 +138,31 @@ def test_generate_runs_on_the_export_with_its_own_processor(served, tmp_path):
         res = loaded.generate(**enc, max_new_tokens=3, do_sample=False)
     assert res.shape[1] > enc["input_ids"].shape[1]
     assert loaded.generation_config.eos_token_id == 151645
+
+
+def test_square_aspect_pixels_match_and_anyres_is_declared_not_reproduced(demo_build, tmp_path):
+    from PIL import Image
+
+    from parsit_train.data.dataset import ShardDataset
+    from parsit_train.data.images import ImageProcessor
+    from parsit_train.serving import SERVING_FILE, image_processor_for
+
+    square = {"image_size": 384, "patch_size": 14, "aspect": "square"}
+    proc, _ = image_processor_for(square)
+    ours = ImageProcessor(square)
+    ds = ShardDataset(demo_build, "qwen3")
+    checked = 0
+    for i in range(len(ds)):
+        item = ds[i]
+        for data, size in zip(item["images"], item["image_sizes"], strict=True):
+            got = proc(images=[Image.open(io.BytesIO(data))], return_tensors="np")["pixel_values"]
+            np.testing.assert_allclose(got, ours.process_sample([data], [size])[0], atol=1e-5, rtol=0)
+            checked += 1
+    assert checked > 10
+    anyres = {**square, "aspect": "anyres", "grid_pinpoints": [[384, 768], [768, 384]]}
+    note = write_serving_files(tmp_path, bundled_qwen3_tokenizer(), anyres, {"name": "qwen_1_5", "system_prompt": None,
+                                                                            "label_policy": "native"}, 151655)
+    assert note["image_processor"].startswith("no image processor: aspect 'anyres'")
+    assert not (tmp_path / "processor_config.json").exists()  # no processor that would mislead
+    assert json.loads((tmp_path / SERVING_FILE).read_text())["image_processor"] == note["image_processor"]
+    assert (tmp_path / "chat_template.jinja").is_file()  # the tokenizer still carries the chat template
