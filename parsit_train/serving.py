@@ -17,9 +17,10 @@ training inputs:
 - a Jinja chat template that renders exactly the build's template (ChatML ``qwen_1_5`` / ``parsit`` /
   ``qwen3``, label policy ``native``): ``<|im_start|>{role}\\n{content}<|im_end|>\\n`` per turn, the
   template's default system prompt unless the conversation starts with its own system turn, and
-  ``<|im_start|>assistant\\n`` as the generation prompt. Images are ``{"type": "image"}`` content parts
-  or the literal ``<image>`` in a string, both rendered as the image token. Other templates (and the
-  ``llava-next`` policy) get no chat template; ``parsit_serving.json`` says why;
+  ``<|im_start|>assistant\\n`` as the generation prompt; and ``qwen_1_5`` with policy ``llava-next``
+  (its fixed system prompt and turn rewriting, :func:`llava_next_jinja`). Images are ``{"type": "image"}``
+  content parts or the literal ``<image>`` in a string, both rendered as the image token. Other templates
+  (vicuna, llama3, plain, the tokenizer's own) get no chat template; ``parsit_serving.json`` says why;
 - ``generation_config.json`` stopping at the template's end-of-turn token (``<|im_end|>``).
 """
 
@@ -72,14 +73,52 @@ def chatml_jinja(system_prompt: str | None, image_token: str = IMAGE_TOKEN) -> s
     )
 
 
+def llava_next_jinja(system_prompt: str, image_token: str = IMAGE_TOKEN) -> str:
+    """Policy ``llava-next`` (LLaVA-NeXT's ``preprocess_qwen``): the fixed system prompt, the conversation's
+    own system turns dropped, and in a conversation with images each turn holding exactly one ``<image>``
+    not at its start rewritten to ``<image>\\n`` + the rest stripped, ``QA_GT_caption_based_noisy`` removed
+    (``parsit_data.templates.chatml.llava_next_multimodal``)."""
+    sysp = json.dumps(system_prompt, ensure_ascii=False)
+    tok = json.dumps(image_token)
+    ph = json.dumps(IMAGE_PLACEHOLDER)
+    return (
+        "{%- macro text(content) -%}"
+        "{%- if content is string -%}{{- content -}}"
+        "{%- else -%}{%- for part in content -%}"
+        "{%- if part.type == 'image' -%}{{- " + ph + " -}}"
+        "{%- elif part.type == 'text' -%}{{- part.text -}}{%- endif -%}"
+        "{%- endfor -%}{%- endif -%}"
+        "{%- endmacro -%}"
+        "{%- set ns = namespace(images=false) -%}"
+        "{%- for message in messages -%}{%- if " + ph + " in text(message.content) -%}"
+        "{%- set ns.images = true -%}{%- endif -%}{%- endfor -%}"
+        "{{- '<|im_start|>system\n' + " + sysp + " + '<|im_end|>\n' -}}"
+        "{%- for message in messages -%}{%- if message.role != 'system' -%}"
+        "{%- set t = text(message.content) -%}"
+        "{%- if ns.images -%}"
+        "{%- if t.count(" + ph + ") == 1 and not t.startswith(" + ph + ") -%}"
+        "{%- set t = (" + ph + " + '\n' + t.replace(" + ph + ", '').strip()).strip() -%}"
+        "{%- endif -%}"
+        "{%- set t = t.replace('QA_GT_caption_based_noisy', '') -%}"
+        "{%- endif -%}"
+        "{{- '<|im_start|>' + message.role + '\n' + t.replace(" + ph + ", " + tok + ") + '<|im_end|>\n' -}}"
+        "{%- endif -%}{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}"
+    )
+
+
 def chat_template_for(template: dict) -> tuple[str | None, str]:
     """(Jinja source or None, a sentence saying what is reproduced) for a manifest's ``template`` block."""
     name = template.get("name")
     policy = template.get("label_policy", "native")
     if name in CHATML_TEMPLATES and policy == "native":
         return chatml_jinja(template.get("system_prompt")), f"chat template {name!r} reproduced exactly"
+    if name == "qwen_1_5" and policy == "llava-next":
+        return (llava_next_jinja(template.get("system_prompt") or "You are a helpful assistant."),
+                "chat template qwen_1_5 with label policy llava-next (LLaVA-NeXT preprocess_qwen) reproduced")
     return None, (f"no chat template: the build's template {name!r} with label policy {policy!r} is not "
-                  "reproduced by the export (only the ChatML templates qwen_1_5, parsit, qwen3 with policy native are)")
+                  "reproduced by the export (the ChatML templates qwen_1_5, parsit, qwen3 with policy native, and "
+                  "qwen_1_5 with llava-next, are)")
 
 
 def image_processor_for(vision: dict):

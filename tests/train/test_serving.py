@@ -53,42 +53,101 @@ def served(demo_build, tmp_path_factory):
     return AutoProcessor.from_pretrained(str(out)), manifest, out
 
 
-def test_export_processor_reproduces_every_training_prefix_and_the_pixels(demo_build, served):
+@pytest.fixture(scope="module")
+def llava_next_build(tmp_path_factory) -> Path:
+    """The demo built with label policy llava-next (LLaVA-NeXT's preprocess_qwen)."""
+    from parsit_data.build import build
+    from parsit_data.config import BuildConfig
+
+    out = tmp_path_factory.mktemp("demo-llava-next") / "build"
+    build(BuildConfig(inputs=[str(DEMO / "mixture.yaml")], image_root=str(DEMO / "images"), out=str(out),
+                      shard_rows=16, label_policy="llava-next"))
+    return out
+
+
+def _reply_starts_native(ids: np.ndarray, labels: np.ndarray) -> list[tuple[int, bool]]:
+    """Policy native supervises exactly each reply and its <|im_end|>: every supervised run starts a reply.
+    The reply is encoded on its own, so no token ever straddles header and reply (merged = False)."""
+    sup = labels != -100
+    return [(k, False) for k in range(len(ids)) if sup[k] and (k == 0 or not sup[k - 1])]
+
+
+def _reply_starts_after_header(ids: np.ndarray, labels: np.ndarray) -> list[tuple[int, bool]]:
+    """Policy llava-next supervises whole turns and control tokens anywhere, so the reply starts are read
+    from the ``<|im_start|>assistant`` headers (151644, 77091). The policy encodes ``assistant\\n{reply}``
+    as one piece (upstream's preprocess_qwen): a reply that starts with a newline merges with the header's
+    (``\\n\\n`` is one token), where inference has generated the header's ``\\n`` alone (merged = True)."""
+    from parsit_data.format import bundled_qwen3_tokenizer as qwen
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(qwen() / "tokenizer.json"))
+    ids = ids.tolist()
+    out = []
+    for k in range(len(ids) - 2):
+        if ids[k:k + 2] == [151644, 77091]:
+            nxt = ids[k + 2]
+            out.append((k + 3, False) if nxt == 198 else (k + 2, tok.decode([nxt]).startswith("\n")))
+    return out
+
+
+def _check_parity(build_dir: Path, out: Path, reply_starts) -> int:
     from PIL import Image
+    from transformers import AutoProcessor
 
     from parsit_train.data.collator import expand_images
     from parsit_train.data.dataset import ShardDataset
     from parsit_train.data.images import ImageProcessor
 
-    processor, manifest, _ = served
-    assert manifest["vision"]["aspect"] == "pad" and manifest["template"]["name"] == "qwen_1_5"
+    manifest = json.loads((build_dir / "manifest.json").read_text())
+    write_serving_files(out, bundled_qwen3_tokenizer(), manifest["vision"], manifest["template"], 151655)
+    processor = AutoProcessor.from_pretrained(str(out))
     assert type(processor).__name__ == "LlavaProcessor"
     records = _demo_records()
-    ds = ShardDataset(demo_build, "qwen3")
+    ds = ShardDataset(build_dir, "qwen3")
     loader_pixels = ImageProcessor(manifest["vision"])
     turns = with_system = with_images = 0
+    merged_turns: list[str] = []
     for i in range(len(ds)):
         item = ds[i]
         messages = records[item["sample_id"]]
         ids, labels = expand_images(item["input_ids"], item["labels"], item["num_image_tokens"], 151655,
                                     item["sample_id"])
-        sup = labels != -100
-        reply_starts = [k for k in range(len(ids)) if sup[k] and (k == 0 or not sup[k - 1])]
+        starts = reply_starts(ids, labels)
         images = [Image.open(io.BytesIO(b)) for b in item["images"]]
         replies = [j for j, m in enumerate(messages) if m["role"] == "assistant"]
-        assert len(replies) == len(reply_starts), item["sample_id"]
-        for start, j in zip(reply_starts, replies, strict=True):
+        assert len(replies) == len(starts), item["sample_id"]
+        for (start, merged), j in zip(starts, replies, strict=True):
             prompt = processor.apply_chat_template(messages[:j], add_generation_prompt=True, tokenize=False)
             n_img = prompt.count("<|image_pad|>")
             enc = processor(text=prompt, images=images[:n_img] or None, return_tensors="np")
-            assert enc["input_ids"][0].tolist() == ids[:start].tolist(), (item["sample_id"], j, prompt)
+            got = enc["input_ids"][0].tolist()
+            if merged:  # the header's newline is inside the reply's first token in the row (see above)
+                assert got[-1] == 198 and messages[j]["content"].startswith("\n"), item["sample_id"]
+                got = got[:-1]
+                merged_turns.append(item["sample_id"])
+            assert got == ids[:start].tolist(), (item["sample_id"], j, prompt)
             if n_img:
                 want, _ = loader_pixels.process_sample(item["images"][:n_img], item["image_sizes"][:n_img])
                 np.testing.assert_allclose(enc["pixel_values"], want, atol=1e-5, rtol=0)
                 with_images += 1
             turns += 1
         with_system += messages[0]["role"] == "system"
-    assert turns >= len(ds) and with_images > 0 and with_system > 0  # multi-turn, images, own system turns
+    assert turns > len(ds) and with_images > 0 and with_system > 0  # multi-turn, images, own system turns
+    return merged_turns
+
+
+def test_export_processor_reproduces_every_training_prefix_and_the_pixels(demo_build, served, tmp_path):
+    _, manifest, _ = served
+    assert manifest["vision"]["aspect"] == "pad" and manifest["template"]["name"] == "qwen_1_5"
+    assert manifest["template"]["label_policy"] == "native"
+    assert _check_parity(demo_build, tmp_path, _reply_starts_native) == []
+
+
+def test_export_reproduces_the_llava_next_policy_too(llava_next_build, tmp_path):
+    manifest = json.loads((llava_next_build / "manifest.json").read_text())
+    assert manifest["template"]["label_policy"] == "llava-next"
+    merged = _check_parity(llava_next_build, tmp_path, _reply_starts_after_header)
+    assert merged == ["edge-newline"]  # the demo's one reply that starts with a newline
 
 
 def test_chat_template_renders_the_build_template(served):
