@@ -304,16 +304,27 @@ def save_built_model(model, out: Path, tokenizer: str | Path, vision: dict, temp
 INIT_DIR = "init"
 
 
+def _init_key(cfg) -> dict:
+    """What decides the starting folder's contents: the model section (towers, inline configs) and the seed."""
+    m = cfg.model.model_dump(mode="json", exclude={"projector_weights", "gradient_checkpointing",
+                                                   "attn_implementation"})
+    return {"model": m, "seed": cfg.seed, "tokenizer": str(cfg.data.tokenizer)}
+
+
 def starting_folder(cfg, vision: dict, template: dict, rank: int) -> Path:
     """The merged folder a run starts from: ``model.init_from``, or the two towers assembled into
-    ``output_dir/init`` by rank 0 (once: a finished one, marked by its marker file, is reused on resume)."""
+    ``output_dir/init`` by rank 0. A finished one (its marker written last) made from the same model section
+    and seed is reused (a resumed run does not assemble again); one made from other settings is rebuilt."""
     from parsit_train.model import build_model
 
     m = cfg.model
     if m.init_from is not None:
         return m.init_from
     out = cfg.output_dir / INIT_DIR
-    if rank == 0 and not (out / MARKER).is_file():
+    key = _init_key(cfg)
+    marker = out / MARKER
+    current = marker.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("key") == key
+    if rank == 0 and not current:
         tokens = {"image_size", "patch_size"} <= set(vision or {})
         geometry = vision if tokens else None
         if m.vision_tower.path is not None and m.language_model.path is not None:
@@ -329,6 +340,8 @@ def starting_folder(cfg, vision: dict, template: dict, rank: int) -> Path:
                              template or {"name": "qwen_1_5", "system_prompt": "You are a helpful assistant.",
                                           "label_policy": "native"}, m.image_token_id)
             del model
+        info = json.loads(marker.read_text(encoding="utf-8"))
+        marker.write_text(json.dumps({**info, "key": key}) + "\n", encoding="utf-8")
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
     return out

@@ -149,3 +149,37 @@ def test_cli_assemble(towers, tmp_path, capsys):
         main(["assemble", "--vision-tower", str(towers / "vit"), "--language-model", str(tmp_path / "none"),
               "--out", str(tmp_path / "m2")])
     assert err.value.code == 2 and "no config.json" in capsys.readouterr().err
+
+
+def test_run_start_folder_is_assembled_once_and_rebuilt_when_the_model_changes(towers, tmp_path):
+    from transformers import LlavaForConditionalGeneration, Qwen3ForCausalLM
+
+    from parsit_train.assemble import MARKER, starting_folder
+    from parsit_train.model import build_model
+
+    def cfg(**model):
+        base = {"vision_tower": {"path": str(towers / "vit")}, "language_model": {"path": str(towers / "lm")},
+                "vision_feature_layer": -1}
+        return parse_config(tiny_config(tmp_path, tmp_path / "out", model={**base, **model}), tmp_path)
+
+    geometry = {"image_size": 28, "patch_size": 14, "aspect": "pad"}
+    template = {"name": "qwen_1_5", "system_prompt": "You are a helpful assistant.", "label_policy": "native"}
+    folder = starting_folder(cfg(), geometry, template, rank=0)
+    assert folder == tmp_path / "out" / "init"
+    stamp = (folder / MARKER).stat().st_mtime_ns
+    assert starting_folder(cfg(), geometry, template, rank=0) == folder
+    assert (folder / MARKER).stat().st_mtime_ns == stamp  # reused: not assembled again
+    lm = Qwen3ForCausalLM.from_pretrained(str(towers / "lm"))
+    merged = LlavaForConditionalGeneration.from_pretrained(str(folder))
+    assert torch.equal(merged.lm_head.weight, lm.lm_head.weight)
+    starting_folder(cfg(vision_feature_layer=-2), geometry, template, rank=0)
+    assert (folder / MARKER).stat().st_mtime_ns != stamp  # another model section: rebuilt
+    assert LlavaForConditionalGeneration.from_pretrained(str(folder)).config.vision_feature_layer == -2
+    # projector_weights from a pretrain run load on top (outside ZeRO-3 the gather is a no-op)
+    from parsit_train.model import load_model, projector_state, save_projector
+
+    src = build_model(cfg().model)
+    torch.nn.init.constant_(src.model.multi_modal_projector.linear_1.weight, 0.25)
+    save_projector(projector_state(src), src.config, tmp_path / "projector.safetensors")
+    model, _ = load_model(folder, cfg(projector_weights=str(tmp_path / "projector.safetensors")).model, torch.float32)
+    assert torch.all(model.model.multi_modal_projector.linear_1.weight == 0.25)
