@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 from parsit_data.errors import ParsitError
@@ -41,7 +40,6 @@ SERVING_FILE = "parsit_serving.json"
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
 CHATML_TEMPLATES = ("qwen_1_5", "parsit", "qwen3")
-_TOKENIZER_SUFFIXES = {".json", ".txt", ".model", ".jinja"}
 
 
 def chatml_jinja(system_prompt: str | None, image_token: str = IMAGE_TOKEN) -> str:
@@ -140,12 +138,6 @@ def image_processor_for(vision: dict):
         image_mean=list(SIGLIP_MEAN), image_std=list(SIGLIP_STD), do_convert_rgb=True,
     )
     return proc, f"image processor: LlavaImageProcessor, aspect {aspect!r}, {size}x{size}"
-
-
-def copy_tokenizer(tokenizer_dir: Path, out: Path) -> None:
-    for f in Path(tokenizer_dir).iterdir():
-        if f.is_file() and f.suffix in _TOKENIZER_SUFFIXES and f.name != "config.json":
-            shutil.copy2(f, out / f.name)
 
 
 def write_serving_files(out: Path, tokenizer_dir: Path, vision: dict, template: dict, image_token_id: int,
