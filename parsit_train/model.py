@@ -8,6 +8,11 @@ SigLIP has no CLS token, so the feature select strategy is ``full`` (``default``
 patch). The pooling head of SigLIP (``vision_use_head``) is never used by LLaVA, so it is not built: a
 parameter that never gets a gradient is dead weight in the optimizer and the checkpoint.
 
+A run starts from one merged LLaVA folder (:func:`load_model`: one ``from_pretrained``, partitioned at
+construction under ZeRO-3, in the training dtype, every weight accounted for); ``parsit_train.assemble``
+writes that folder from two towers. :func:`build_model` materialises a model from inline configs or the
+towers directly (tiny test models, and the start folder of an inline-config run).
+
 The three parts (``projector``, ``vision_tower``, ``language_model``) are frozen or unfrozen here,
 before the DeepSpeed engine exists, identically on every rank; the optimizer groups carry one learning
 rate per part.
