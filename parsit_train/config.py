@@ -81,7 +81,9 @@ class ModelConfig(_Strict):
     projector_weights: Path | None = Field(None, description="projector.safetensors of a pretrain run to start from")
     image_token_id: int = Field(151655, ge=0, description="Qwen3 <|image_pad|>; must agree with the collator")
     vision_feature_layer: int = Field(-2, description="hidden state of the vision tower fed to the projector")
-    attn_implementation: Literal["eager", "sdpa"] = "sdpa"
+    attn_implementation: Literal["flash_attention_2", "sdpa", "eager"] = Field(
+        "sdpa", description="flash_attention_2 needs the flash_attn package and a CUDA GPU (Ampere or newer)"
+    )
     gradient_checkpointing: bool = False
 
     @model_validator(mode="after")

@@ -8,6 +8,11 @@ SigLIP has no CLS token, so the feature select strategy is ``full`` (``default``
 patch). The pooling head of SigLIP (``vision_use_head``) is never used by LLaVA, so it is not built: a
 parameter that never gets a gradient is dead weight in the optimizer and the checkpoint.
 
+A run starts from one merged LLaVA folder (:func:`load_model`: one ``from_pretrained``, partitioned at
+construction under ZeRO-3, in the training dtype, every weight accounted for); ``parsit_train.assemble``
+writes that folder from two towers. :func:`build_model` materialises a model from inline configs or the
+towers directly (tiny test models, and the start folder of an inline-config run).
+
 The three parts (``projector``, ``vision_tower``, ``language_model``) are frozen or unfrozen here,
 before the DeepSpeed engine exists, identically on every rank; the optimizer groups carry one learning
 rate per part.
@@ -31,6 +36,7 @@ from transformers import (
 )
 
 from parsit_data.errors import ParsitError
+from parsit_train.compat import flash_attn_2_available, hf_deepspeed_config, ndim, numel, set_attn_implementation
 from parsit_train.config import PARTS, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -52,7 +58,7 @@ def part_of(name: str) -> str:
 
 
 # --- configs --------------------------------------------------------------------------------------------
-def _vision_config(spec) -> SiglipVisionConfig:
+def vision_config_of(spec) -> SiglipVisionConfig:
     if spec.config is not None:
         cfg = SiglipVisionConfig(**spec.config)
     else:
@@ -64,7 +70,7 @@ def _vision_config(spec) -> SiglipVisionConfig:
     return cfg
 
 
-def _text_config(spec) -> Qwen3Config:
+def text_config_of(spec) -> Qwen3Config:
     if spec.config is not None:
         return Qwen3Config(**spec.config)
     cfg = AutoConfig.from_pretrained(str(spec.path))
@@ -74,21 +80,49 @@ def _text_config(spec) -> Qwen3Config:
 
 
 def llava_config(mcfg: ModelConfig) -> LlavaConfig:
-    vc, tc = _vision_config(mcfg.vision_tower), _text_config(mcfg.language_model)
+    vc, tc = vision_config_of(mcfg.vision_tower), text_config_of(mcfg.language_model)
+    return combine_configs(vc, tc, mcfg.image_token_id, mcfg.vision_feature_layer)
+
+
+def combine_configs(vc: SiglipVisionConfig, tc: Qwen3Config, image_token_id: int,
+                    vision_feature_layer: int) -> LlavaConfig:
     tokens = (vc.image_size // vc.patch_size) ** 2
     return LlavaConfig(
         vision_config=vc,
         text_config=tc,
-        image_token_index=mcfg.image_token_id,
+        image_token_index=image_token_id,
         image_seq_length=tokens,
         projector_hidden_act="gelu",
         vision_feature_select_strategy="full",
-        vision_feature_layer=mcfg.vision_feature_layer,
+        vision_feature_layer=vision_feature_layer,
         tie_word_embeddings=bool(getattr(tc, "tie_word_embeddings", False)),
     )
 
 
 # --- building -------------------------------------------------------------------------------------------
+ATTN_IMPLEMENTATIONS = ("flash_attention_2", "sdpa", "eager")
+
+
+def check_attn_implementation(name: str, device: str | None = None) -> None:
+    """Refuse an attention implementation that is unknown, not installed, or not usable on the device."""
+    if name not in ATTN_IMPLEMENTATIONS:
+        raise ParsitError(f"unknown model.attn_implementation {name!r}: choose one of {', '.join(ATTN_IMPLEMENTATIONS)}")
+    if name != "flash_attention_2":
+        return
+    if not flash_attn_2_available():
+        raise ParsitError(
+            "model.attn_implementation is flash_attention_2 but the flash_attn package is not installed (or not "
+            "usable with this torch/CUDA): pip install flash-attn, or use sdpa"
+        )
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device != "cuda":
+        raise ParsitError(f"flash_attention_2 runs on CUDA GPUs only; this rank's device is {device}: use sdpa or eager")
+    major, _ = torch.cuda.get_device_capability()
+    if major < 8:
+        raise ParsitError(f"flash_attention_2 needs an Ampere or newer GPU (compute capability >= 8.0), this one is "
+                          f"{major}.x: use sdpa")
+
+
 def _load_part(module: torch.nn.Module, state: dict, what: str, source: Path) -> None:
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing:
@@ -98,21 +132,17 @@ def _load_part(module: torch.nn.Module, state: dict, what: str, source: Path) ->
 
 
 def build_model(mcfg: ModelConfig) -> LlavaForConditionalGeneration:
-    """The LLaVA model in fp32 on CPU (DeepSpeed casts and places it)."""
+    """The LLaVA model materialised in fp32 on CPU, from inline configs or the two towers' folders.
+
+    Training does not call this for real models: it starts from one merged folder (:func:`load_model`),
+    written by ``parsit-train assemble`` (:mod:`parsit_train.assemble`), or, for inline (tiny) configs, by
+    saving what this function builds. Tests use it to build tiny models directly.
+    """
     if mcfg.init_from is not None:
-        if not (mcfg.init_from / "config.json").is_file():
-            raise ParsitError(f"model.init_from {mcfg.init_from} has no config.json: give a LLaVA export folder")
-        model = LlavaForConditionalGeneration.from_pretrained(
-            str(mcfg.init_from), dtype=torch.float32, attn_implementation=mcfg.attn_implementation
-        )
-        if model.config.image_token_id != mcfg.image_token_id:
-            raise ParsitError(
-                f"{mcfg.init_from} uses image token id {model.config.image_token_id} but model.image_token_id "
-                f"is {mcfg.image_token_id}: they must agree with the collator"
-            )
+        model = load_model(mcfg.init_from, mcfg, torch.float32)[0]
     else:
         cfg = llava_config(mcfg)
-        cfg._attn_implementation = mcfg.attn_implementation
+        set_attn_implementation(cfg, mcfg.attn_implementation)
         model = LlavaForConditionalGeneration(cfg)
         if mcfg.vision_tower.path is not None:
             tower = SiglipVisionModel.from_pretrained(str(mcfg.vision_tower.path), dtype=torch.float32)
@@ -126,8 +156,58 @@ def build_model(mcfg: ModelConfig) -> LlavaForConditionalGeneration:
             del lm
         if model.config.tie_word_embeddings:
             model.tie_weights()
+    return finish_model(model, mcfg)
+
+
+def load_model(folder: Path, mcfg: ModelConfig, dtype: torch.dtype, ds_config: dict | None = None):
+    """One ``from_pretrained`` of a merged LLaVA folder: ``(model, keep_alive)``.
+
+    Under ZeRO-3 (``ds_config`` with stage 3) an ``HfDeepSpeedConfig`` is created first, so transformers
+    builds the model inside ``deepspeed.zero.Init``: every parameter is partitioned as it is created and
+    rank 0 copies each checkpoint tensor into its partitions; no rank ever holds the whole model. The
+    caller keeps ``keep_alive`` until ``deepspeed.initialize`` has run (transformers holds only a weak
+    reference to it). Weights load in ``dtype`` (bf16 stays bf16: nothing is upcast to fp32 first). A
+    weight the model needs and the folder lacks is an error naming it, never a silent random init.
+    """
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ParsitError(f"{folder} has no config.json: give a LLaVA folder (parsit-train assemble writes one)")
+    check_attn_implementation(mcfg.attn_implementation)
+    cfg = AutoConfig.from_pretrained(str(folder))
+    if not isinstance(cfg, LlavaConfig):
+        raise ParsitError(f"{folder} is not a LLaVA model (config type {type(cfg).__name__}): run parsit-train "
+                          "assemble to merge a vision tower and a language model into one")
+    if cfg.image_token_id != mcfg.image_token_id:
+        raise ParsitError(
+            f"{folder} uses image token id {cfg.image_token_id} but model.image_token_id "
+            f"is {mcfg.image_token_id}: they must agree with the collator"
+        )
+    zero3 = bool(ds_config) and int(ds_config.get("zero_optimization", {}).get("stage", 0)) == 3
+    keep_alive = hf_deepspeed_config(ds_config) if zero3 else None
+    model, info = LlavaForConditionalGeneration.from_pretrained(
+        str(folder), dtype=dtype, attn_implementation=mcfg.attn_implementation, output_loading_info=True
+    )
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise ParsitError(
+            f"{folder} lacks {len(missing)} weight(s) the model needs, e.g. {', '.join(missing[:3])}: the folder "
+            "is incomplete or for another architecture (re-run parsit-train assemble)"
+        )
+    mismatched = sorted(info.get("mismatched_keys") or [])
+    if mismatched:
+        raise ParsitError(f"{folder}: weight(s) with the wrong shape for its config, e.g. {mismatched[0]}")
+    return finish_model(model, mcfg), keep_alive
+
+
+def finish_model(model: LlavaForConditionalGeneration, mcfg: ModelConfig) -> LlavaForConditionalGeneration:
     if mcfg.projector_weights is not None:
-        load_projector(model, mcfg.projector_weights)
+        import deepspeed
+
+        proj = model.model.multi_modal_projector
+        # Under ZeRO-3 the projector is partitioned: gather it, let rank 0 load, re-partition.
+        with deepspeed.zero.GatheredParameters(list(proj.parameters()), modifier_rank=0):
+            if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+                load_projector(model, mcfg.projector_weights)
     if mcfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
@@ -182,11 +262,6 @@ def set_trainable(model: torch.nn.Module, parts: list[str]) -> None:
         raise ParsitError("nothing is trainable: list at least one of projector, vision_tower, language_model")
 
 
-def _numel(p: torch.nn.Parameter) -> int:
-    # Under ZeRO-3 a partitioned parameter is an empty tensor; ds_numel is its full size.
-    return int(getattr(p, "ds_numel", p.numel()))
-
-
 @dataclass
 class PartCount:
     part: str
@@ -198,7 +273,7 @@ def parameter_report(model: torch.nn.Module) -> list[PartCount]:
     counts = {part: PartCount(part, 0, 0) for part in PARTS}
     for name, p in model.named_parameters():
         c = counts[part_of(name)]
-        n = _numel(p)
+        n = numel(p)  # ZeRO-3: the full size, not the (empty) local tensor
         c.total += n
         if p.requires_grad:
             c.trainable += n
@@ -222,7 +297,7 @@ def param_groups(model: torch.nn.Module, lrs: dict[str, float], weight_decay: fl
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        decay = weight_decay > 0 and p.ndim >= 2
+        decay = weight_decay > 0 and ndim(p) >= 2
         buckets.setdefault((part_of(name), decay), []).append(p)
     groups = []
     for (part, decay), params in sorted(buckets.items()):

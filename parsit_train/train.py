@@ -35,12 +35,14 @@ import torch
 from parsit_data.format import IGNORE_INDEX
 from parsit_data.errors import ParsitError
 from parsit_train.config import TrainConfig, config_to_json
+from parsit_train.assemble import starting_folder
+from parsit_train.compat import disable_shm_comm_op, zero3_consolidated_state_dict
 from parsit_train.model import (
     PROJECTOR_FILE,
-    build_model,
     check_compatibility,
     fill_vision_geometry,
     format_report,
+    load_model,
     param_groups,
     parameter_report,
     projector_state,
@@ -69,7 +71,7 @@ def setup_distributed() -> tuple[int, int, int]:
         os.environ.setdefault(key, value)
     import deepspeed
 
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    disable_shm_comm_op()
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     deepspeed.init_distributed(dist_backend=backend)
     if torch.cuda.is_available():
@@ -310,22 +312,36 @@ def resume(engine, cfg: TrainConfig, sampler, rank: int) -> int:
     return int(state["step"])
 
 
+def build_template(cfg: TrainConfig) -> dict:
+    """The first build's manifest ``template`` block (what the export's chat template reproduces)."""
+    from parsit_data.format import load_manifest
+
+    blocks = [load_manifest(b.path).template for b in cfg.data.builds]
+    keys = ("name", "system_prompt", "label_policy")
+    if any({k: b.get(k) for k in keys} != {k: blocks[0].get(k) for k in keys} for b in blocks[1:]):
+        log.warning("the builds use different templates; the export's chat template follows the first one")
+    return blocks[0]
+
+
 def export_hf(engine, cfg: TrainConfig, rank: int) -> Path:
-    """A Hugging Face folder (config, safetensors, tokenizer files) that LlavaForConditionalGeneration loads."""
-    from parsit_data.format import resolve_tokenizer_path
+    """A servable Hugging Face folder: config, safetensors, and the serving files (tokenizer, processor,
+    chat template, generation config: :mod:`parsit_train.serving`), so that ``AutoProcessor`` and
+    ``LlavaForConditionalGeneration.from_pretrained`` of it reproduce the training inputs."""
+    from parsit_data.format import load_manifest, resolve_tokenizer_path
+    from parsit_train.serving import write_serving_files
 
     out = cfg.output_dir / HF_DIR
     if cfg.deepspeed.zero_stage == 3:
-        state = engine._zero3_consolidated_16bit_state_dict()  # collective: every rank calls it
+        state = zero3_consolidated_state_dict(engine)  # collective: every rank calls it
     else:
         state = engine.module.state_dict() if rank == 0 else None
     if rank == 0:
         state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
         engine.module.save_pretrained(str(out), state_dict=state, safe_serialization=True)
-        tok = resolve_tokenizer_path(cfg.data.tokenizer)
-        for f in tok.iterdir():
-            if f.is_file() and (f.suffix in {".json", ".txt", ".model", ".jinja"}):
-                shutil.copy2(f, out / f.name)
+        vision = load_manifest(cfg.data.builds[0].path).vision.model_dump(mode="json")
+        vc = engine.module.config.vision_config
+        write_serving_files(out, resolve_tokenizer_path(cfg.data.tokenizer), vision, build_template(cfg),
+                            engine.module.config.image_token_id, vc.patch_size)
         log.info("exported Hugging Face model to %s", out)
     torch.distributed.barrier()
     return out
@@ -423,10 +439,14 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
     # Data first: a bad build is refused before minutes of model loading.
     loader, sampler, vision, vocab = open_data(cfg, cfg.model.image_token_id, rank, world_size)
 
-    # Model: the same seed on every rank, so the initial weights agree before DeepSpeed partitions them.
+    # Model: one from_pretrained of a merged LLaVA folder (assembled into output_dir/init by rank 0 when the
+    # config names two towers); under ZeRO-3 it is created partitioned (keep_alive: see load_model).
     fill_vision_geometry(cfg.model, vision)
     seed_everything(cfg.seed)
-    model = build_model(cfg.model)
+    ds_config = deepspeed_config(cfg, world_size)
+    init = starting_folder(cfg, vision, build_template(cfg), rank)
+    dtype = torch.bfloat16 if cfg.deepspeed.bf16 else torch.float32
+    model, keep_alive = load_model(init, cfg.model, dtype, ds_config)
     check_compatibility(model, vision, vocab)
     set_trainable(model, cfg.trainable_parts())
     report = parameter_report(model)
@@ -441,9 +461,9 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
         model=model,
         optimizer=optimizer,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor),
-        config=deepspeed_config(cfg, world_size),
+        config=ds_config,
     )
-    dtype = torch.bfloat16 if cfg.deepspeed.bf16 else torch.float32
+    del keep_alive  # the engine exists: transformers' ZeRO-3 hook is no longer needed
     vc = engine.module.config.vision_config
     # A batch without images gets one blank image from the collator (masked out / its own segment, never
     # supervised): every rank must run the same modules each micro-step, or ZeRO-3's per-module gathers

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from parsit_data.errors import ParsitError, run_app
+from parsit_train.cli.assemble import assemble_command
 from parsit_train.cli.plan import plan_command
 
 app = typer.Typer(
@@ -102,6 +103,7 @@ def train_command(
 
 
 app.command("plan")(plan_command)
+app.command("assemble")(assemble_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -67,7 +67,8 @@ class ImageProcessor:
         self.tokens_per_image = int(vision.get("tokens_per_image") or (self.size // int(vision["patch_size"])) ** 2)
         self.mean = np.asarray(mean, dtype=np.float32) * 255.0
         self.inv_std = 1.0 / (np.asarray(std, dtype=np.float32) * 255.0)
-        self.background = tuple(int(round(m * 255)) for m in mean)
+        # LLaVA's expand2square (and transformers' LlavaImageProcessor): int(), so mean 0.5 pads with 127.
+        self.background = tuple(int(m * 255) for m in mean)
         self.max_pixels = int(max_pixels)
         self.resample = resample
 

@@ -1,0 +1,247 @@
+"""The GPU check (``scripts/gpu_check.sh``): the trainer's step on one GPU, tiny and realistic shapes.
+
+Cases: model (``tiny``; ``realistic`` = a Qwen3-1.7B-sized config with random weights + a SigLIP
+so400m-sized tower, 384 px / patch 14 = 729 tokens per image) x ZeRO stage (2, 3) x attention (``sdpa``,
+and ``flash_attention_2`` when flash_attn is installed), bf16. Each case runs in its own process (one
+rank), starting like a run does (one ``from_pretrained`` of a merged folder, through ``load_model``), and
+times ``--steps`` optimizer steps fed by the real loader over real shards (the demo build at 384 px), then
+the same number of steps fed by ONE batch kept in memory. The difference is the loader's share of the
+step (target: under 5%). It prints step time (real vs in-memory), loader share, peak GPU memory and
+tokens/s per case.
+
+``--dry-run`` parses the arguments, writes the case configs (validated by the trainer's config model) and
+prints the plan and parameter counts (models built on the meta device): no GPU, no data needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+for _k, _v in {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}.items():
+    os.environ.setdefault(_k, _v)
+
+IMAGE_SIZE, PATCH = 384, 14
+MODELS = {
+    "tiny": {
+        "vision": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
+                   "image_size": IMAGE_SIZE, "patch_size": PATCH},
+        "lm": {"vocab_size": 151936, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+               "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "tie_word_embeddings": True,
+               "max_position_embeddings": 4096},
+    },
+    "realistic": {  # SigLIP so400m-patch14-384 and Qwen3-1.7B shapes
+        "vision": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16,
+                   "image_size": IMAGE_SIZE, "patch_size": PATCH},
+        "lm": {"vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 28,
+               "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128, "tie_word_embeddings": True,
+               "max_position_embeddings": 40960, "rope_theta": 1000000},
+    },
+}
+
+
+def case_config(out: Path, build: Path, model: str, zero: int, attn: str, steps: int, batch: int, workers: int) -> dict:
+    return {
+        "run_name": f"gpu-{model}-z{zero}-{attn}", "output_dir": str(out), "seed": 0, "stage": "finetune",
+        "data": {"builds": [str(build)]},
+        "model": {"init_from": str(out.parent / f"init-{model}"), "attn_implementation": attn,
+                  "gradient_checkpointing": model == "realistic"},
+        "optim": {"micro_batch_size": batch, "max_steps": steps, "schedule": "constant"},
+        "deepspeed": {"zero_stage": zero, "bf16": True},
+        "dataloader": {"num_workers": workers, "prefetch_factor": 4},
+        "logging": {"tensorboard": False},
+        "checkpoint": {"export_hf": False},
+    }
+
+
+def param_count(model: str) -> int:
+    import torch
+    from transformers import LlavaForConditionalGeneration, Qwen3Config, SiglipVisionConfig
+
+    from parsit_train.model import combine_configs
+
+    spec = MODELS[model]
+    cfg = combine_configs(SiglipVisionConfig(**spec["vision"], vision_use_head=False), Qwen3Config(**spec["lm"]),
+                          151655, -2)
+    with torch.device("meta"):
+        m = LlavaForConditionalGeneration(cfg)
+    return sum(p.numel() for p in m.parameters())
+
+
+def make_init(root: Path, model: str) -> Path:
+    """Random towers of the model's shapes (built on the GPU in bf16: seconds), merged by assemble."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM, SiglipVisionConfig, SiglipVisionModel
+
+    from parsit_train.assemble import MARKER, assemble
+
+    out = root / f"init-{model}"
+    if (out / MARKER).is_file():
+        return out
+    spec = MODELS[model]
+    torch.manual_seed(0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        SiglipVisionModel(SiglipVisionConfig(**spec["vision"])).to(torch.bfloat16).save_pretrained(root / f"vit-{model}")
+        Qwen3ForCausalLM(Qwen3Config(**spec["lm"])).to(torch.bfloat16).save_pretrained(root / f"lm-{model}")
+    torch.cuda.empty_cache()
+    return assemble(root / f"vit-{model}", root / f"lm-{model}", out)
+
+
+def make_build(root: Path) -> Path:
+    """The demo data built for a 384 px / patch 14 tower (real images, real shards)."""
+    from parsit_data.build import build
+    from parsit_data.config import BuildConfig
+
+    out = root / "demo-384"
+    if not (out / "manifest.json").is_file():
+        demo = REPO / "examples" / "demo"
+        build(BuildConfig(inputs=[str(demo / "mixture.yaml")], image_root=str(demo / "images"), out=str(out),
+                          image_size=IMAGE_SIZE, patch_size=PATCH, shard_rows=16))
+    return out
+
+
+def run_case(cfg_path: Path, result: Path) -> None:
+    """One case, one rank: real-loader steps, then the same number of steps on one in-memory batch."""
+    import deepspeed
+    import torch
+
+    from parsit_train.config import load_config
+    from parsit_train.model import load_model, param_groups, set_trainable
+    from parsit_train.train import deepspeed_config, micro_step, open_data, setup_distributed
+
+    cfg = load_config(cfg_path)
+    rank, world, _ = setup_distributed()
+    loader, sampler, vision, _vocab = open_data(cfg, cfg.model.image_token_id, rank, world)
+    ds = deepspeed_config(cfg, world)
+    model, keep = load_model(cfg.model.init_from, cfg.model, torch.bfloat16, ds)
+    set_trainable(model, cfg.trainable_parts())
+    groups = param_groups(model, cfg.optim.lr.model_dump(), 0.0)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(groups), config=ds)
+    del keep
+    # As the trainer does: a batch without images gets one blank image from the collator.
+    loader.collator.blank_image = (IMAGE_SIZE, (IMAGE_SIZE // PATCH) ** 2)
+
+    def step(batch) -> None:
+        targets = int((batch["targets"] != -100).sum()) if "targets" in batch else 1
+        micro_step(engine, batch, max(1, targets), world, torch.bfloat16)  # mean over this batch's targets
+        engine.step()
+
+    def batches():
+        while True:
+            yield from loader
+
+    it = batches()
+    first = next(it)
+    for _ in range(2):  # warm-up: kernels, allocator, loader workers
+        step(next(it))
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    n, tok, t0 = cfg.optim.max_steps, 0, time.perf_counter()
+    for _ in range(n):
+        b = next(it)
+        tok += b["num_tokens"]
+        step(b)
+    torch.cuda.synchronize()
+    real = (time.perf_counter() - t0) / n
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step(first)
+    torch.cuda.synchronize()
+    cached = (time.perf_counter() - t0) / n
+    result.write_text(json.dumps({
+        "case": cfg.run_name, "step_s_real": real, "step_s_in_memory": cached,
+        "loader_share": max(0.0, (real - cached) / real), "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "tokens_per_s": tok / (real * n)}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Parsit GPU check: step time, loader share, GPU memory, tokens/s.")
+    ap.add_argument("--out", type=Path, default=Path("runs/gpu_check"), help="work folder (data, models, results)")
+    ap.add_argument("--models", nargs="+", default=["tiny", "realistic"], choices=sorted(MODELS))
+    ap.add_argument("--zero", nargs="+", type=int, default=[2, 3], choices=[2, 3])
+    ap.add_argument("--attn", nargs="+", default=None, help="default: sdpa, plus flash_attention_2 when installed")
+    ap.add_argument("--steps", type=int, default=8, help="timed optimizer steps per feed")
+    ap.add_argument("--batch", type=int, default=4, help="micro-batch size")
+    ap.add_argument("--workers", type=int, default=4, help="DataLoader workers")
+    ap.add_argument("--case-timeout", type=float, default=150, help="seconds per case")
+    ap.add_argument("--dry-run", action="store_true", help="write configs and print the plan; no GPU needed")
+    ap.add_argument("--run-case", nargs=2, type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.run_case:
+        run_case(*args.run_case)
+        return
+
+    from parsit_train.compat import flash_attn_2_available
+    from parsit_train.config import load_config
+    from parsit_train.train import deepspeed_config
+
+    attns = args.attn or (["sdpa"] + (["flash_attention_2"] if flash_attn_2_available() else []))
+    root = args.out.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    build = root / "demo-384"
+    cases = []
+    for model in args.models:
+        for zero in args.zero:
+            for attn in attns:
+                out = root / f"{model}-z{zero}-{attn}"
+                out.mkdir(parents=True, exist_ok=True)
+                path = out / "config.json"  # JSON is YAML: load_config reads it
+                path.write_text(json.dumps(case_config(out, build, model, zero, attn, args.steps, args.batch,
+                                                       args.workers), indent=2))
+                cfg = load_config(path)  # validated exactly as a run's config
+                cases.append((model, zero, attn, path, deepspeed_config(cfg, 1)))
+    print(f"{len(cases)} case(s) in {root}; attention: {', '.join(attns)}"
+          + ("" if "flash_attention_2" in attns else " (flash_attn not installed: flash_attention_2 skipped)"))
+    for model in args.models:
+        print(f"  model {model}: {param_count(model) / 1e6:,.1f}M parameters")
+    for model, zero, attn, path, ds in cases:
+        print(f"  {model:<10} ZeRO-{zero} {attn:<18} {path}  (DeepSpeed: zero {ds['zero_optimization']['stage']}, "
+              f"bf16 {ds['bf16']['enabled']}, micro-batch {ds['train_micro_batch_size_per_gpu']})")
+    if args.dry_run:
+        print("dry run: nothing executed")
+        return
+
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit("no CUDA GPU: the GPU check needs one (use --dry-run to check the plan)")
+    t0 = time.perf_counter()
+    make_build(root)
+    for model in args.models:
+        make_init(root, model)
+    print(f"data and models ready in {time.perf_counter() - t0:.0f}s")
+    rows = []
+    for model, zero, attn, path, _ in cases:
+        res = path.parent / "result.json"
+        res.unlink(missing_ok=True)
+        env = {**os.environ, "PYTHONPATH": str(REPO), "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29500 + len(rows))}
+        try:
+            proc = subprocess.run([sys.executable, __file__, "--run-case", str(path), str(res)], env=env,
+                                  capture_output=True, text=True, timeout=args.case_timeout)
+            ok = proc.returncode == 0 and res.is_file()
+            tail = (proc.stdout + proc.stderr)[-1500:]
+        except subprocess.TimeoutExpired:
+            ok, tail = False, f"timed out after {args.case_timeout}s"
+        rows.append(json.loads(res.read_text()) if ok else {"case": path.parent.name, "error": tail})
+        print(json.dumps(rows[-1]) if ok else f"{path.parent.name}: FAILED\n{tail}", flush=True)
+    print(f"\n{'case':<36}{'step s (shards)':>16}{'step s (memory)':>16}{'loader share':>13}{'peak GiB':>10}{'tok/s':>10}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['case']:<36}{'failed':>16}")
+            continue
+        print(f"{r['case']:<36}{r['step_s_real']:>16.3f}{r['step_s_in_memory']:>16.3f}{r['loader_share']:>12.1%}"
+              f"{r['peak_gpu_gib']:>10.1f}{r['tokens_per_s']:>10.0f}")
+    print(f"total {time.perf_counter() - t0:.0f}s; loader share target: under 5%")
+
+
+if __name__ == "__main__":
+    main()

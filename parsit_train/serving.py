@@ -1,0 +1,177 @@
+"""What makes a LLaVA folder servable as it was trained: processor, chat template, generation config.
+
+``write_serving_files(folder, ...)`` adds to a Hugging Face LLaVA folder (the ``hf/`` export, or the output
+of ``parsit-train assemble``) everything ``AutoProcessor.from_pretrained(folder)`` needs to reproduce the
+training inputs:
+
+- the tokenizer files (with ``<|image_pad|>``, the model's image token);
+- an image processor reproducing the build's geometry and aspect mode: transformers' own
+  ``LlavaImageProcessor`` (PIL backend): ``pad`` = ``do_pad`` (pad to a square with the mean colour,
+  centred, then a bicubic resize to ``image_size``², LLaVA's ``expand2square``), ``square`` = the bicubic
+  resize alone; mean = std = 0.5 (SigLIP). ``anyres`` is NOT reproduced: transformers' LLaVA-NeXT
+  processor belongs to ``LlavaNextForConditionalGeneration`` (an image-newline parameter, unpadded
+  features, another token count), while Parsit trains a ``LlavaForConditionalGeneration`` on base image +
+  grid crops; the folder then has no image processor and ``parsit_serving.json`` says so;
+- ``patch_size``, ``vision_feature_select_strategy="full"`` and ``num_additional_image_tokens=0``, so the
+  processor expands each image token to ``(image_size // patch_size)²`` tokens, what the collator does;
+- a Jinja chat template that renders exactly the build's template (ChatML ``qwen_1_5`` / ``parsit`` /
+  ``qwen3``, label policy ``native``): ``<|im_start|>{role}\\n{content}<|im_end|>\\n`` per turn, the
+  template's default system prompt unless the conversation starts with its own system turn, and
+  ``<|im_start|>assistant\\n`` as the generation prompt; and ``qwen_1_5`` with policy ``llava-next``
+  (its fixed system prompt and turn rewriting, :func:`llava_next_jinja`). Images are ``{"type": "image"}``
+  content parts or the literal ``<image>`` in a string, both rendered as the image token. Other templates
+  (vicuna, llama3, plain, the tokenizer's own) get no chat template; ``parsit_serving.json`` says why;
+- ``generation_config.json`` stopping at the template's end-of-turn token (``<|im_end|>``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from parsit_data.errors import ParsitError
+
+log = logging.getLogger(__name__)
+
+IMAGE_TOKEN = "<|image_pad|>"
+IMAGE_PLACEHOLDER = "<image>"
+SERVING_FILE = "parsit_serving.json"
+SIGLIP_MEAN = (0.5, 0.5, 0.5)
+SIGLIP_STD = (0.5, 0.5, 0.5)
+CHATML_TEMPLATES = ("qwen_1_5", "parsit", "qwen3")
+
+
+def chatml_jinja(system_prompt: str | None, image_token: str = IMAGE_TOKEN) -> str:
+    """A chat template rendering Parsit's ChatML templates (policy ``native``) character for character."""
+    default = json.dumps(system_prompt, ensure_ascii=False) if system_prompt is not None else "none"
+    tok = json.dumps(image_token)
+    ph = json.dumps(IMAGE_PLACEHOLDER)
+    return (
+        "{%- macro render(content) -%}"
+        "{%- if content is string -%}{{- content | replace(" + ph + ", " + tok + ") -}}"
+        "{%- else -%}{%- for part in content -%}"
+        "{%- if part.type == 'image' -%}{{- " + tok + " -}}"
+        "{%- elif part.type == 'text' -%}{{- part.text | replace(" + ph + ", " + tok + ") -}}{%- endif -%}"
+        "{%- endfor -%}{%- endif -%}"
+        "{%- endmacro -%}"
+        "{%- set default_system = " + default + " -%}"
+        "{%- if messages and messages[0].role == 'system' -%}"
+        "{{- '<|im_start|>system\\n' + render(messages[0].content) + '<|im_end|>\\n' -}}"
+        "{%- set rest = messages[1:] -%}"
+        "{%- else -%}"
+        "{%- if default_system is not none -%}{{- '<|im_start|>system\\n' + default_system + '<|im_end|>\\n' -}}"
+        "{%- endif -%}"
+        "{%- set rest = messages -%}"
+        "{%- endif -%}"
+        "{%- for message in rest -%}"
+        "{{- '<|im_start|>' + message.role + '\\n' + render(message.content) + '<|im_end|>\\n' -}}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+    )
+
+
+def llava_next_jinja(system_prompt: str, image_token: str = IMAGE_TOKEN) -> str:
+    """Policy ``llava-next`` (LLaVA-NeXT's ``preprocess_qwen``): the fixed system prompt, the conversation's
+    own system turns dropped, and in a conversation with images each turn holding exactly one ``<image>``
+    not at its start rewritten to ``<image>\\n`` + the rest stripped, ``QA_GT_caption_based_noisy`` removed
+    (``parsit_data.templates.chatml.llava_next_multimodal``)."""
+    sysp = json.dumps(system_prompt, ensure_ascii=False)
+    tok = json.dumps(image_token)
+    ph = json.dumps(IMAGE_PLACEHOLDER)
+    return (
+        "{%- macro text(content) -%}"
+        "{%- if content is string -%}{{- content -}}"
+        "{%- else -%}{%- for part in content -%}"
+        "{%- if part.type == 'image' -%}{{- " + ph + " -}}"
+        "{%- elif part.type == 'text' -%}{{- part.text -}}{%- endif -%}"
+        "{%- endfor -%}{%- endif -%}"
+        "{%- endmacro -%}"
+        "{%- set ns = namespace(images=false) -%}"
+        "{%- for message in messages -%}{%- if " + ph + " in text(message.content) -%}"
+        "{%- set ns.images = true -%}{%- endif -%}{%- endfor -%}"
+        "{{- '<|im_start|>system\n' + " + sysp + " + '<|im_end|>\n' -}}"
+        "{%- for message in messages -%}{%- if message.role != 'system' -%}"
+        "{%- set t = text(message.content) -%}"
+        "{%- if ns.images -%}"
+        "{%- if t.count(" + ph + ") == 1 and not t.startswith(" + ph + ") -%}"
+        "{%- set t = (" + ph + " + '\n' + t.replace(" + ph + ", '').strip()).strip() -%}"
+        "{%- endif -%}"
+        "{%- set t = t.replace('QA_GT_caption_based_noisy', '') -%}"
+        "{%- endif -%}"
+        "{{- '<|im_start|>' + message.role + '\n' + t.replace(" + ph + ", " + tok + ") + '<|im_end|>\n' -}}"
+        "{%- endif -%}{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}"
+    )
+
+
+def chat_template_for(template: dict) -> tuple[str | None, str]:
+    """(Jinja source or None, a sentence saying what is reproduced) for a manifest's ``template`` block."""
+    name = template.get("name")
+    policy = template.get("label_policy", "native")
+    if name in CHATML_TEMPLATES and policy == "native":
+        return chatml_jinja(template.get("system_prompt")), f"chat template {name!r} reproduced exactly"
+    if name == "qwen_1_5" and policy == "llava-next":
+        return (llava_next_jinja(template.get("system_prompt") or "You are a helpful assistant."),
+                "chat template qwen_1_5 with label policy llava-next (LLaVA-NeXT preprocess_qwen) reproduced")
+    return None, (f"no chat template: the build's template {name!r} with label policy {policy!r} is not "
+                  "reproduced by the export (the ChatML templates qwen_1_5, parsit, qwen3 with policy native, and "
+                  "qwen_1_5 with llava-next, are)")
+
+
+def image_processor_for(vision: dict):
+    """(transformers image processor or None, a sentence) reproducing the build's pixels."""
+    from transformers.image_utils import PILImageResampling
+    from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+
+    aspect = vision.get("aspect", "pad")
+    size = int(vision["image_size"])
+    if aspect == "anyres":
+        return None, ("no image processor: aspect 'anyres' (base image + grid crops fed to "
+                      "LlavaForConditionalGeneration) has no transformers equivalent; LlavaNextImageProcessor "
+                      "belongs to LLaVA-NeXT's model (image newline, unpadding) and would not match the training inputs")
+    if aspect not in ("pad", "square"):
+        raise ParsitError(f"unknown aspect mode {aspect!r} in the build's vision block")
+    proc = LlavaImageProcessorPil(
+        do_pad=aspect == "pad", do_resize=True, size={"height": size, "width": size}, do_center_crop=False,
+        resample=PILImageResampling.BICUBIC, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+        image_mean=list(SIGLIP_MEAN), image_std=list(SIGLIP_STD), do_convert_rgb=True,
+    )
+    return proc, f"image processor: LlavaImageProcessor, aspect {aspect!r}, {size}x{size}"
+
+
+def write_serving_files(out: Path, tokenizer_dir: Path, vision: dict, template: dict, image_token_id: int,
+                        patch_size: int | None = None) -> dict:
+    """Processor, chat template and generation config into ``out``; returns what was written (also saved
+    as ``parsit_serving.json``)."""
+    from transformers import AutoTokenizer, GenerationConfig, LlavaProcessor
+
+    out = Path(out)
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    if tok.convert_tokens_to_ids(IMAGE_TOKEN) != image_token_id:
+        raise ParsitError(f"the tokenizer's {IMAGE_TOKEN} is id {tok.convert_tokens_to_ids(IMAGE_TOKEN)}, the model's "
+                          f"image token id is {image_token_id}: they must be the same token")
+    chat, chat_note = chat_template_for(template)
+    image_proc, image_note = image_processor_for(vision)
+    patch = int(patch_size or vision["patch_size"])
+    if chat is not None:
+        tok.chat_template = chat
+    if image_proc is not None:
+        processor = LlavaProcessor(image_processor=image_proc, tokenizer=tok, patch_size=patch,
+                                   vision_feature_select_strategy="full", chat_template=chat,
+                                   image_token=IMAGE_TOKEN, num_additional_image_tokens=0)
+        processor.save_pretrained(str(out))
+    else:
+        tok.save_pretrained(str(out))
+    eot = tok.convert_tokens_to_ids("<|im_end|>")
+    gen = GenerationConfig(eos_token_id=eot, pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else eot)
+    gen.save_pretrained(str(out))
+    note = {"format": "parsit.serving.v1", "image_token": IMAGE_TOKEN, "image_token_id": image_token_id,
+            "tokens_per_image": (int(vision["image_size"]) // patch) ** 2, "vision": vision,
+            "template": {k: template.get(k) for k in ("name", "system_prompt", "label_policy")},
+            "chat_template": chat_note, "image_processor": image_note, "eos_token": "<|im_end|>"}
+    (out / SERVING_FILE).write_text(json.dumps(note, indent=2) + "\n", encoding="utf-8")
+    for msg in (chat_note, image_note):
+        if msg.startswith("no "):
+            log.warning("%s: %s", out, msg)
+    return note
