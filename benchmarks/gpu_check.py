@@ -130,8 +130,7 @@ def run_case(cfg_path: Path, result: Path) -> None:
     loader.collator.blank_image = (IMAGE_SIZE, (IMAGE_SIZE // PATCH) ** 2)
 
     def step(batch) -> None:
-        targets = int((batch["targets"] != -100).sum()) if "targets" in batch else 1
-        micro_step(engine, batch, max(1, targets), world, torch.bfloat16)  # mean over this batch's targets
+        micro_step(engine, batch, max(1, int(batch["num_supervised"])), world, torch.bfloat16)  # batch mean
         engine.step()
 
     def batches():
