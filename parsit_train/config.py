@@ -42,6 +42,9 @@ class DataConfig(_Strict):
     tokenizer: str = Field("qwen3", description="'qwen3' (bundled) or a tokenizer folder; checked against manifests")
     max_length: int | None = Field(None, gt=0, description="multimodal length limit per sample (None: manifest's)")
     group_by_length: bool = False
+    verify: Literal["full", "size"] = Field(
+        "full", description="full: sha256 of every shard, once per launch (or node) before training; size: "
+        "manifest, sizes and row counts only (very large builds on trusted storage)")
 
     @field_validator("builds", mode="before")
     @classmethod
@@ -115,6 +118,9 @@ class DeepSpeedConfig(_Strict):
     zero_stage: Literal[2, 3] = 2
     bf16: bool = True
     overrides: dict[str, Any] = Field(default_factory=dict, description="merged last into the DeepSpeed config")
+    comm_timeout_s: float = Field(
+        1800, gt=0, description="collectives (and barriers) fail after this long instead of hanging; covers the "
+        "longest wait of a rank, e.g. while rank 0 writes an export")
 
 
 class DataLoaderConfig(_Strict):
