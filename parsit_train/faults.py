@@ -12,7 +12,7 @@ waiting in a collective may fail too before it is stopped ("Connection closed by
 consequence, not the cause. :func:`describe_failure` picks the cause: the earliest rank that raised an
 error that is not a communication error, else a rank that died by a signal nobody in the launch sent
 (SIGKILL from the OOM killer, a segfault) or exited non-zero without a word, else the earliest
-communication error.
+communication error (or error relayed from another rank).
 
 ``PARSIT_TEST_FAIL_AT`` is a TEST HOOK (used by tests/train/test_launch_faults.py, never needed in a
 real run): ``RANK:STEP:KIND[,RANK:STEP:KIND...]`` makes rank RANK fail after optimizer step STEP, with
@@ -80,6 +80,7 @@ def rank_failure_report() -> Iterator[None]:
             "type": type(exc).__name__,
             "message": str(exc),
             "user_error": isinstance(exc, ParsitError),
+            "relayed": getattr(exc, "origin_rank", None) is not None,  # another rank's error (preflight.agree)
             "traceback": "".join(traceback.format_exception(exc)),
         }
         (folder / "failures").mkdir(parents=True, exist_ok=True)
@@ -161,7 +162,7 @@ def describe_failure(folder: Path, exit_code: int) -> str:
             return f"rank {rec['rank']} failed: {rec['message']}"
         return f"rank {rec['rank']} failed:\n{rec['traceback'].rstrip()}"
 
-    first = next((r for r in raised if not _is_comm_error(r)), None)
+    first = next((r for r in raised if not _is_comm_error(r) and not r.get("relayed")), None)
     if first is not None:
         return from_record(first)
     if died:

@@ -114,6 +114,15 @@ def agree(fn: Callable[[], T]) -> T:
         errors = [error]
     for rank, err in enumerate(errors):
         if err is not None:
-            prefix = "" if len(errors) == 1 or rank == dist.get_rank() else f"(on rank {rank}) "
-            raise ParsitError(prefix + err)
+            if len(errors) == 1 or rank == dist.get_rank():
+                raise ParsitError(err)
+            raise RelayedError(rank, err)
     return value
+
+
+class RelayedError(ParsitError):
+    """Another rank's error, raised here too so that this rank stops with it (the report names the origin)."""
+
+    def __init__(self, origin_rank: int, message: str) -> None:
+        super().__init__(f"(on rank {origin_rank}) {message}")
+        self.origin_rank = origin_rank
