@@ -36,13 +36,7 @@ import torch
 
 from parsit_data.format import IGNORE_INDEX
 from parsit_data.errors import ParsitError
-from parsit_train.checkpoint import (  # noqa: F401 (latest_checkpoint, RANK_STATE: public names of this module)
-    RANK_STATE,
-    gathered_projector,
-    latest_checkpoint,
-    resume,
-    save_checkpoint,
-)
+from parsit_train.checkpoint import gathered_projector, resume, save_checkpoint
 from parsit_train.config import TrainConfig, config_to_json
 from parsit_train.faults import fail_hook
 from parsit_train.model import (
