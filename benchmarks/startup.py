@@ -5,9 +5,11 @@
 
 It generates a build of about ``--mb`` MB (noise PNGs, which do not compress, embedded in the shards by
 the real builder), then runs ``launch`` for a 1-step run of the tiny test model (2 CPU ranks, gloo) in
-each mode. "first step" is the time from calling launch to rank 0 writing step 1 to metrics.jsonl;
-"exit" adds the final checkpoint and the shutdown. The baseline (every rank hashes) is reached with the
-``PARSIT_VERIFY_EVERY_RANK=1`` benchmark hook and launch's own check turned off.
+each mode. "launch check" is launch's own check before it starts torchrun, "ranks' data ready" the slowest rank's
+time from opening the builds to agreeing they are fine (both logged by parsit), "first step" the time
+from starting ``parsit-train launch`` to rank 0 writing step 1 to metrics.jsonl, "exit" adds the final
+checkpoint and the shutdown. The baseline (every rank hashes) is reached with the benchmark hooks
+``PARSIT_VERIFY_EVERY_RANK=1`` and ``PARSIT_LAUNCH_NO_VERIFY=1`` (launch's own check turned off).
 
 Caveat: the shards were just written, so they are in the page cache and hashing runs at memory speed
 (sha256, about 0.5-1 GB/s per core). On a cold store the hashing is bounded by the disk or network, and
@@ -18,8 +20,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
-import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -69,31 +72,30 @@ def make_big_build(root: Path, mb: int) -> Path:
     return out
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_once(build: Path, work: Path, nproc: int, mode: str) -> tuple[float, float]:
-    from parsit_train.launch import LaunchSpec, launch
-
+def run_once(build: Path, work: Path, nproc: int, mode: str) -> dict:
+    """One 1-step ``parsit-train launch`` (the real CLI, in a subprocess) in ``mode``."""
     verify, in_launch, every_rank = MODES[mode]
     out = work / f"out-{nproc}-{verify}-{int(in_launch)}"
     shutil.rmtree(out, ignore_errors=True)
     cfg = tiny_config(build, out, data={"builds": [str(build)], "verify": verify},
                       optim={"micro_batch_size": 1, "max_steps": 1}, logging={"tensorboard": False, "sample_ids": False})
     path = write_config(work / "train.yaml", cfg)
-    os.environ.pop("PARSIT_VERIFY_EVERY_RANK", None)
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("PARSIT_VERIFY_EVERY_RANK", None)
     if every_rank:
-        os.environ["PARSIT_VERIFY_EVERY_RANK"] = "1"
+        env["PARSIT_VERIFY_EVERY_RANK"] = "1"
+    if not in_launch:
+        env["PARSIT_LAUNCH_NO_VERIFY"] = "1"
     t0 = time.time()
-    try:
-        launch(LaunchSpec(config=path, nproc=nproc, master_port=_port(), timeout_s=600, verify=in_launch))
-    finally:
-        os.environ.pop("PARSIT_VERIFY_EVERY_RANK", None)
-    t1 = time.time()
-    return (out / "metrics.jsonl").stat().st_mtime - t0, t1 - t0
+    res = subprocess.run([sys.executable, "-m", "parsit_train.cli.main", "launch", "--config", str(path),
+                          "--nproc", str(nproc)], env=env, capture_output=True, text=True, timeout=900)
+    done = time.time() - t0
+    if res.returncode != 0:
+        raise SystemExit(f"launch failed ({res.returncode}):\n{res.stderr[-3000:]}")
+    check = re.search(r"data checked in ([0-9.]+)s", res.stderr)
+    ready = [float(x) for x in re.findall(r"rank \d+: data ready in ([0-9.]+)s", res.stderr)]
+    return {"launch_check": float(check.group(1)) if check else 0.0, "ranks_ready": max(ready),
+            "first": (out / "metrics.jsonl").stat().st_mtime - t0, "exit": done}
 
 
 def main() -> None:
@@ -103,9 +105,6 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: a temporary one)")
     args = ap.parse_args()
 
-    import logging
-
-    logging.basicConfig(level=logging.WARNING)
     work = args.keep or Path(tempfile.mkdtemp(prefix="parsit-startup-"))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -114,7 +113,7 @@ def main() -> None:
     print(f"build: {size / 2**20:.0f} MB in {len(list((build / 'shards').glob('*')))} shards "
           f"(made in {time.perf_counter() - t0:.0f}s)")
 
-    from parsit_data.shards import sha256_file
+    from parsit_data.format import sha256_file
 
     t0 = time.perf_counter()
     for p in sorted((build / "shards").glob("*")):
@@ -125,17 +124,20 @@ def main() -> None:
     rows = []
     for nproc in args.ranks:
         for mode in MODES:
-            first, done = run_once(build, work, nproc, mode)
+            r = run_once(build, work, nproc, mode)
             verify, in_launch, every_rank = MODES[mode]
-            hashed = size * nproc if every_rank else (size if verify == "full" else 0)
-            rows.append((nproc, mode, hashed / 2**20, first, done))
-            print(f"  {nproc} rank(s), {mode}: first step {first:.1f}s", flush=True)
+            r["mb"] = (size * nproc if every_rank else (size if verify == "full" else 0)) / 2**20
+            rows.append((nproc, mode, r))
+            print(f"  {nproc} rank(s), {mode}: {r}", flush=True)
 
     print()
-    print(f"| ranks | shard verification          | MB hashed | first step (s) | exit (s) |")
-    print(f"|------:|-----------------------------|----------:|---------------:|---------:|")
-    for nproc, mode, mb, first, done in rows:
-        print(f"| {nproc:5d} | {mode:27s} | {mb:9.0f} | {first:14.1f} | {done:8.1f} |")
+    print("| ranks | shard verification         | MB hashed | launch check (s) | ranks' data ready (s, max) "
+          "| first step (s) | exit (s) |")
+    print("|------:|----------------------------|----------:|-----------------:|---------------------------:"
+          "|---------------:|---------:|")
+    for nproc, mode, r in rows:
+        print(f"| {nproc:5d} | {mode:26s} | {r['mb']:9.0f} | {r['launch_check']:16.2f} | {r['ranks_ready']:26.2f} "
+              f"| {r['first']:14.1f} | {r['exit']:8.1f} |")
     if args.keep is None:
         shutil.rmtree(work, ignore_errors=True)
 

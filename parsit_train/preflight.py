@@ -1,8 +1,8 @@
 """Checks that run before any rank trains, and shard hashing done once instead of once per rank.
 
-``parsit-train launch`` opens the builds exactly as a rank would (:func:`parsit_train.train.open_data`:
-manifest, shard sizes and sha256, tokenizer fingerprint, pad id, image token index, vision geometry, row
-lengths) *before* it starts torchrun, so a bad build is one ``error:`` line and exit code 2. Having
+``parsit-train launch`` opens the builds with the checks a rank makes (:func:`check_data`: manifest,
+shard sizes and sha256, tokenizer fingerprint, pad id, image token index and id, vision geometry, row
+counts and lengths; without importing torch) *before* it starts torchrun, so a bad build is one ``error:`` line and exit code 2. Having
 hashed the shards it writes a stamp into the launch folder: for every build the sha256 of its
 ``manifest.json`` and each shard's size and mtime. A rank started by that launch finds the stamp, checks
 that the manifest and every shard's size and mtime are unchanged (a ``stat`` per shard) and skips the
@@ -16,8 +16,8 @@ hangs in a later collective and nobody trains on data its node did not verify.
 ``data.verify: size`` skips hashing everywhere (manifest, sizes and row counts are still checked): for
 very large builds on storage you trust, since reading 1 TB to hash it takes as long as an epoch may.
 
-``PARSIT_VERIFY_EVERY_RANK=1`` is a BENCHMARK HOOK: every rank hashes, as before verification was done
-once (benchmarks/startup.py measures the difference).
+``PARSIT_VERIFY_EVERY_RANK=1`` and ``PARSIT_LAUNCH_NO_VERIFY=1`` are BENCHMARK HOOKS: every rank hashes
+and launch does not check, as before verification was done once (benchmarks/startup.py measures it).
 """
 
 from __future__ import annotations
@@ -49,21 +49,25 @@ def _identity(path: Path) -> list[int]:
 
 def build_stamp(build_dirs: list[Path]) -> dict:
     """What a later process checks to trust that these builds' bytes are the ones just hashed."""
+    from parsit_data.format import MANIFEST_NAME, load_manifest
+
     builds = {}
     for root in build_dirs:
-        raw = (root / "manifest.json").read_bytes()
-        shards = {e["path"]: _identity(root / e["path"]) for e in json.loads(raw)["shards"]}
+        raw = (root / MANIFEST_NAME).read_bytes()
+        shards = {e.path: _identity(root / e.path) for e in load_manifest(root).shards}
         builds[str(root)] = {"manifest_sha256": hashlib.sha256(raw).hexdigest(), "shards": shards}
     return {"builds": builds}
 
 
 def stamp_covers(stamp_path: Path, build_dirs: list[Path]) -> bool:
     """True when the stamp names every build with an unchanged manifest and unchanged shard sizes/mtimes."""
+    from parsit_data.format import MANIFEST_NAME
+
     try:
         stamp = json.loads(stamp_path.read_text())["builds"]
         for root in build_dirs:
             entry = stamp[str(root)]
-            if hashlib.sha256((root / "manifest.json").read_bytes()).hexdigest() != entry["manifest_sha256"]:
+            if hashlib.sha256((root / MANIFEST_NAME).read_bytes()).hexdigest() != entry["manifest_sha256"]:
                 return False
             if any(_identity(root / rel) != ident for rel, ident in entry["shards"].items()):
                 return False
@@ -86,13 +90,36 @@ def rank_hashes(cfg: TrainConfig, local_rank: int) -> tuple[bool, str]:
     return False, "local rank 0 hashes the shards for this node"
 
 
-def verify_before_launch(cfg: TrainConfig, folder: Path) -> float:
-    """Open the builds as a rank would (raises ParsitError); write the stamp. Returns seconds spent."""
-    from parsit_train.train import open_data
+def data_max_length(cfg: TrainConfig, manifests: list) -> int:
+    """The run's sequence length limit: the config's, else the builds' largest ``--max-length``."""
+    max_length = cfg.data.max_length or max(
+        (int(m.config.get("max_length") or 0) for m in manifests), default=0
+    )
+    # A build without --max-length: its longest row bounds the sequence length.
+    return max_length if max_length > 0 else 1 << 20
 
+
+def check_data(cfg: TrainConfig, verify_checksums: bool = True) -> None:
+    """Open the builds with the checks a rank makes (see :func:`parsit_train.train.open_data`), without
+    importing torch or the model (start-up time before any rank starts). Raises ParsitError."""
+    from parsit_data.format import load_manifest
+    from parsit_train.data.dataset import ShardDataset
+
+    manifests = [load_manifest(b.path) for b in cfg.data.builds]
+    dataset = ShardDataset([b.path for b in cfg.data.builds], cfg.data.tokenizer,
+                           max_length=data_max_length(cfg, manifests), verify_checksums=verify_checksums)
+    vocab = int(dataset.builds[0].manifest.tokenizer.vocab_size or 0)
+    token = cfg.model.image_token_id
+    if vocab and not 0 <= token < vocab:
+        raise ParsitError(f"model.image_token_id {token} is outside the tokenizer's {vocab} ids: use the model's "
+                          "image token id (Qwen3: 151655, <|image_pad|>)")
+
+
+def verify_before_launch(cfg: TrainConfig, folder: Path) -> float:
+    """Check the builds as a rank would (raises ParsitError); write the stamp. Returns seconds spent."""
     t0 = time.perf_counter()
     full = cfg.data.verify == "full"
-    open_data(cfg, cfg.model.image_token_id, rank=0, world_size=1, verify_checksums=full)
+    check_data(cfg, verify_checksums=full)
     if full:
         (folder / STAMP_NAME).write_text(json.dumps(build_stamp([b.path for b in cfg.data.builds])))
     return time.perf_counter() - t0

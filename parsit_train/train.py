@@ -91,16 +91,12 @@ def open_data(cfg: TrainConfig, image_token_id: int, rank: int, world_size: int,
     """(loader, sampler, vision geometry, tokenizer vocab size) for this rank, from the builds' manifests.
 
     ``verify_checksums`` False skips the shards' sha256 (done once per launch or node: see preflight)."""
-    from parsit_train.data import build_dataloader
     from parsit_data.format import load_manifest
+    from parsit_train.data import build_dataloader
+    from parsit_train.preflight import data_max_length
 
     manifests = [load_manifest(b.path) for b in cfg.data.builds]
-    max_length = cfg.data.max_length or max(
-        (int(m.config.get("max_length") or 0) for m in manifests), default=0
-    )
-    if max_length <= 0:
-        # A build without --max-length: its longest row bounds the sequence length.
-        max_length = 1 << 20
+    max_length = data_max_length(cfg, manifests)
     dl = cfg.dataloader
     loader, sampler = build_dataloader(
         [b.path for b in cfg.data.builds],
@@ -318,9 +314,10 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
     # Data first: a bad build is refused before minutes of model loading.
     # Shards are hashed once per launch (or per node), not per rank; every rank refuses if any rank did.
     hashes, why = rank_hashes(cfg, local_rank)
-    log.info("rank %d: %s", rank, why)
+    t_data = time.perf_counter()
     loader, sampler, vision, vocab = agree(
         lambda: open_data(cfg, cfg.model.image_token_id, rank, world_size, verify_checksums=hashes))
+    log.info("rank %d: data ready in %.2fs (%s)", rank, time.perf_counter() - t_data, why)
 
     # Model: the same seed on every rank, so the initial weights agree before DeepSpeed partitions them.
     fill_vision_geometry(cfg.model, vision)
