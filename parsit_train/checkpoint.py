@@ -1,4 +1,5 @@
-"""Checkpoints that are complete or ignored, and exact resume from the newest complete one.
+"""Checkpoints that are complete or ignored, and exact resume from the newest complete one (the
+collective side; the on-disk contract, which needs no torch, is :mod:`parsit_train.checkpoint_files`).
 
 A checkpoint ``output_dir/checkpoints/step-NNNNNNNN/`` holds DeepSpeed's files (weights, optimizer, LR
 scheduler), one ``parsit_rank<R>.pt`` per rank (sampler position and RNG states) and, for the pretrain
@@ -18,7 +19,6 @@ to the checkpoint's, so the steps the interrupted run did after it are not liste
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import shutil
@@ -28,6 +28,14 @@ import numpy as np
 import torch
 
 from parsit_data.errors import ParsitError
+from parsit_train.checkpoint_files import (
+    find_resumable,
+    point_latest,
+    prune,
+    tag,
+    truncate_metrics,
+    write_complete_marker,
+)
 from parsit_train.config import TrainConfig, config_to_json
 from parsit_train.faults import fail_hook
 from parsit_train.model import PROJECTOR_FILE, projector_state, save_projector
@@ -35,8 +43,6 @@ from parsit_train.model import PROJECTOR_FILE, projector_state, save_projector
 log = logging.getLogger(__name__)
 
 RANK_STATE = "parsit_rank{rank}.pt"
-COMPLETE_MARKER = "parsit_complete.json"
-LATEST = "latest"
 
 
 def rng_state() -> dict:
@@ -52,67 +58,6 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def tag(step: int) -> str:
-    return f"step-{step:08d}"
-
-
-# --- completeness (plain files: tested without ranks) ---------------------------------------------------
-def write_complete_marker(path: Path, step: int, world_size: int) -> None:
-    """Mark ``path`` complete: list every file under it with its size. Written last, by rank 0."""
-    files = {str(f.relative_to(path)): f.stat().st_size for f in sorted(path.rglob("*")) if f.is_file()}
-    tmp = path / (COMPLETE_MARKER + ".tmp")
-    tmp.write_text(json.dumps({"step": step, "world_size": world_size, "files": files}, indent=1))
-    tmp.replace(path / COMPLETE_MARKER)
-
-
-def checkpoint_problem(path: Path) -> str | None:
-    """Why the checkpoint folder ``path`` must not be loaded, or None when it is complete."""
-    marker = path / COMPLETE_MARKER
-    if not marker.is_file():
-        return f"no {COMPLETE_MARKER}: it was being written when the run stopped"
-    try:
-        files = json.loads(marker.read_text())["files"]
-    except (OSError, ValueError, KeyError) as exc:
-        return f"unreadable {COMPLETE_MARKER} ({exc})"
-    for name, size in files.items():
-        f = path / name
-        if not f.is_file():
-            return f"{name} is missing"
-        if f.stat().st_size != size:
-            return f"{name} has {f.stat().st_size} bytes, {COMPLETE_MARKER} says {size} (truncated or replaced)"
-    return None
-
-
-def find_resumable(ckpt_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
-    """(the newest complete checkpoint or None, [(newer folder skipped, why)])."""
-    skipped = []
-    for path in sorted((p for p in ckpt_dir.glob("step-*") if p.is_dir()), reverse=True):
-        problem = checkpoint_problem(path)
-        if problem is None:
-            return path, skipped
-        skipped.append((path, problem))
-    return None, skipped
-
-
-def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The newest complete checkpoint under ``ckpt_dir`` (None if there is none)."""
-    return find_resumable(ckpt_dir)[0]
-
-
-def _point_latest(ckpt_dir: Path, name: str) -> None:
-    tmp = ckpt_dir / (LATEST + ".tmp")
-    tmp.write_text(name)
-    tmp.replace(ckpt_dir / LATEST)
-
-
-def _prune(ckpt_dir: Path, keep_last: int) -> None:
-    complete = [p for p in sorted(ckpt_dir.glob("step-*"), reverse=True) if p.is_dir() and checkpoint_problem(p) is None]
-    keep = set(complete[:keep_last])
-    for path in ckpt_dir.glob("step-*"):
-        if path.is_dir() and path not in keep:
-            shutil.rmtree(path, ignore_errors=True)
 
 
 # --- save / resume (collectives: every rank calls them) -------------------------------------------------
@@ -147,31 +92,11 @@ def save_checkpoint(engine, cfg: TrainConfig, step: int, sampler, rank: int) -> 
     torch.distributed.barrier()  # every rank's files, and DeepSpeed's, are in place
     if rank == 0:
         write_complete_marker(path, step, world_size)
-        _point_latest(ckpt_dir, path.name)
-        _prune(ckpt_dir, cfg.checkpoint.keep_last)
+        point_latest(ckpt_dir, path.name)
+        prune(ckpt_dir, cfg.checkpoint.keep_last)
         log.info("checkpoint %s", path)
     torch.distributed.barrier()
     return path
-
-
-def _truncate_metrics(metrics_file: Path, step: int) -> None:
-    """Keep the records of steps <= ``step`` (the ones the resumed state has seen)."""
-    if not metrics_file.is_file():
-        return
-    lines = metrics_file.read_text(encoding="utf-8").splitlines(keepends=True)
-    kept = []
-    for line in lines:
-        try:
-            if int(json.loads(line)["step"]) <= step:
-                kept.append(line)
-        except (ValueError, KeyError, TypeError):
-            continue  # a line cut by the crash
-    if len(kept) != len(lines):
-        tmp = metrics_file.with_suffix(".tmp")
-        tmp.write_text("".join(kept), encoding="utf-8")
-        tmp.replace(metrics_file)
-        log.info("%s: dropped %d record(s) after step %d (the interrupted run's steps after its checkpoint)",
-                 metrics_file.name, len(lines) - len(kept), step)
 
 
 def resume(engine, cfg: TrainConfig, sampler, rank: int, metrics_file: Path) -> int:
@@ -202,5 +127,5 @@ def resume(engine, cfg: TrainConfig, sampler, rank: int, metrics_file: Path) -> 
         if rank == 0:
             log.info("resumed from %s at step %d", path, step)
     if rank == 0:
-        _truncate_metrics(metrics_file, step)
+        truncate_metrics(metrics_file, step)
     return step

@@ -129,7 +129,7 @@ def _run_agent(spec: LaunchSpec, cfg, folder: Path) -> int:
         raise
     stop_leftover_ranks(folder)
     if code != 0:
-        from parsit_train.checkpoint import latest_checkpoint
+        from parsit_train.checkpoint_files import latest_checkpoint
 
         ckpt = latest_checkpoint(cfg.checkpoint_dir())
         then = (f"run the same command again to resume from {ckpt}" if ckpt is not None

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from train_helpers import make_build, tiny_config, write_config  # noqa: E402
 
 from parsit_data.errors import ParsitError  # noqa: E402
-from parsit_train.checkpoint import (  # noqa: E402
+from parsit_train.checkpoint_files import (  # noqa: E402
     COMPLETE_MARKER,
     checkpoint_problem,
     find_resumable,
