@@ -30,5 +30,5 @@ def run_app(app: "typer.Typer", argv: list[str] | None = None) -> None:
     except ParsitError as exc:
         from rich.console import Console
 
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)  # one line, unwrapped
         sys.exit(2)

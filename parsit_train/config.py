@@ -48,6 +48,9 @@ class DataConfig(_Strict):
         "optim.micro_batch_size then counts packs")
     max_images_per_pack: int | None = Field(None, gt=0, description="cap on a pack's images (vision tower memory)")
     pack_window: int = Field(16384, gt=0, description="samples of the shuffled order the planner packs at once")
+    verify: Literal["full", "size"] = Field(
+        "full", description="full: sha256 of every shard, once per launch (or node) before training; size: "
+        "manifest, sizes and row counts only (very large builds on trusted storage)")
 
     @field_validator("builds", mode="before")
     @classmethod
@@ -126,6 +129,9 @@ class DeepSpeedConfig(_Strict):
     zero_stage: Literal[2, 3] = 2
     bf16: bool = True
     overrides: dict[str, Any] = Field(default_factory=dict, description="merged last into the DeepSpeed config")
+    comm_timeout_s: float = Field(
+        1800, gt=0, description="collectives (and barriers) fail after this long instead of hanging; covers the "
+        "longest wait of a rank, e.g. while rank 0 writes an export")
 
 
 class DataLoaderConfig(_Strict):

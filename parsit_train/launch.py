@@ -1,24 +1,32 @@
 """Starting the rank processes: torchrun (one node or several) or Ray Train (a Ray cluster).
 
 Both paths end in :func:`parsit_train.train.train` on every rank. The config is validated here, in the
-launching process, so a typo is reported once, before any worker starts.
+launching process, and the builds are opened and their shards hashed here too
+(:func:`parsit_train.preflight.verify_before_launch`), so a typo or a corrupt shard is reported once,
+before any worker starts, and the ranks do not hash the shards again.
 
-torchrun is started as ``python -m torch.distributed.run`` with the same interpreter (no reliance on a
-``torchrun`` script on PATH), in its own process group, so a timeout ends it and every worker it started.
+torchrun's agent is started as ``python -m parsit_train.agent`` (torchrun's own parser and
+``elastic_launch``, with the same interpreter, no reliance on a ``torchrun`` script on PATH), in its own
+process group. When a rank fails the agent stops the others; launch then kills whatever is left of
+every rank (torchrun starts each in its own session) and raises :class:`RankFailed` with the failing
+rank's own error, once (:mod:`parsit_train.faults`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from parsit_data.errors import ParsitError
 from parsit_train.config import load_config
+from parsit_train.faults import AGENT_REPORT, LAUNCH_DIR_ENV, describe_failure, stop_leftover_ranks
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +46,11 @@ class LaunchSpec:
     timeout_s: float | None = None
     stop_after: int | None = None
     overrides: tuple[str, ...] = ()
+    verify: bool = True  # open and hash the builds here before starting the ranks
+
+
+class RankFailed(ParsitError):
+    """A rank failed mid-run (raised or was killed); the message is that rank's own error."""
 
 
 def _has_cuda() -> bool:
@@ -61,9 +74,9 @@ def worker_env(base: dict | None = None) -> dict:
     return env
 
 
-def torchrun_command(spec: LaunchSpec) -> list[str]:
+def torchrun_command(spec: LaunchSpec, report: Path) -> list[str]:
     cmd = [
-        sys.executable, "-m", "torch.distributed.run",
+        sys.executable, "-m", "parsit_train.agent", str(report),
         f"--nproc-per-node={spec.nproc}",
         f"--nnodes={spec.nnodes}",
         f"--node-rank={spec.node_rank}",
@@ -79,27 +92,61 @@ def torchrun_command(spec: LaunchSpec) -> list[str]:
 
 
 def launch(spec: LaunchSpec) -> int:
-    """Validate the config, start ``nproc`` ranks on this node with torchrun, wait; returns the exit code."""
+    """Validate the config, verify the builds, start ``nproc`` ranks on this node with torchrun, wait.
+
+    Returns 0; raises ParsitError before starting anything for a bad config or build, RankFailed when a
+    rank failed, ParsitError when ``timeout_s`` passed (every process of the run is stopped in all cases).
+    """
     if spec.nproc < 1 or spec.nnodes < 1 or not 0 <= spec.node_rank < spec.nnodes:
         raise ParsitError(f"bad launch geometry: nproc={spec.nproc}, nnodes={spec.nnodes}, node_rank={spec.node_rank}")
-    load_config(spec.config, list(spec.overrides))  # fail here, once, not in every worker
-    cmd = torchrun_command(spec)
-    log.info("starting: %s", " ".join(cmd))
-    proc = subprocess.Popen(cmd, env=worker_env(), start_new_session=True)
+    cfg = load_config(spec.config, list(spec.overrides))  # fail here, once, not in every worker
+    folder = Path(tempfile.mkdtemp(prefix="parsit-launch-"))
     try:
-        return proc.wait(timeout=spec.timeout_s)
+        if spec.verify and os.environ.get("PARSIT_LAUNCH_NO_VERIFY") != "1":  # the variable: a benchmark hook
+            from parsit_train.preflight import verify_before_launch
+
+            seconds = verify_before_launch(cfg, folder)
+            log.info("data checked in %.2fs (%s)", seconds,
+                     "shards hashed" if cfg.data.verify == "full" else "data.verify: size, not hashed")
+        return _run_agent(spec, cfg, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run_agent(spec: LaunchSpec, cfg, folder: Path) -> int:
+    cmd = torchrun_command(spec, folder / AGENT_REPORT)
+    log.info("starting: %s", " ".join(cmd))
+    env = worker_env()
+    env[LAUNCH_DIR_ENV] = str(folder)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    try:
+        code = proc.wait(timeout=spec.timeout_s)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        _stop(proc, folder)
         raise ParsitError(f"training did not finish within {spec.timeout_s:.0f}s; it was stopped (raise --timeout)") from None
     except KeyboardInterrupt:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait()
+        _stop(proc, folder)
         raise
+    stop_leftover_ranks(folder)
+    if code != 0:
+        from parsit_train.checkpoint_files import latest_checkpoint
+
+        ckpt = latest_checkpoint(cfg.checkpoint_dir())
+        then = (f"run the same command again to resume from {ckpt}" if ckpt is not None
+                else "no complete checkpoint yet: running the same command again starts from step 0")
+        raise RankFailed(f"{describe_failure(folder, code)}\nthe other ranks were stopped; {then}")
+    return 0
+
+
+def _stop(proc: subprocess.Popen, folder: Path) -> None:
+    """SIGTERM the agent's group (it closes its workers), then SIGKILL whatever of the run is left."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    stop_leftover_ranks(folder)
 
 
 # --- Ray Train ------------------------------------------------------------------------------------------
@@ -142,7 +189,7 @@ def launch_ray(spec: LaunchSpec, address: str | None, use_gpu: bool | None = Non
         _ray_worker,
         train_loop_config={"config": str(Path(spec.config).resolve()), "overrides": list(spec.overrides),
                            "stop_after": spec.stop_after, "env": env},
-        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo", timeout_s=int(cfg.deepspeed.comm_timeout_s)),
         scaling_config=ScalingConfig(num_workers=spec.nproc, use_gpu=gpu),
         run_config=RunConfig(name=cfg.run_name, storage_path=str(cfg.output_dir / "ray")),
     )

@@ -9,8 +9,9 @@ What makes a resumed run continue exactly where the interrupted one stopped:
 * a checkpoint is taken only at an optimizer-step boundary;
 * DeepSpeed saves weights, optimizer and LR scheduler; each rank adds its own file with the sampler
   position (counted in samples handed to the loop, not prefetched) and its Python/NumPy/torch RNG states;
-* those per-rank files are written before DeepSpeed's ``latest`` pointer moves, so ``latest`` never names
-  a checkpoint that lacks them.
+* a checkpoint counts only once its completion marker is written, after every rank's and DeepSpeed's
+  files; resume takes the newest complete one and says which newer ones it skipped
+  (:mod:`parsit_train.checkpoint`).
 
 CPU runs (tests, CI): ``DS_ACCELERATOR=cpu`` and the gloo backend, a ``torch.optim.AdamW`` handed to
 DeepSpeed (its fused CPU Adam would JIT-compile a C++ op for about a minute) and DeepSpeed's shared-memory
@@ -19,12 +20,12 @@ comm op marked incompatible (it would compile too).
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import math
 import os
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +35,11 @@ import torch
 
 from parsit_data.format import IGNORE_INDEX
 from parsit_data.errors import ParsitError
+from parsit_train.checkpoint import gathered_projector, resume, save_checkpoint
 from parsit_train.config import TrainConfig, config_to_json
 from parsit_train.assemble import starting_folder
 from parsit_train.compat import disable_shm_comm_op, zero3_consolidated_state_dict
+from parsit_train.faults import fail_hook
 from parsit_train.model import (
     PROJECTOR_FILE,
     check_compatibility,
@@ -45,24 +48,23 @@ from parsit_train.model import (
     load_model,
     param_groups,
     parameter_report,
-    projector_state,
     save_projector,
     set_trainable,
 )
 
 log = logging.getLogger(__name__)
 
-RANK_STATE = "parsit_rank{rank}.pt"
 METRICS_FILE = "metrics.jsonl"
 HF_DIR = "hf"
 
 
 # --- 1. distributed setup -------------------------------------------------------------------------------
-def setup_distributed() -> tuple[int, int, int]:
+def setup_distributed(timeout_s: float = 1800) -> tuple[int, int, int]:
     """Initialise torch.distributed through DeepSpeed; returns (rank, world_size, local_rank).
 
     A process started without a launcher gets single-process defaults (otherwise DeepSpeed looks for
-    MPI). Without CUDA the accelerator is the CPU and the backend gloo.
+    MPI). Without CUDA the accelerator is the CPU and the backend gloo. ``timeout_s`` bounds every
+    collective: a rank whose peer vanished fails instead of waiting forever.
     """
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -73,7 +75,7 @@ def setup_distributed() -> tuple[int, int, int]:
 
     disable_shm_comm_op()
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    deepspeed.init_distributed(dist_backend=backend)
+    deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     return torch.distributed.get_rank(), torch.distributed.get_world_size(), int(os.environ["LOCAL_RANK"])
@@ -85,34 +87,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 # --- 2. data --------------------------------------------------------------------------------------------
-def open_data(cfg: TrainConfig, image_token_id: int, rank: int, world_size: int):
-    """(loader, sampler, vision geometry, tokenizer vocab size) for this rank, from the builds' manifests."""
-    from parsit_train.data import build_dataloader
+def open_data(cfg: TrainConfig, image_token_id: int, rank: int, world_size: int, verify_checksums: bool = True):
+    """(loader, sampler, vision geometry, tokenizer vocab size) for this rank, from the builds' manifests.
+
+    ``verify_checksums`` False skips the shards' sha256 (done once per launch or node: see preflight)."""
     from parsit_data.format import load_manifest
+    from parsit_train.data import build_dataloader
+    from parsit_train.preflight import data_max_length
 
     manifests = [load_manifest(b.path) for b in cfg.data.builds]
-    max_length = cfg.data.max_length or max(
-        (int(m.config.get("max_length") or 0) for m in manifests), default=0
-    )
-    if max_length <= 0:
-        # A build without --max-length: its longest row bounds the sequence length.
-        max_length = 1 << 20
+    max_length = data_max_length(cfg, manifests)
     dl = cfg.dataloader
     loader, sampler = build_dataloader(
         [b.path for b in cfg.data.builds],
@@ -133,6 +118,7 @@ def open_data(cfg: TrainConfig, image_token_id: int, rank: int, world_size: int)
         max_images_per_pack=cfg.data.max_images_per_pack,
         pack_window=cfg.data.pack_window,
         loss_weighting=cfg.optim.loss_weighting,
+        verify_checksums=verify_checksums,
     )
     vision = manifests[0].vision.model_dump(mode="json")  # the dataset refused builds of other geometries
     vocab = max(m.tokenizer.vocab_size for m in manifests)
@@ -242,74 +228,7 @@ class Metrics:
                 self.tb.close()
 
 
-# --- 5. checkpoints and exports -------------------------------------------------------------------------
-def _tag(step: int) -> str:
-    return f"step-{step:08d}"
-
-
-def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    latest = ckpt_dir / "latest"
-    if not latest.is_file():
-        return None
-    path = ckpt_dir / latest.read_text().strip()
-    return path if path.is_dir() else None
-
-
-def gathered_projector(engine) -> dict | None:
-    """The projector's full weights on rank 0 (None elsewhere), gathering ZeRO-3 partitions."""
-    import deepspeed
-
-    proj = engine.module.model.multi_modal_projector
-    with deepspeed.zero.GatheredParameters(list(proj.parameters()), modifier_rank=None):
-        state = projector_state(engine.module) if torch.distributed.get_rank() == 0 else None
-    return state
-
-
-def save_checkpoint(engine, cfg: TrainConfig, step: int, sampler, rank: int) -> Path:
-    ckpt_dir = cfg.checkpoint_dir()
-    tag = _tag(step)
-    (ckpt_dir / tag).mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {"step": step, "world_size": torch.distributed.get_world_size(), "sampler": sampler.state_dict(),
-         "rng": rng_state()},
-        ckpt_dir / tag / RANK_STATE.format(rank=rank),
-    )
-    torch.distributed.barrier()
-    client = {"parsit": {"step": step, "config": config_to_json(cfg)}}
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client)  # moves `latest` last
-    if cfg.export_projector():
-        state = gathered_projector(engine)
-        if rank == 0:
-            save_projector(state, engine.module.config, ckpt_dir / tag / PROJECTOR_FILE)
-    if rank == 0:
-        tags = sorted(p for p in ckpt_dir.glob("step-*") if p.is_dir())
-        for old in tags[: -cfg.checkpoint.keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
-    torch.distributed.barrier()
-    if rank == 0:
-        log.info("checkpoint %s", ckpt_dir / tag)
-    return ckpt_dir / tag
-
-
-def resume(engine, cfg: TrainConfig, sampler, rank: int) -> int:
-    """Load the latest checkpoint if there is one; returns the optimizer step to continue from."""
-    path = latest_checkpoint(cfg.checkpoint_dir())
-    if path is None or not cfg.checkpoint.resume:
-        return 0
-    load_path, _client = engine.load_checkpoint(str(path.parent), tag=path.name)
-    if load_path is None:
-        raise ParsitError(f"DeepSpeed could not load the checkpoint {path}: delete it or set checkpoint.resume: false")
-    own = path / RANK_STATE.format(rank=rank)
-    state = torch.load(own if own.is_file() else path / RANK_STATE.format(rank=0), weights_only=False)
-    sampler.load_state_dict(state["sampler"])
-    if state["world_size"] == torch.distributed.get_world_size() and own.is_file():
-        set_rng_state(state["rng"])
-    elif rank == 0:
-        log.warning("resuming with %d ranks from a %d-rank checkpoint: data position kept, RNG streams reseeded",
-                    torch.distributed.get_world_size(), state["world_size"])
-    if rank == 0:
-        log.info("resumed from %s at step %d", path, state["step"])
-    return int(state["step"])
+# --- 5. exports (checkpoints: parsit_train.checkpoint) ------------------------------------------------
 
 
 def build_template(cfg: TrainConfig) -> dict:
@@ -431,13 +350,20 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
     """Run (or resume) the configured training on this rank. ``stop_after``: stop at that step (a drill)."""
     import deepspeed
 
-    rank, world_size, _local_rank = setup_distributed()
+    from parsit_train.preflight import agree, rank_hashes
+
+    rank, world_size, local_rank = setup_distributed(cfg.deepspeed.comm_timeout_s)
     if rank == 0:
         cfg.output_dir.mkdir(parents=True, exist_ok=True)
         (cfg.output_dir / "train_config.json").write_text(json.dumps(config_to_json(cfg), indent=2) + "\n")
 
     # Data first: a bad build is refused before minutes of model loading.
-    loader, sampler, vision, vocab = open_data(cfg, cfg.model.image_token_id, rank, world_size)
+    # Shards are hashed once per launch (or per node), not per rank; every rank refuses if any rank did.
+    hashes, why = rank_hashes(cfg, local_rank)
+    t_data = time.perf_counter()
+    loader, sampler, vision, vocab = agree(
+        lambda: open_data(cfg, cfg.model.image_token_id, rank, world_size, verify_checksums=hashes))
+    log.info("rank %d: data ready in %.2fs (%s)", rank, time.perf_counter() - t_data, why)
 
     # Model: one from_pretrained of a merged LLaVA folder (assembled into output_dir/init by rank 0 when the
     # config names two towers); under ZeRO-3 it is created partitioned (keep_alive: see load_model).
@@ -470,7 +396,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
     # pair up wrongly and ZeRO-2 misses gradients. "full" feature strategy: every patch is a token.
     loader.collator.blank_image = (vc.image_size, (vc.image_size // vc.patch_size) ** 2)
 
-    step = resume(engine, cfg, sampler, rank)  # restores the RNG streams too
+    step = resume(engine, cfg, sampler, rank, cfg.output_dir / METRICS_FILE)  # restores the RNG streams too
     if step == 0:
         seed_everything(cfg.seed + rank)  # runtime streams differ per rank
     metrics = Metrics(cfg, rank)
@@ -537,6 +463,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
                 result.stopped_early = True
             if (every and step % every == 0) or step == total or result.stopped_early:
                 save_checkpoint(engine, cfg, step, sampler, rank)
+            fail_hook(rank, step, "step")  # test hook (PARSIT_TEST_FAIL_AT); a no-op in real runs
             t_last = time.perf_counter()
             if step >= total or result.stopped_early:
                 break

@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from parsit_data.errors import ParsitError, run_app
+from parsit_data.errors import run_app
 from parsit_train.cli.assemble import assemble_command
 from parsit_train.cli.plan import plan_command
 
@@ -73,8 +73,12 @@ def launch_command(
     stop_after: int = typer.Option(None, "--stop-after", help="Checkpoint and stop at this step (a preemption drill)."),
     overrides: list[str] = SET,
 ) -> None:
-    """Start the training processes (torchrun on this node, or Ray Train with --ray-address)."""
-    from parsit_train.launch import LaunchSpec, launch, launch_ray
+    """Start the training processes (torchrun on this node, or Ray Train with --ray-address).
+
+    Exit code 2: refused before any rank started (config, build); 1: a rank failed mid-run (its error is
+    printed once; run the same command again to resume from the last complete checkpoint).
+    """
+    from parsit_train.launch import LaunchSpec, RankFailed, launch, launch_ray
 
     port = master_port or (29500 if nnodes > 1 else _free_port())
     spec = LaunchSpec(config=config, nproc=nproc, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr,
@@ -83,9 +87,11 @@ def launch_command(
         metrics = launch_ray(spec, None if ray_address == "local" else ray_address)
         console.print(f"[green]done[/] (Ray Train): {metrics}")
         return
-    code = launch(spec)
-    if code != 0:
-        raise ParsitError(f"training exited with code {code} (see the rank logs above)")
+    try:
+        launch(spec)
+    except RankFailed as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 @app.command("train")
@@ -96,10 +102,12 @@ def train_command(
 ) -> None:
     """Run one rank in this process (what `launch` starts under torchrun; alone it is a 1-process run)."""
     from parsit_train.config import load_config
+    from parsit_train.faults import rank_failure_report
     from parsit_train.train import train
 
-    cfg = load_config(config, overrides)
-    train(cfg, stop_after=stop_after)
+    with rank_failure_report():  # under `launch`: the error goes to launch, which prints it once
+        cfg = load_config(config, overrides)
+        train(cfg, stop_after=stop_after)
 
 
 app.command("plan")(plan_command)

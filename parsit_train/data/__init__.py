@@ -47,18 +47,24 @@ per-sample targets), ``sampler`` (deterministic, resumable batch sampler; ``Data
 (the pack plan), ``loader`` (the DataLoader factory and seeded workers).
 """
 
-from parsit_train.data.collator import Collator
-from parsit_train.data.dataset import ShardDataset
-from parsit_train.data.images import ImageProcessor
-from parsit_train.data.loader import ParsitLoader, build_dataloader, seed_worker
-from parsit_train.data.sampler import ResumableBatchSampler
+import importlib
 
-__all__ = [
-    "Collator",
-    "ImageProcessor",
-    "ParsitLoader",
-    "ResumableBatchSampler",
-    "ShardDataset",
-    "build_dataloader",
-    "seed_worker",
-]
+# Imported on first use (PEP 562), so that `parsit-train launch` can open and verify builds through
+# `parsit_train.data.dataset` without importing torch (seconds of start-up before any rank starts).
+_EXPORTS = {
+    "Collator": "collator",
+    "ImageProcessor": "images",
+    "ParsitLoader": "loader",
+    "ResumableBatchSampler": "sampler",
+    "ShardDataset": "dataset",
+    "build_dataloader": "loader",
+    "seed_worker": "loader",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

@@ -1,0 +1,131 @@
+"""Checkpoints that are complete or ignored, and exact resume from the newest complete one (the
+collective side; the on-disk contract, which needs no torch, is :mod:`parsit_train.checkpoint_files`).
+
+A checkpoint ``output_dir/checkpoints/step-NNNNNNNN/`` holds DeepSpeed's files (weights, optimizer, LR
+scheduler), one ``parsit_rank<R>.pt`` per rank (sampler position and RNG states) and, for the pretrain
+stage, ``projector.safetensors``. It is written in this order:
+
+1. rank 0 removes a leftover folder of the same step (a run that died while writing it), barrier;
+2. every rank writes its own file, then DeepSpeed writes its files (``save_latest=False``);
+3. barrier: every rank's files are in place;
+4. rank 0 writes ``parsit_complete.json`` (step, world size, every file's size), then moves ``latest``
+   (write-and-rename), then prunes to ``checkpoint.keep_last`` complete checkpoints.
+
+A folder without that marker, or whose files do not have the sizes it lists, is never loaded: resume
+takes the newest complete checkpoint and logs every newer one it skipped and why. Rank 0 chooses and
+tells the others, so every rank loads the same one. On resume, ``metrics.jsonl`` keeps only the steps up
+to the checkpoint's, so the steps the interrupted run did after it are not listed twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from parsit_data.errors import ParsitError
+from parsit_train.checkpoint_files import (
+    find_resumable,
+    point_latest,
+    prune,
+    tag,
+    truncate_metrics,
+    write_complete_marker,
+)
+from parsit_train.config import TrainConfig, config_to_json
+from parsit_train.faults import fail_hook
+from parsit_train.model import PROJECTOR_FILE, projector_state, save_projector
+
+log = logging.getLogger(__name__)
+
+RANK_STATE = "parsit_rank{rank}.pt"
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --- save / resume (collectives: every rank calls them) -------------------------------------------------
+def gathered_projector(engine) -> dict | None:
+    """The projector's full weights on rank 0 (None elsewhere), gathering ZeRO-3 partitions."""
+    import deepspeed
+
+    proj = engine.module.model.multi_modal_projector
+    with deepspeed.zero.GatheredParameters(list(proj.parameters()), modifier_rank=None):
+        state = projector_state(engine.module) if torch.distributed.get_rank() == 0 else None
+    return state
+
+
+def save_checkpoint(engine, cfg: TrainConfig, step: int, sampler, rank: int) -> Path:
+    ckpt_dir = cfg.checkpoint_dir()
+    path = ckpt_dir / tag(step)
+    world_size = torch.distributed.get_world_size()
+    if rank == 0:
+        if path.exists():
+            shutil.rmtree(path)  # never complete (else the run would have resumed from it): a leftover
+        path.mkdir(parents=True)
+    torch.distributed.barrier()
+    torch.save({"step": step, "world_size": world_size, "sampler": sampler.state_dict(), "rng": rng_state()},
+               path / RANK_STATE.format(rank=rank))
+    client = {"parsit": {"step": step, "config": config_to_json(cfg)}}
+    engine.save_checkpoint(str(ckpt_dir), tag=path.name, client_state=client, save_latest=False)
+    if cfg.export_projector():
+        state = gathered_projector(engine)
+        if rank == 0:
+            save_projector(state, engine.module.config, path / PROJECTOR_FILE)
+    fail_hook(rank, step, "checkpoint")
+    torch.distributed.barrier()  # every rank's files, and DeepSpeed's, are in place
+    if rank == 0:
+        write_complete_marker(path, step, world_size)
+        point_latest(ckpt_dir, path.name)
+        prune(ckpt_dir, cfg.checkpoint.keep_last)
+        log.info("checkpoint %s", path)
+    torch.distributed.barrier()
+    return path
+
+
+def resume(engine, cfg: TrainConfig, sampler, rank: int, metrics_file: Path) -> int:
+    """Load the newest complete checkpoint if there is one; returns the optimizer step to continue from."""
+    chosen: list = [None]
+    if rank == 0 and cfg.checkpoint.resume:
+        path, skipped = find_resumable(cfg.checkpoint_dir())
+        for bad, why in skipped:
+            log.warning("checkpoint %s is not usable (%s); %s", bad, why,
+                        f"resuming from {path.name} instead" if path else "no complete checkpoint before it")
+        chosen[0] = None if path is None else str(path)
+    torch.distributed.broadcast_object_list(chosen, src=0)  # every rank loads the one rank 0 chose
+    step = 0
+    if chosen[0] is not None:
+        path = Path(chosen[0])
+        load_path, _client = engine.load_checkpoint(str(path.parent), tag=path.name)
+        if load_path is None:
+            raise ParsitError(f"DeepSpeed could not load the checkpoint {path}: delete it or set checkpoint.resume: false")
+        own = path / RANK_STATE.format(rank=rank)
+        state = torch.load(own if own.is_file() else path / RANK_STATE.format(rank=0), weights_only=False)
+        sampler.load_state_dict(state["sampler"])
+        if state["world_size"] == torch.distributed.get_world_size() and own.is_file():
+            set_rng_state(state["rng"])
+        elif rank == 0:
+            log.warning("resuming with %d ranks from a %d-rank checkpoint: data position kept, RNG streams reseeded",
+                        torch.distributed.get_world_size(), state["world_size"])
+        step = int(state["step"])
+        if rank == 0:
+            log.info("resumed from %s at step %d", path, step)
+    if rank == 0:
+        truncate_metrics(metrics_file, step)
+    return step
