@@ -8,10 +8,13 @@ instead of padded with grey.
 
 from __future__ import annotations
 
+import errno
 import functools
 import io
 import os
 import stat
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -23,6 +26,13 @@ from parsit_data.records import Reject
 assert not ImageFile.LOAD_TRUNCATED_IMAGES, "truncated images must be rejected, not padded"
 
 DEFAULT_MAX_PIXELS = 64_000_000  # ~ 8000 x 8000
+
+#: What Pillow raises for bad image *data* (its plugins are not uniform: a broken PNG raises
+#: SyntaxError, a short read EOFError or struct.error, a corrupt zlib stream zlib.error, ...). Not
+#: MemoryError, RecursionError or anything else: those are the machine or a bug, and stop the build.
+DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError, TypeError, struct.error, zlib.error,
+    ZeroDivisionError, OverflowError, NotImplementedError)
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,8 @@ def resolve_image_path(rel: str, root: Path | None) -> Path:
         raise Reject("image_missing", f"image {rel!r} given but no --image-root was set")
     if rel == "" or "\x00" in rel:
         raise Reject("image_missing", f"image path {rel!r} is empty or invalid")
+    if "://" in rel:
+        raise Reject("image_missing", f"image path {rel!r} is a URL: images are files under --image-root")
     pure = PurePosixPath(rel.replace("\\", "/"))
     if pure.is_absolute() or os.path.isabs(rel) or (len(rel) > 1 and rel[1] == ":"):
         raise Reject("image_outside_root", f"image path {rel!r} is absolute")
@@ -72,7 +84,9 @@ def resolve_image_path(rel: str, root: Path | None) -> Path:
         raise Reject("image_outside_root", f"image path {rel!r} resolves outside the image root (symlink)")
     try:
         st = os.stat(real)
-    except OSError:
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENAMETOOLONG, errno.EACCES, errno.ENOTDIR) and os.path.lexists(real):
+            raise Reject("image_unreadable", f"image {rel!r} cannot be opened: {exc.strerror}") from None
         raise Reject("image_missing", f"image {rel!r} does not exist under {root}") from None
     if not stat.S_ISREG(st.st_mode):
         raise Reject("image_unreadable", f"image {rel!r} is not a regular file")
@@ -117,7 +131,7 @@ def _open_checked(fp, size: int, rel: str, opts: ImageOptions) -> Image.Image:
         w, h = img.size
     except Image.DecompressionBombError as exc:
         raise Reject("image_too_large", f"image {rel!r}: {exc}") from None
-    except Exception as exc:  # PIL raises many types for garbage; all mean "not an image"
+    except DECODE_ERRORS as exc:  # garbage in any of the ways Pillow reports it: "not an image"
         raise Reject("image_unreadable", f"image {rel!r}: {exc}") from None
     if w * h > opts.max_pixels:
         raise Reject("image_too_large", f"image {rel!r} is {w}x{h}, over the {opts.max_pixels}-pixel limit")
@@ -128,7 +142,7 @@ def _open_checked(fp, size: int, rel: str, opts: ImageOptions) -> Image.Image:
             img.load()
         except Image.DecompressionBombError as exc:
             raise Reject("image_too_large", f"image {rel!r}: {exc}") from None
-        except Exception as exc:  # truncated data, bad compression stream, ...
+        except DECODE_ERRORS as exc:  # truncated data, bad compression stream, ...
             raise Reject("image_unreadable", f"image {rel!r} cannot be decoded: {exc}") from None
     return img
 
@@ -168,7 +182,7 @@ def load_image(rel: str, opts: ImageOptions) -> LoadedImage:
     if opts.max_side and max(w, h) > opts.max_side:
         try:
             data = _reencode(img, opts.max_side)
-        except Exception as exc:
+        except DECODE_ERRORS as exc:
             raise Reject("image_unreadable", f"image {rel!r} cannot be decoded: {exc}") from None
     return LoadedImage(rel_path=rel, data=data, width=w, height=h)
 

@@ -7,8 +7,10 @@ the part file (its commit marker, holding the shard's checksum and the statistic
 
 from __future__ import annotations
 
+import base64
 import gc
 import json
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from itertools import accumulate, chain
@@ -19,12 +21,13 @@ import numpy as np
 import pyarrow as pa
 
 from parsit_data.config import BuildConfig
-from parsit_data.format import (IGNORE_INDEX, IMAGE_TOKEN_INDEX, SHARD_SCHEMA, SHARDS_DIR, ShardMeta,
+from parsit_data.format import (IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX, SHARD_SCHEMA, SHARDS_DIR, ShardMeta,
                                 atomic_write_bytes, fingerprint, part_path, quarantine_part_path, read_part,
                                 read_shard_meta, sha256_file, shard_name, write_shard)
 from parsit_data.errors import ParsitError
 from parsit_data.images import LoadedImage
-from parsit_data.records import QuarantineRecord, Record, Reject, Rejection
+from parsit_data.reasons import Reason
+from parsit_data.records import Record, Reject, Rejection
 from parsit_data.sources import RawItem
 from parsit_data.stats import PartitionStats
 from parsit_data.templates import Segment, get_template
@@ -86,22 +89,36 @@ def reuse_finished(out: Path, index: int, meta: ShardMeta) -> PartitionResult | 
 
 
 def _quarantine_line(item: RawItem, sample_id: str | None, rej: Rejection) -> str:
-    q = QuarantineRecord(
-        source=item.source,
-        line=item.position if item.kind == "line" else None,
-        index=item.position if item.kind == "index" else None,
-        sample_id=sample_id,
-        reason=rej.reason,
-        detail=rej.detail,
-        record=item.value if item.value is not None else item.raw,
-    )
-    line = json.dumps(q.model_dump(mode="json"), ensure_ascii=False, sort_keys=False)
+    """One line of ``quarantine.jsonl``: valid UTF-8 JSON on one line, whatever the record held.
+
+    The record is kept losslessly: a line that is not UTF-8 also comes as its exact bytes
+    (``record_b64``); a lone surrogate (only in ``invalid_unicode`` records) is written as its JSON
+    escape, which ``json.loads`` reads back to the same string.
+    """
+    # The fields of QuarantineRecord, in its order, as a plain dict: pydantic's serializer (Rust) cannot
+    # carry a lone surrogate, which an invalid_unicode record holds by definition.
+    q = {
+        "source": item.source,
+        "line": item.position if item.kind == "line" else None,
+        "index": item.position if item.kind == "index" else None,
+        "sample_id": sample_id,
+        "reason": rej.reason.value,
+        "detail": rej.detail,
+        "record": item.value if item.value is not None else item.raw,
+    }
+    if item.raw_bytes is not None:
+        q["record_b64"] = base64.b64encode(item.raw_bytes).decode("ascii")
+    line = json.dumps(q, ensure_ascii=False)
     # Characters that str.splitlines() (and other readers) treat as line breaks stay escaped, so that
     # one rejected record is always exactly one line. They can only occur inside JSON strings here.
-    return line.translate(_LINE_BREAKS_ESCAPED)
+    line = line.translate(_LINE_BREAKS_ESCAPED)
+    if not line.isascii() and _SURROGATE.search(line):
+        line = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
+    return line
 
 
 _LINE_BREAKS_ESCAPED = {c: f"\\u{c:04x}" for c in (0x85, 0x2028, 0x2029)}  # json escapes < 0x20 itself
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _truncate(tok: Tokenized, record: Record, image_tokens: list[int], max_length: int) -> tuple[Tokenized, int] | None:
@@ -200,6 +217,7 @@ def _emit(work: "_PartitionWork", chunk: "_Chunk", last: bool, out: Path) -> Par
 class _Chunk:
     good: list[tuple[int, Record, list[LoadedImage], RawItem]]  # (position in partition, ...)
     tokens: PendingBatch
+    segments: list[list[Segment]]  # what was submitted, to find the culprit when the batch fails
 
 
 class _PartitionWork:
@@ -233,21 +251,59 @@ class _PartitionWork:
                 sstats.placeholder_inserted += 1
             good.append((k, record, images, item))
             segs.append(rendered)
-        return _Chunk(good, ctx.tokenizer.submit(segs, ctx.unmask))
+        return _Chunk(good, ctx.tokenizer.submit(segs, ctx.unmask), segs)
+
+    def _tokens(self, chunk: _Chunk) -> list:
+        """The chunk's tokenized rows; a record whose text the tokenizer refuses is quarantined on its own.
+
+        Parsing already quarantines what is known to break the tokenizer (lone surrogates); this is the
+        net under it. The batch runs on the tokenizer's thread, so a failure there names no record: each
+        record is then encoded alone, and only a record that fails *by itself* is quarantined
+        (``tokenizer_error``). When every record encodes alone, the failure was not caused by content
+        and the original exception propagates, as a bug does.
+        """
+        try:
+            return chunk.tokens.result()
+        except MemoryError:
+            raise
+        except Exception as batch_exc:  # noqa: BLE001 - narrowed below by re-encoding record by record
+            tok, culprits = self.ctx.tokenizer, {}
+            for n, segs in enumerate(chunk.segments):
+                pieces = [p for text, special, _, _ in segs if not special for p in text.split(IMAGE_PLACEHOLDER) if p]
+                try:
+                    tok._encode(pieces)
+                except MemoryError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - this record's own text fails: data, not a bug
+                    culprits[n] = f"{type(exc).__name__}: {str(exc)[:200]}"
+            if not culprits:
+                raise batch_exc
+            rows = []
+            for n, ((k, record, _, item), segs) in enumerate(zip(chunk.good, chunk.segments)):
+                if n in culprits:
+                    rej = Rejection(Reason.TOKENIZER_ERROR, f"the tokenizer failed on this record: {culprits[n]}")
+                    self.qlines.append((k, _quarantine_line(item, record.sample_id, rej)))
+                    self.sstats.quarantined[rej.reason] += 1
+                    rows.append(None)
+                else:
+                    rows.append(tok.tokenize_batch([segs], self.ctx.unmask)[0])
+            return rows
 
     def emit(self, chunk: _Chunk) -> None:
         """2. lengths, the over-length policy, rows."""
         ctx, cfg, sstats, cols = self.ctx, self.ctx.config, self.sstats, self.cols
-        for (k, record, images, item), tok in zip(chunk.good, chunk.tokens.result()):
+        for (k, record, images, item), tok in zip(chunk.good, self._tokens(chunk)):
+            if tok is None:  # quarantined by the tokenizer
+                continue
             image_tokens = [ctx.geometry.tokens_for(im.width, im.height) for im in images]
             length = len(tok.input_ids) - len(images) + sum(image_tokens)
             truncated = False
             if cfg.max_length is not None and length > cfg.max_length:
                 cut = _truncate(tok, record, image_tokens, cfg.max_length) if cfg.overlong == "truncate" else None
                 if cut is None:
-                    rej = Rejection("overlong", f"multimodal length {length} exceeds --max-length {cfg.max_length}")
+                    rej = Rejection(Reason.OVERLONG, f"multimodal length {length} exceeds --max-length {cfg.max_length}")
                     self.qlines.append((k, _quarantine_line(item, record.sample_id, rej)))
-                    sstats.quarantined["overlong"] += 1
+                    sstats.quarantined[rej.reason] += 1
                     continue
                 tok, n_img = cut
                 images, image_tokens = images[:n_img], image_tokens[:n_img]

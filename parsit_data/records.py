@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Discriminator, Field, Tag
 
+from parsit_data.reasons import Reason
+
 Role = Literal["system", "user", "assistant"]
 
 #: Both spellings of a role, mapped to one.
@@ -132,20 +134,31 @@ class QuarantineRecord(BaseModel):
     line: int | None = Field(None, description="1-based line number, for JSONL sources")
     index: int | None = Field(None, description="0-based position, for JSON list sources")
     sample_id: str | None = Field(description="the record's id, or source:position; null when unparseable")
-    reason: str = Field(description="a stable reason code, see docs/REASONS.md")
+    reason: Reason = Field(description="a stable reason code, see docs/REASONS.md")
     detail: str = Field(description="what exactly is wrong, naming the turn or image")
-    record: Any = Field(description="the original record, untouched, or the raw line when it was not valid JSON")
+    record: Any = Field(description="the original record, untouched, or the raw line when it was not valid JSON "
+                                    "(when it was not valid UTF-8: the line with each bad byte as \\xNN, see "
+                                    "record_b64). A lone surrogate is written as its JSON escape (\\ud800)")
+    record_b64: str | None = Field(None, description="only when the line is not valid UTF-8: its exact bytes "
+                                                     "(without the line break), base64; absent otherwise")
 
 
 @dataclass(frozen=True)
 class Rejection:
-    reason: str
+    """Why one record is quarantined. ``reason`` is coerced to :class:`Reason`: an unknown code is a bug
+    and raises ``ValueError`` where the rejection is made."""
+
+    reason: Reason
     detail: str
+
+    def __post_init__(self):
+        if type(self.reason) is not Reason:
+            object.__setattr__(self, "reason", Reason(self.reason))
 
 
 class Reject(Exception):
     """Raised inside validation/tokenization to quarantine the current record."""
 
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
+    def __init__(self, reason: Reason | str, detail: str):
         self.rejection = Rejection(reason, detail)
+        super().__init__(f"{self.rejection.reason.value}: {detail}")

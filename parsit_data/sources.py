@@ -18,6 +18,7 @@ import ijson
 import yaml
 
 from parsit_data.errors import ParsitError
+from parsit_data.reasons import Reason
 from parsit_data.records import Rejection
 from parsit_data.format import sha256_file
 
@@ -34,6 +35,8 @@ class RawItem:
     value: Any = None
     raw: str | None = None
     rejection: Rejection | None = None
+    #: The exact bytes of a line that is not valid UTF-8 (kept losslessly in the quarantine).
+    raw_bytes: bytes | None = None
 
 
 @dataclass
@@ -60,12 +63,16 @@ class SourceSpec:
 
 
 def _detect_format(path: Path) -> str:
-    """``json`` when the first non-blank byte opens a list, else ``jsonl``."""
+    """``json`` when the first non-blank byte (after a byte order mark) opens a list, else ``jsonl``."""
     with open(path, "rb") as f:
+        first = True
         while True:
             chunk = f.read(4096)
             if not chunk:
                 return "jsonl"
+            if first and chunk.startswith(_BOM):
+                chunk = chunk[3:]
+            first = False
             stripped = chunk.lstrip()
             if stripped:
                 return "json" if stripped[:1] == b"[" else "jsonl"
@@ -128,28 +135,95 @@ def _read_mixture(path: Path, seed: int) -> list[SourceSpec]:
     return out
 
 
+class _NonStandardNumber(ValueError):
+    pass
+
+
+def _refuse_constant(name: str):
+    raise _NonStandardNumber(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    x = float(text)
+    if x in (_INF, -_INF):
+        raise _NonStandardNumber(f"{text[:40]} is beyond the range of a double (it would read as Infinity)")
+    return x
+
+
+_INF = float("inf")
+#: ``json.loads`` that refuses what is not standard JSON or not safely representable (see
+#: docs/REASONS.md, ``non_standard_number``). The hooks run only for floats and NaN/Infinity, which
+#: LLaVA records rarely hold: the scanner stays on its fast C path for strings, ints and structure.
+_decode = json.JSONDecoder(parse_float=_finite_float, parse_constant=_refuse_constant).decode
+_BOM = b"\xef\xbb\xbf"
+#: Only a ``\uD800``-``\uDFFF`` escape can put a surrogate into a parsed string (raw bytes that would
+#: encode one are not valid UTF-8 and fail before parsing); lines without one skip the check.
+_SURROGATE_ESCAPES = (b"\\ud", b"\\uD")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate_at(value: Any) -> str | None:
+    """Where (``record.conversations[0].value``, ``a key in record``) the first lone surrogate sits, or None."""
+    stack: list[tuple[Any, str]] = [(value, "record")]
+    search = _SURROGATE.search
+    while stack:
+        v, where = stack.pop()
+        if isinstance(v, str):
+            if search(v):
+                return where
+        elif isinstance(v, dict):
+            for k in v:
+                if search(k):
+                    return f"a key of {where}"
+            stack.extend((x, f"{where}.{k}") for k, x in reversed(v.items()))
+        elif isinstance(v, list):
+            stack.extend((x, f"{where}[{i}]") for i, x in reversed(list(enumerate(v))))
+    return None
+
+
+def _unicode_rejection(where: str) -> Rejection:
+    return Rejection(Reason.INVALID_UNICODE, f"{where} holds a lone UTF-16 surrogate escape (\\ud800-\\udfff), "
+                                             "which is not a character and cannot be written as UTF-8")
+
+
 def _iter_jsonl(spec: SourceSpec) -> Iterator[RawItem]:
+    """One item per non-blank line (``\n``-separated; ``\r\n`` works, a bare ``\r`` or U+2028 is no break).
+
+    A UTF-8 byte order mark at the start of a line (a file saved by Excel, files concatenated with
+    ``cat``) is not part of the record and is skipped.
+    """
     with open(spec.path, "rb") as f:
         for lineno, line in enumerate(f, start=1):
+            if line.startswith(_BOM):
+                line = line[3:]
             if not line.strip():
                 continue
             try:
                 text = line.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raw = line.decode("utf-8", errors="backslashreplace").rstrip("\r\n")
-                yield RawItem(spec.name, lineno, "line", raw=raw, rejection=Rejection("non_utf8", str(exc)))
+                body = line.rstrip(b"\r\n")
+                yield RawItem(spec.name, lineno, "line", raw=body.decode("utf-8", errors="backslashreplace"),
+                              raw_bytes=body, rejection=Rejection(Reason.NON_UTF8, f"line {lineno}: {exc}"))
                 continue
             try:
-                value = json.loads(text)
+                value = _decode(text)
             except json.JSONDecodeError as exc:
                 yield RawItem(spec.name, lineno, "line", raw=text.rstrip("\r\n"),
-                              rejection=Rejection("invalid_json", f"line {lineno}: {exc}"))
+                              rejection=Rejection(Reason.INVALID_JSON, f"line {lineno}: {exc}"))
+                continue
+            except ValueError as exc:  # NaN/Infinity/1e400 (our hooks), or an int over 4300 digits (int())
+                yield RawItem(spec.name, lineno, "line", raw=text.rstrip("\r\n"),
+                              rejection=Rejection(Reason.NON_STANDARD_NUMBER, f"line {lineno}: {exc}"))
                 continue
             except RecursionError:  # hostile nesting ([[[[...]]]]) must not end the build
                 value = _TOO_DEEP
             if value is _TOO_DEEP or (text.count("[") + text.count("{") > MAX_NESTING and _too_deep(value)):
                 yield RawItem(spec.name, lineno, "line", raw=text.rstrip("\r\n"),
-                              rejection=Rejection("invalid_json", f"line {lineno}: nested deeper than {MAX_NESTING}"))
+                              rejection=Rejection(Reason.INVALID_JSON, f"line {lineno}: nested deeper than {MAX_NESTING}"))
+                continue
+            if (_SURROGATE_ESCAPES[0] in line or _SURROGATE_ESCAPES[1] in line) and \
+                    (where := _lone_surrogate_at(value)) is not None:
+                yield RawItem(spec.name, lineno, "line", value=value, rejection=_unicode_rejection(where))
                 continue
             yield RawItem(spec.name, lineno, "line", value=value)
 
@@ -215,36 +289,98 @@ def _json_list_items(f, basic_parse=ijson.basic_parse) -> Iterator[Any]:
             builder.event(event, val)
 
 
+def _has_surrogate_escape(path: Path) -> bool:
+    """Whether the file holds a ``\uD800``-``\uDFFF`` escape anywhere (valid pairs included).
+
+    yajl, the fast C parser, silently turns a *lone* surrogate escape into ``?``: such a file is parsed
+    with the pure-Python parser, which keeps it, so that the record is quarantined instead of altered.
+    """
+    pattern = re.compile(rb"\\u[dD][89a-fA-F]")
+    tail = b""
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            if pattern.search(tail + chunk):
+                return True
+            tail = chunk[-5:]
+    return False
+
+
+#: What a stream parser says about a number it cannot read (NaN, Infinity, 1e400, a 5000-digit int).
+_NUMBER_TROUBLE = re.compile(r"Unexpected symbol '(-?\d|NaN|-?Infinity)|numeric \(floating point\) overflow")
+
+
+def _number_at_error(path: Path, message: str) -> bool:
+    """Whether the pure-Python parser stopped on a number or NaN/Infinity (it names only the first
+    character and the offset: the bytes there say more)."""
+    m = re.search(r"Unexpected symbol '.*' at (\d+)$", message)
+    if not m:
+        return False
+    with open(path, "rb") as f:
+        skip = 3 if f.read(3) == _BOM else 0
+        f.seek(int(m.group(1)) + skip)
+        return re.match(rb"NaN|-?Infinity|-?\d", f.read(16)) is not None
+
+
+class _SkipBOM:
+    """A binary file whose leading UTF-8 byte order mark is not passed on to the parser."""
+
+    def __init__(self, f):
+        self._f, self._first = f, True
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        if self._first and data:  # (parsers probe with read(0) first)
+            self._first = False
+            if len(data) < 3 and _BOM.startswith(data):
+                data += self._f.read(3)
+            if data.startswith(_BOM):
+                data = data[3:] or self._f.read(n)
+        return data
+
+
 def _iter_json_list(spec: SourceSpec) -> Iterator[RawItem]:
     """Stream the elements of a top-level JSON list without loading the file whole.
 
     The fast C parser (yajl) refuses integers beyond 64 bits, which are valid JSON; from the element
-    where that happens on, the pure-Python parser takes over, so no valid record is lost to it.
+    where it fails on, the pure-Python parser takes over, so no valid record is lost to it. A file
+    with surrogate escapes is read with the pure-Python parser from the start (see
+    :func:`_has_surrogate_escape`) and its elements are checked for lone surrogates.
     """
     index = -1
-    backend = ijson
+    check_unicode = _has_surrogate_escape(spec.path)
+    backend = ijson.get_backend("python") if check_unicode else ijson
     while True:
         with open(spec.path, "rb") as f:
             try:
                 parse = backend.basic_parse
-                for i, value in enumerate(_json_list_items(f, parse)):
+                for i, value in enumerate(_json_list_items(_SkipBOM(f), parse)):
                     if i <= index:  # already yielded before the switch of parser
                         continue
                     index = i
                     if value is _TOO_DEEP:
                         yield RawItem(spec.name, index, "index", raw=None, rejection=Rejection(
-                            "invalid_json", f"element {index} is nested deeper than {MAX_NESTING}"))
+                            Reason.INVALID_JSON, f"element {index} is nested deeper than {MAX_NESTING}"))
+                    elif check_unicode and (where := _lone_surrogate_at(value)) is not None:
+                        yield RawItem(spec.name, index, "index", value=value, rejection=_unicode_rejection(where))
                     else:
                         yield RawItem(spec.name, index, "index", value=value)
                 return
             except (ijson.JSONError, UnicodeDecodeError, _Malformed) as exc:
-                if "integer overflow" in str(exc) and backend is ijson:
+                if backend is ijson and not isinstance(exc, UnicodeDecodeError):
+                    # A 64-bit overflow is valid JSON the pure-Python parser reads; for anything else it
+                    # says which symbol it could not read (yajl says only "invalid char"), for the reason.
                     backend = ijson.get_backend("python")
                     continue
                 # The rest of the file cannot be parsed; say where it broke as one quarantined entry.
-                reason = "non_utf8" if isinstance(exc, UnicodeDecodeError) else "invalid_json"
+                if isinstance(exc, UnicodeDecodeError):
+                    reason = Reason.NON_UTF8
+                elif _NUMBER_TROUBLE.search(str(exc)) or _number_at_error(spec.path, str(exc)):
+                    reason = Reason.NON_STANDARD_NUMBER
+                else:
+                    reason = Reason.INVALID_JSON
                 yield RawItem(spec.name, index + 1, "index", raw=None,
-                              rejection=Rejection(reason, f"the JSON list is malformed after element {index}: {exc}"))
+                              rejection=Rejection(reason, f"the JSON list is malformed after element {index}: "
+                                                          f"{str(exc)[:300]}"))
                 return
 
 

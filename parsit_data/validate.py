@@ -59,9 +59,17 @@ def sample_id_of(value: Any, source: str, position: int) -> str:
     """The record's own id when it has one, else a stable id from source and position."""
     if isinstance(value, dict):
         rid = value.get("id")
-        if isinstance(rid, (str, int)) and not isinstance(rid, bool) and str(rid) != "":
-            return str(rid)
+        if isinstance(rid, str):
+            # (an id holding a lone surrogate is not text: such a record is quarantined as
+            # invalid_unicode, under its position, so that nothing downstream has to write it)
+            if rid and (rid.isascii() or _SURROGATE.search(rid) is None):
+                return rid
+        elif isinstance(rid, int) and not isinstance(rid, bool):
+            return str(rid)  # at most 4300 digits: longer ones are non_standard_number when read
     return f"{source}:{position}"
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _short(v: Any, n: int = 60) -> str:

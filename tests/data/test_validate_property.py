@@ -148,7 +148,8 @@ def _write_inputs(d: Path, jsonl_a, jsonl_b, listed, cut) -> tuple[list[Path], d
         p = d / f"{name}.jsonl"
         p.write_bytes(b"".join(line + b"\n" for line in [FIRST, *lines]))
         paths.append(p)
-        expected[name] = 1 + sum(1 for line in lines if line.strip())  # blank lines are not records
+        # blank lines are not records (nor is a line holding only a byte order mark: it is skipped)
+        expected[name] = 1 + sum(1 for line in lines if line.removeprefix(b"\xef\xbb\xbf").strip())
     p = d / "c.json"
     p.write_text(json.dumps(listed, allow_nan=False), encoding="utf-8")
     paths.append(p)

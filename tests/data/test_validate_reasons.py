@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from parsit_data import sources
 from parsit_data.images import ImageOptions
 from parsit_data.precheck import precheck
 from parsit_data.reasons import REASONS, explain
@@ -51,9 +52,20 @@ CASES: dict[str, list] = {
     "template_mismatch": [{"image": "ok.png", "conversations": [
         {"from": "human", "value": "<image>\nDescribe."}, {"from": "gpt", "value": "A page."},
         {"from": "human", "value": "More?"}, {"from": "gpt", "value": "No."}]}],
+    "invalid_unicode": [b'{"id": "u", "conversations": [{"from": "human", "value": "bad \\ud800 surrogate"}, '
+                        b'{"from": "gpt", "value": "x"}]}'],
+    "non_standard_number": [b'{"id": "n", "score": NaN, "conversations": [{"from": "human", "value": "a"}, '
+                            b'{"from": "gpt", "value": "x"}]}'],
+    # the reader's lone-surrogate check is switched off for this one build (READER_CHECK_OFF), so the
+    # surrogate reaches the real tokenizer, whose batch fails on its thread and is narrowed to the record
+    "tokenizer_error": [conv(id="t-ok"), b'{"id": "t", "conversations": [{"from": "human", "value": "x \\udc00"}, '
+                                         b'{"from": "gpt", "value": "x"}]}', conv(user="Still fine?", id="t-ok2")],
 }
 #: Codes whose case needs other build options than the shared build (each gets a build of its own).
-OWN_OPTIONS: dict[str, dict] = {"template_mismatch": {"template": "plain"}}
+OWN_OPTIONS: dict[str, dict] = {"template_mismatch": {"template": "plain"}, "tokenizer_error": {}}
+#: Codes only a build can see (validate needs no tokenizer for them).
+BUILD_ONLY = {"overlong", "tokenizer_error"}
+READER_CHECK_OFF = {"tokenizer_error"}
 MAX_LENGTH = 512
 MIN_SIDE = 16
 
@@ -76,7 +88,10 @@ def cases(tmp_path_factory) -> tuple[Path, dict]:
         results[code] = (tmp / "out", manifest)
     for code, opts in OWN_OPTIONS.items():
         out = tmp / f"out-{code}"
-        results[code] = (out, run_build([inputs[code]], out, **common, **opts))
+        with pytest.MonkeyPatch.context() as mp:
+            if code in READER_CHECK_OFF:
+                mp.setattr(sources, "_lone_surrogate_at", lambda value: None)
+            results[code] = (out, run_build([inputs[code]], out, **common, **opts))
     return results
 
 
@@ -88,7 +103,7 @@ def validated(cases, tmp_path_factory):
     tok = load_tokenizer("qwen3")
     iopts = ImageOptions(root=src / "images", min_side=MIN_SIDE)
     groups = {"shared": ([c for c in CASES if c not in OWN_OPTIONS], "qwen_1_5")}
-    groups |= {c: ([c], o.get("template", "qwen_1_5")) for c, o in OWN_OPTIONS.items()}
+    groups |= {c: ([c], o.get("template", "qwen_1_5")) for c, o in OWN_OPTIONS.items() if c not in BUILD_ONLY}
     out = {}
     for name, (codes, template) in groups.items():
         tmpl = get_template(template, "qwen3")
@@ -108,17 +123,23 @@ def test_reason_code_has_a_triggering_record(code, cases, validated):
     out, manifest = cases[code]
     (src,) = [s for s in manifest["sources"] if s["name"] == code]
     assert src["quarantined"] == {code: 1}, src
+    assert src["read"] == len(CASES[code]) and src["kept"] == src["read"] - 1
     lines = [q for q in quarantine_lines(out) if q["source"] == code]
     assert [q["reason"] for q in lines] == [code]
     (q,) = lines
     assert q["detail"]  # a specific detail, not just the code
-    raw = CASES[code][-1]
-    if isinstance(raw, bytes):
+    raw = [r for r in CASES[code] if isinstance(r, bytes)][-1] if code == "tokenizer_error" else CASES[code][-1]
+    if code in ("invalid_unicode", "tokenizer_error"):
+        assert q["record"] == json.loads(raw)  # parsed, lone surrogate included (escaped on the line)
+    elif isinstance(raw, bytes):
         assert q["record"] is None or isinstance(q["record"], str)  # the raw line, never a guess
     else:
         assert q["record"] == raw  # the original record, untouched
 
     # parsit-data validate agrees on every code that needs no tokenizer
+    if code == "tokenizer_error":
+        assert "TypeError" in q["detail"]  # the tokenizer's own complaint, pinned to this record
+        return  # validate never tokenizes; with the reader's check on, this record is invalid_unicode there
     result, vlines = validated[code]
     v = result.stats.sources[code]
     if code == "overlong":
