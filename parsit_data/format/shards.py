@@ -6,6 +6,7 @@ folder, fsync, rename), so a killed build never leaves a half-written shard that
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from parsit_data.errors import ParsitError
 from parsit_data.format.constants import (FORMAT_VERSION, META_CONFIG_HASH, META_FORMAT_VERSION, META_TEMPLATE,
                                           META_TOKENIZER_SHA256, SHARD_SCHEMA)
 
@@ -62,11 +64,31 @@ def sha256_file(path: Path) -> str:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        out_of_space(exc, path, tmp)
+        raise
+
+
+#: A full disk, a quota, a file-size limit: the machine's state, not a bug, so one clear error line.
+_NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+def out_of_space(exc: BaseException, path: Path, tmp: Path) -> None:
+    """After a failed write: remove the partial temporary file; raise ParsitError if space ran out."""
+    try:
+        tmp.unlink(missing_ok=True)  # nothing incomplete stays behind, under any name
+    except OSError:
+        pass
+    if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+        raise ParsitError(
+            f"cannot write {path}: {exc.strerror} ({errno.errorcode[exc.errno]}). Finished partitions are kept: "
+            "free space (or raise the quota or file-size limit) and run the same command again to resume") from None
 
 
 def write_shard(path: Path, table: pa.Table, meta: ShardMeta) -> tuple[int, str]:

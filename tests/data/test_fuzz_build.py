@@ -1,0 +1,144 @@
+"""Byte-level fuzzing through the real readers and the whole build (not only the validator).
+
+Hypothesis writes JSONL files (and JSON lists) of hostile lines: arbitrary bytes, JSON escapes with
+lone surrogates, non-standard numbers, deep nesting, long strings, byte order marks, CR/CRLF/U+2028
+breaks, and records whose images name FIFOs, symlink loops, directories, devices and URLs. Each
+example is a real build (real tokenizer, real Arrow, real Pillow). The properties: the build never
+raises, never hangs (a deadline per example; a FIFO is never opened), and read = kept + quarantined
+per source, in the manifest, the quarantine and the shards; the quarantine is valid UTF-8 JSONL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from parsit_data.format import QUARANTINE_NAME
+
+from validate_helpers import check_accounting, run_build, save_image, truncated_png
+
+pytestmark = pytest.mark.timeout(240)
+
+#: Image paths under the fuzz image root (made by the fixture), the hostile ones first.
+IMAGE_NAMES = ["fifo", "loop", "dir", "devnull", "zero_link", "https://example.com/a.png", "ok.png", "trunc.png",
+               "missing.png", "../escape.png", "/etc/passwd", "a\x00b", "", "dir/", "ok.png/"]
+
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fuzzimg") / "root"
+    save_image(root / "ok.png", (32, 32))
+    truncated_png(root / "trunc.png")
+    os.mkfifo(root / "fifo")  # opening it for reading would block forever
+    os.symlink("loop", root / "loop")  # a link to itself: ELOOP
+    (root / "dir").mkdir()
+    os.symlink("/dev/null", root / "devnull")  # a device, outside the root
+    os.symlink("dir/../devnull", root / "zero_link")
+    return root
+
+
+def _escape_all(s: str) -> str:
+    """JSON string body with every non-ASCII character (surrogates included) as \\uXXXX escapes."""
+    out = []
+    for ch in s:
+        o = ord(ch)
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif o < 0x20 or o > 0x7E:
+            if o > 0xFFFF:
+                o -= 0x10000
+                out.append(f"\\u{0xD800 + (o >> 10):04x}\\u{0xDC00 + (o & 0x3FF):04x}")
+            else:
+                out.append(f"\\u{o:04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+# Text with anything in it: lone surrogates, NUL, controls, line separators, astral characters.
+any_text = st.text(st.characters(codec=None, categories=None), max_size=40)
+json_str = any_text.map(_escape_all) | st.sampled_from(['"\\ud800"', '"\\udfff x"', '"\\ud83d\\ude00"', '"\\u0000"',
+                                                        '"a\u2028b"', '"<image>"', '"<|im_end|>"', '"\\uDBFF\\uDFFF"'])
+number = st.sampled_from(["NaN", "Infinity", "-Infinity", "1e400", "-1e999", "9" * 4301, "1" * 30, "0", "-0.0",
+                          "1.5", "01", "1e", "--1", "0x10"])
+scalar = json_str | number | st.sampled_from(["true", "false", "null"])
+
+
+def _value(depth: int = 0):
+    if depth > 2:
+        return scalar
+    return scalar | st.lists(_value(depth + 1), max_size=3).map(lambda xs: "[" + ", ".join(xs) + "]") | \
+        st.lists(st.tuples(json_str, _value(depth + 1)), max_size=3).map(
+            lambda kv: "{" + ", ".join(f"{k}: {v}" for k, v in kv) + "}")
+
+
+turn = st.builds(lambda role, text: f'{{"from": {role}, "value": {text}}}',
+                 st.sampled_from(['"human"', '"gpt"', '"system"', '"hu\\ud800man"', '"robot"']) | json_str,
+                 json_str | st.just('"<image>\\nWhat is it?"') | st.just('"fine text"'))
+record = st.builds(
+    lambda rid, turns, image, extra: "{" + ", ".join(
+        x for x in (f'"id": {rid}' if rid else "", f'"conversations": [{", ".join(turns)}]',
+                    f'"image": {image}' if image else "", f'"extra": {extra}' if extra else "") if x) + "}",
+    st.none() | json_str | number,
+    st.lists(turn, max_size=4),
+    st.none() | st.sampled_from(IMAGE_NAMES).map(lambda n: json.dumps(n)) | json_str,
+    st.none() | _value(),
+)
+hostile_line = st.one_of(
+    record.map(str.encode),
+    st.binary(max_size=60).filter(lambda b: b"\n" not in b),
+    record.map(lambda r: r.encode("utf-8", "surrogatepass")),  # raw surrogate bytes: not UTF-8
+    st.integers(1, 3000).map(lambda n: b"[" * n + b"]" * n),  # deep nesting
+    st.integers(1, 3000).map(lambda n: b'{"a": ' + b"[" * n),  # deep and truncated
+    st.integers(10_000, 200_000).map(lambda n: b'{"id": "long", "conversations": [{"from": "human", "value": "'
+                                     + b"x" * n + b'"}, {"from": "gpt", "value": "y"}]}'),  # a long string
+    record.map(lambda r: b"\xef\xbb\xbf" + r.encode()),  # a byte order mark
+    st.just(b""), st.just(b"   \t"),
+)
+separator = st.sampled_from([b"\n", b"\r\n", b"\r", "\u2028".encode(), b"\n\n"])
+
+
+def _expected_records(data: bytes) -> int:
+    """Records are the non-blank ``\\n``-separated lines, a leading byte order mark ignored (docs/REASONS.md)."""
+    return sum(1 for line in data.split(b"\n") if line.removeprefix(b"\xef\xbb\xbf").strip())
+
+
+def _check_quarantine(out: Path) -> None:
+    raw = (out / QUARANTINE_NAME).read_bytes()
+    for line in raw.decode("utf-8").split("\n")[:-1]:  # strict UTF-8, one JSON object per line
+        assert isinstance(json.loads(line), dict)
+
+
+FUZZ = settings(max_examples=int(os.environ.get("PARSIT_FUZZ_EXAMPLES", "30")), deadline=20_000,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                       HealthCheck.function_scoped_fixture], derandomize=True)
+
+
+@FUZZ
+@given(lines=st.lists(st.tuples(hostile_line, separator), max_size=8))
+def test_jsonl_build_never_raises_and_accounts_for_every_line(lines, image_root, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fz")
+    data = b"".join(line + sep for line, sep in lines)
+    src = tmp / "in.jsonl"
+    # A fixed first line: a file whose first byte opens a list would be read as a JSON list instead.
+    src.write_bytes(b'{"id": "first", "conversations": [{"from": "human", "value": "a"}, '
+                    b'{"from": "gpt", "value": "b"}]}\n' + data)
+    manifest = run_build([src], tmp / "out", image_root=str(image_root), shard_rows=4, max_length=4096)
+    check_accounting(manifest, tmp / "out", {src.stem: _expected_records(src.read_bytes())})
+    _check_quarantine(tmp / "out")
+
+
+@FUZZ
+@given(elements=st.lists(hostile_line, max_size=6), bom=st.booleans())
+def test_json_list_build_never_raises_and_accounts(elements, bom, image_root, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fzl")
+    src = tmp / "in.json"
+    src.write_bytes((b"\xef\xbb\xbf" if bom else b"") + b"[" + b", ".join(elements) + b"]")
+    manifest = run_build([src], tmp / "out", image_root=str(image_root), shard_rows=4)
+    check_accounting(manifest, tmp / "out")
+    _check_quarantine(tmp / "out")
