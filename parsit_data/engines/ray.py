@@ -41,8 +41,16 @@ IN_FLIGHT_PER_WORKER = 2
 ACTOR_START_TIMEOUT_S = float(os.environ.get("PARSIT_RAY_START_TIMEOUT", "180"))
 EMBEDDED_OBJECT_STORE_BYTES = 512 * 1024 * 1024
 
-# Timings of the last run in this process (seconds): start-up apart from steady state, for benchmarks.
+#: Attempts per partition when its worker is lost (the first one and the retries), and the first backoff
+#: (doubled each retry, at most 10 s).
+MAX_ATTEMPTS = int(os.environ.get("PARSIT_RAY_MAX_ATTEMPTS", "4"))
+RETRY_BACKOFF_S = float(os.environ.get("PARSIT_RAY_RETRY_BACKOFF", "0.5"))
+
+# Timings of the last run in this process (seconds): start-up apart from steady state, for benchmarks;
+# also its retries and replaced workers.
 LAST_RUN: dict[str, float] = {}
+#: Process ids of the last run's first workers (tests and benchmarks kill one to test fault tolerance).
+WORKER_PIDS: list[int] = []
 
 
 def _import_ray():
@@ -135,43 +143,76 @@ def _init(ray, config: BuildConfig) -> bool:
     return True
 
 
+class _Pool:
+    """The actors, each slot with a generation: a lost actor is replaced by a fresh one in its slot.
+
+    Results from the dead actor's other tasks fail too; the generation tells them apart from failures
+    of its replacement, so one loss replaces one actor.
+    """
+
+    def __init__(self, ray, n: int, args: tuple):
+        self.ray, self.args = ray, args
+        self.cls = ray.remote(_Worker)
+        self.actors = [self._spawn() for _ in range(n)]
+        self.generation = [0] * n
+        self.load = [0] * n
+        self.replaced = 0
+
+    def _spawn(self):
+        return self.cls.options(num_cpus=ACTOR_CPUS, scheduling_strategy="SPREAD", max_restarts=0).remote(*self.args)
+
+    def least_busy(self) -> int:
+        return min(range(len(self.actors)), key=lambda k: (self.load[k], k))
+
+    def replace(self, slot: int) -> None:
+        try:
+            self.ray.kill(self.actors[slot])
+        except Exception:  # noqa: BLE001 - best effort: the actor is dead already
+            pass
+        self.actors[slot] = self._spawn()
+        self.generation[slot] += 1
+        self.replaced += 1
+
+    def kill_all(self) -> None:
+        for a in self.actors:
+            try:
+                self.ray.kill(a)
+            except Exception:  # noqa: BLE001 - best effort cleanup of an actor that may be dead already
+                pass
+
+
 def run(partitions: Iterable[Partition], config: BuildConfig, config_hash: str, control_tokens: frozenset[str],
         out: Path, on_result: Callable[[PartitionResult], None]) -> None:
     ray = _import_ray()
     LAST_RUN.clear()
+    WORKER_PIDS.clear()
     t0 = time.perf_counter()
     started = _init(ray, config)
     LAST_RUN["ray_init_s"] = time.perf_counter() - t0
-    actors: list = []
+    pool = None
     try:
         n = config.workers or default_workers(ray)
-        worker_cls = ray.remote(_Worker)
-        actors = [
-            worker_cls.options(num_cpus=ACTOR_CPUS, scheduling_strategy="SPREAD", max_restarts=0,
-                               name=None).remote(config.model_dump(mode="json"), config_hash, control_tokens,
-                                                 str(Path(out).resolve()))
-            for _ in range(n)
-        ]
-        _wait_ready(ray, actors)
+        pool = _Pool(ray, n, (config.model_dump(mode="json"), config_hash, control_tokens, str(Path(out).resolve())))
+        WORKER_PIDS.extend(_wait_ready(ray, pool.actors))
         t1 = time.perf_counter()
         LAST_RUN["workers_ready_s"] = t1 - t0 - LAST_RUN["ray_init_s"]
-        cpu0 = sum(ray.get([a.cpu_seconds.remote() for a in actors]))
+        cpu0 = sum(ray.get([a.cpu_seconds.remote() for a in pool.actors]))
         driver0 = time.process_time()
-        _dispatch(ray, actors, partitions, on_result)
+        _dispatch(ray, pool, partitions, on_result)
         LAST_RUN["steady_s"] = time.perf_counter() - t1
         LAST_RUN["driver_cpu_s"] = time.process_time() - driver0
-        LAST_RUN["workers_cpu_s"] = sum(ray.get([a.cpu_seconds.remote() for a in actors])) - cpu0
+        LAST_RUN["workers_replaced"] = pool.replaced
+        if not pool.replaced:  # (a replaced worker took its CPU time with it)
+            LAST_RUN["workers_cpu_s"] = sum(ray.get([a.cpu_seconds.remote() for a in pool.actors])) - cpu0
     finally:
-        for a in actors:
-            try:
-                ray.kill(a)
-            except Exception:  # noqa: BLE001 - best effort cleanup of an actor that may be dead already
-                pass
+        if pool is not None:
+            pool.kill_all()
         if started:
             ray.shutdown()
 
 
-def _wait_ready(ray, actors: list) -> None:
+def _wait_ready(ray, actors: list) -> list[int]:
+    """Wait for every actor to load; their process ids."""
     t0 = time.monotonic()
     refs = [a.ready.remote() for a in actors]
     ready, pending = ray.wait(refs, num_returns=len(refs), timeout=ACTOR_START_TIMEOUT_S)
@@ -181,42 +222,99 @@ def _wait_ready(ray, actors: list) -> None:
             f"Ray started only {len(ready)} of {len(actors)} workers in {ACTOR_START_TIMEOUT_S:.0f}s (the cluster "
             f"has {cpus:g} CPUs, each worker asks for {ACTOR_CPUS}): pass a smaller --workers or add nodes")
     try:
-        ray.get(ready)
-    except Exception as exc:  # noqa: BLE001 - a worker failed while loading: say why
+        pids = ray.get(refs)
+    except Exception as exc:  # noqa: BLE001 - a worker failed while loading (its own error, or Ray's): say why
         raise ParsitError(f"a Ray worker failed to start: {_cause(exc)}") from None
     log.info("%d Ray workers ready in %.1fs", len(actors), time.monotonic() - t0)
+    return pids
 
 
-def _dispatch(ray, actors: list, partitions: Iterable[Partition], on_result) -> None:
-    """Feed partitions to the least busy actor, at most IN_FLIGHT_PER_WORKER each (backpressure)."""
-    load = {i: 0 for i in range(len(actors))}
-    pending: dict = {}  # ref -> (actor index, partition)
+def _lost_errors(ray) -> tuple[type[BaseException], ...]:
+    """What Ray raises when the worker, not the work, failed: the process or its node is gone."""
+    e = ray.exceptions
+    return (e.RayActorError, e.WorkerCrashedError, e.NodeDiedError, e.ObjectLostError, e.LocalRayletDiedError,
+            e.OutOfMemoryError)
+
+
+def _backoff(attempt: int) -> float:
+    return min(RETRY_BACKOFF_S * 2 ** (attempt - 1), 10.0)
+
+
+def _dispatch(ray, pool: _Pool, partitions: Iterable[Partition], on_result) -> None:
+    """Feed partitions to the least busy actor, at most IN_FLIGHT_PER_WORKER each (backpressure).
+
+    A partition whose worker was lost is given again (to the least busy actor, its lost one replaced)
+    after a backoff, up to MAX_ATTEMPTS times in all; its retries go before new partitions. An exception
+    the work raised is not retried: it is a bug or the user's problem, and is raised as the worker's own.
+    """
+    lost = _lost_errors(ray)
+    pending: dict = {}  # ref -> (slot, generation, partition, attempt)
+    retry: list[tuple[float, int, Partition, int]] = []  # (due, partition index, partition, attempt)
     source = iter(partitions)
     exhausted = False
+    LAST_RUN["retries"] = 0
     while True:
-        while not exhausted and len(pending) < IN_FLIGHT_PER_WORKER * len(actors):
-            part = next(source, None)
-            if part is None:
-                exhausted = True
+        now = time.monotonic()
+        while len(pending) < IN_FLIGHT_PER_WORKER * len(pool.actors):
+            if retry and retry[0][0] <= now:
+                _, _, part, attempt = retry.pop(0)
+            elif not exhausted:
+                part, attempt = next(source, None), 1
+                if part is None:
+                    exhausted = True
+                    continue
+            else:
                 break
-            i = min(load, key=lambda k: (load[k], k))
-            ref = actors[i].process.remote(part)
-            load[i] += 1
-            pending[ref] = (i, part)
-        if not pending:
+            slot = pool.least_busy()
+            pending[pool.actors[slot].process.remote(part)] = (slot, pool.generation[slot], part, attempt)
+            pool.load[slot] += 1
+        if not pending and not retry:
             return
-        done, _ = ray.wait(list(pending), num_returns=1)
+        timeout = max(0.0, retry[0][0] - now) if retry else None
+        if not pending:
+            time.sleep(timeout)
+            continue
+        done, _ = ray.wait(list(pending), num_returns=1, timeout=timeout)
+        if not done:
+            continue  # a retry is due
         ref = done[0]
-        i, part = pending.pop(ref)
-        load[i] -= 1
+        slot, generation, part, attempt = pending.pop(ref)
+        pool.load[slot] -= 1
         try:
             result = ray.get(ref)
-        except Exception as exc:  # noqa: BLE001 - RayTaskError / RayActorError: name the partition and cause
+        except lost as exc:
+            if generation == pool.generation[slot]:
+                log.warning("Ray worker %d was lost (%s): starting another", slot, _cause(exc))
+                pool.replace(slot)
+            if attempt >= MAX_ATTEMPTS:
+                _drain(ray, pending, on_result)
+                raise ParsitError(
+                    f"{_describe(part)} was lost with its Ray worker {attempt} times; last cause: {_cause(exc)}. "
+                    "Partitions that finished are kept: run the same command again to resume") from None
+            log.warning("%s: its worker was lost (%s); attempt %d of %d in %.1fs", _describe(part), _cause(exc),
+                        attempt + 1, MAX_ATTEMPTS, _backoff(attempt))
+            LAST_RUN["retries"] += 1
+            retry.append((time.monotonic() + _backoff(attempt), part.index, part, attempt + 1))
+            retry.sort(key=lambda r: (r[0], r[1]))
+            continue
+        except ray.exceptions.RayTaskError as exc:
             _drain(ray, pending, on_result)
-            raise ParsitError(
-                f"{_describe(part)} failed on a Ray worker: {_cause(exc)}. Partitions that finished are kept: "
-                "fix the cause and run the same command again to resume") from None
+            raise _worker_exception(exc, part) from None
         on_result(result)
+
+
+def _worker_exception(exc, part: Partition) -> BaseException:
+    """The exception the worker raised, as the local engine would raise it: its own type, with the
+    worker's traceback and the partition attached as notes; a ParsitError stays one line."""
+    cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else None
+    if isinstance(cause, ParsitError):
+        return ParsitError(f"{_describe(part)} failed on a Ray worker: {cause}")
+    if cause is None:  # not picklable: Ray's wrapper, which is an instance of the worker's exception type
+        return exc
+    # str() of Ray's wrapper is the worker's traceback ("ray::_Worker.process() (pid=..., ip=...)" first)
+    cause.add_note(f"raised on a Ray worker while building {_describe(part)}; partitions that finished are "
+                   f"kept. The worker's traceback:\n{str(exc).rstrip()}")
+    return cause
 
 
 def _drain(ray, pending: dict, on_result, timeout_s: float = 60.0) -> None:
