@@ -101,7 +101,10 @@ def _real_root(root: str) -> str:
 def _open_fd(path: Path, rel: str):
     """Open without following a symlink swapped in after the check (O_NOFOLLOW on the resolved path)."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        # O_NONBLOCK: a FIFO swapped in after the stat check opens at once (and is refused below)
+        # instead of blocking the build; it changes nothing for a regular file.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+                     | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise Reject("image_unreadable", f"image {rel!r} cannot be opened: {exc.strerror}") from None
     f = os.fdopen(fd, "rb")

@@ -251,3 +251,43 @@ def test_oversized_file_is_refused_before_it_is_read(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 4e6  # reading the 16 MiB file would show up here
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("fn", list(CHECKERS))
+def test_a_fifo_swapped_in_after_the_check_does_not_block(tmp_path, monkeypatch, fn):
+    """Between the stat check and the open, the file becomes a FIFO: the open must not wait for a writer."""
+    save_image(tmp_path / "ok.png")
+    real_resolve = images_mod.resolve_image_path
+
+    def resolve_then_swap(rel, r):
+        path = real_resolve(rel, r)
+        path.unlink()
+        os.mkfifo(path)
+        return path
+
+    monkeypatch.setattr(images_mod, "resolve_image_path", resolve_then_swap)
+    assert _reason(CHECKERS[fn], "ok.png", ImageOptions(root=tmp_path)) == "image_unreadable"
+
+
+@pytest.mark.parametrize("fn", list(CHECKERS))
+def test_symlink_loops_urls_and_devices_are_named(tmp_path, fn):
+    os.symlink("loop.png", tmp_path / "loop.png")
+    os.symlink("/dev/zero", tmp_path / "zero.png")
+    opts = ImageOptions(root=tmp_path)
+    assert _reason(CHECKERS[fn], "loop.png", opts) == "image_unreadable"
+    assert _reason(CHECKERS[fn], "https://example.com/a.png", opts) == "image_missing"
+    assert _reason(CHECKERS[fn], "zero.png", opts) == "image_outside_root"
+
+
+@pytest.mark.parametrize("error", [MemoryError, RecursionError])
+def test_the_machine_running_out_is_not_an_unreadable_image(tmp_path, monkeypatch, error):
+    """Only Pillow's ways of saying "bad data" quarantine an image; MemoryError is not one of them."""
+    save_image(tmp_path / "ok.png")
+
+    def failing_open(*a, **k):
+        raise error("from the machine, not the image")
+
+    monkeypatch.setattr(images_mod.Image, "open", failing_open)
+    with pytest.raises(error):
+        load_image("ok.png", ImageOptions(root=tmp_path))
