@@ -224,9 +224,22 @@ def _wait_ready(ray, actors: list) -> list[int]:
     try:
         pids = ray.get(refs)
     except Exception as exc:  # noqa: BLE001 - a worker failed while loading (its own error, or Ray's): say why
-        raise ParsitError(f"a Ray worker failed to start: {_cause(exc)}") from None
+        raise _start_failure(exc) from None
     log.info("%d Ray workers ready in %.1fs", len(actors), time.monotonic() - t0)
     return pids
+
+
+def _start_failure(exc: BaseException) -> BaseException:
+    """A worker that raised while starting: a ParsitError stays one line (e.g. the build directory is not
+    shared with its node); anything else is a bug and keeps the worker's traceback (Ray passes it as text)."""
+    cause = _cause(exc)
+    if cause.startswith("ParsitError: "):
+        return ParsitError(f"a Ray worker failed to start: {cause.removeprefix('ParsitError: ')}")
+    if getattr(exc, "_actor_init_failed", False):
+        err = RuntimeError(f"a Ray worker failed to start: {cause}")
+        err.add_note(f"The worker's error:\n{str(exc).rstrip()}")
+        return err
+    return ParsitError(f"a Ray worker failed to start: {cause}")  # Ray's own (a node lost while starting)
 
 
 def _lost_errors(ray) -> tuple[type[BaseException], ...]:
@@ -283,6 +296,9 @@ def _dispatch(ray, pool: _Pool, partitions: Iterable[Partition], on_result) -> N
         try:
             result = ray.get(ref)
         except lost as exc:
+            if getattr(exc, "_actor_init_failed", False):  # not lost: the fresh worker raised while starting
+                _drain(ray, pending, on_result)
+                raise _start_failure(exc) from None
             if generation == pool.generation[slot]:
                 log.warning("Ray worker %d was lost (%s): starting another", slot, _cause(exc))
                 pool.replace(slot)

@@ -151,3 +151,17 @@ def test_a_bug_in_the_worker_is_raised_as_the_workers_own_exception_not_retried(
     assert "partition 1 (source 'conversations'" in notes
     assert "File \"" in notes and "in process" in notes and "KeyError: 'no such key'" in notes  # its traceback
     assert ray_engine.LAST_RUN["retries"] == 0
+
+
+@pytest.mark.timeout(300)
+def test_a_bug_while_a_worker_starts_keeps_its_traceback(inputs, tmp_path, monkeypatch):
+    class BrokenStart(ray_engine._Worker):
+        def __init__(self, *a):
+            {}["no such key at start"]
+
+    monkeypatch.setattr(ray_engine, "_Worker", BrokenStart)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 1024 * 1024)
+    with pytest.raises(RuntimeError, match="a Ray worker failed to start: KeyError") as err:
+        build(_config(inputs, tmp_path / "b", engine="ray", workers=1))
+    assert not isinstance(err.value, ParsitError)
+    assert "in __init__" in "\n".join(err.value.__notes__)  # the worker's own traceback, as text
