@@ -290,19 +290,24 @@ def _json_list_items(f, basic_parse=ijson.basic_parse) -> Iterator[Any]:
 
 
 def _has_surrogate_escape(path: Path) -> bool:
-    """Whether the file holds a ``\uD800``-``\uDFFF`` escape anywhere (valid pairs included).
+    """Whether the file holds a *lone* ``\uD800``-``\uDFFF`` escape (a pair, an emoji, does not count).
 
-    yajl, the fast C parser, silently turns a *lone* surrogate escape into ``?``: such a file is parsed
+    yajl, the fast C parser, silently turns a lone surrogate escape into ``?``: such a file is parsed
     with the pure-Python parser, which keeps it, so that the record is quarantined instead of altered.
+    (An escaped backslash before ``ud800`` also matches: that file is only parsed more slowly.)
     """
-    pattern = re.compile(rb"\\u[dD][89a-fA-F]")
     tail = b""
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
-            if pattern.search(tail + chunk):
+            if b"\\u" in chunk and _LONE_SURROGATE_ESCAPE.search(tail + chunk):
                 return True
-            tail = chunk[-5:]
+            tail = chunk[-12:]
     return False
+
+
+_LONE_SURROGATE_ESCAPE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"  # a high one not followed by a low one
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}")  # a low one not after a high one
 
 
 #: What a stream parser says about a number it cannot read (NaN, Infinity, 1e400, a 5000-digit int).
