@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 
 from parsit_data import pipeline, templates
-from parsit_data.constants import QUARANTINE_NAME
+from parsit_data.decode import decode_ids
+from parsit_data.format import QUARANTINE_NAME, read_shard
 from parsit_data.records import QuarantineRecord
-from parsit_data.shards import read_shard
-from parsit_data.tokenize import decode_ids
 
 from validate_helpers import check_accounting, run_build, write_jsonl
 
