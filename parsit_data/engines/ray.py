@@ -161,9 +161,6 @@ class _Pool:
     def _spawn(self):
         return self.cls.options(num_cpus=ACTOR_CPUS, scheduling_strategy="SPREAD", max_restarts=0).remote(*self.args)
 
-    def least_busy(self) -> int:
-        return min(range(len(self.actors)), key=lambda k: (self.load[k], k))
-
     def replace(self, slot: int) -> None:
         try:
             self.ray.kill(self.actors[slot])
@@ -256,8 +253,10 @@ def _backoff(attempt: int) -> float:
 def _dispatch(ray, pool: _Pool, partitions: Iterable[Partition], on_result) -> None:
     """Feed partitions to the least busy actor, at most IN_FLIGHT_PER_WORKER each (backpressure).
 
-    A partition whose worker was lost is given again (to the least busy actor, its lost one replaced)
-    after a backoff, up to MAX_ATTEMPTS times in all; its retries go before new partitions. An exception
+    A partition whose worker was lost is given again (its lost worker replaced) after a backoff, up to
+    MAX_ATTEMPTS times in all, before new partitions, and *alone* on an idle worker: a partition that kills
+    its worker then fails by itself, and the partitions that happened to share the first worker with it
+    do not use up their attempts. An exception
     the work raised is not retried: it is a bug or the user's problem, and is raised as the worker's own.
     """
     lost = _lost_errors(ray)
@@ -266,26 +265,35 @@ def _dispatch(ray, pool: _Pool, partitions: Iterable[Partition], on_result) -> N
     source = iter(partitions)
     exhausted = False
     LAST_RUN["retries"] = 0
+    solo: set[int] = set()  # slots running a retried partition alone (so a second loss is pinned to it)
     while True:
         now = time.monotonic()
+        blocked = False  # a retry is due but no worker is idle: new work waits, so that one drains
         while len(pending) < IN_FLIGHT_PER_WORKER * len(pool.actors):
+            free = [k for k in range(len(pool.actors)) if k not in solo]
             if retry and retry[0][0] <= now:
+                idle = [k for k in free if pool.load[k] == 0]
+                if not idle:
+                    blocked = True
+                    break
                 _, _, part, attempt = retry.pop(0)
-            elif not exhausted:
+                slot = idle[0]
+                solo.add(slot)
+            elif not exhausted and free:
                 part, attempt = next(source, None), 1
                 if part is None:
                     exhausted = True
                     continue
+                slot = min(free, key=lambda k: (pool.load[k], k))
             else:
                 break
-            slot = pool.least_busy()
             pending[pool.actors[slot].process.remote(part)] = (slot, pool.generation[slot], part, attempt)
             pool.load[slot] += 1
         if not pending and not retry:
             return
-        timeout = max(0.0, retry[0][0] - now) if retry else None
+        timeout = max(0.0, retry[0][0] - now) if retry and not blocked else None
         if not pending:
-            time.sleep(timeout)
+            time.sleep(timeout or 0.0)
             continue
         done, _ = ray.wait(list(pending), num_returns=1, timeout=timeout)
         if not done:
@@ -293,6 +301,8 @@ def _dispatch(ray, pool: _Pool, partitions: Iterable[Partition], on_result) -> N
         ref = done[0]
         slot, generation, part, attempt = pending.pop(ref)
         pool.load[slot] -= 1
+        if attempt > 1 and generation == pool.generation[slot]:
+            solo.discard(slot)
         try:
             result = ray.get(ref)
         except lost as exc:
@@ -300,6 +310,7 @@ def _dispatch(ray, pool: _Pool, partitions: Iterable[Partition], on_result) -> N
                 _drain(ray, pending, on_result)
                 raise _start_failure(exc) from None
             if generation == pool.generation[slot]:
+                solo.discard(slot)
                 log.warning("Ray worker %d was lost (%s): starting another", slot, _cause(exc))
                 pool.replace(slot)
             if attempt >= MAX_ATTEMPTS:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -100,9 +101,30 @@ def test_a_node_removed_mid_build_costs_nothing_but_time(inputs, local, tmp_path
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False)
         out = tmp_path / "b"
-        # SPREAD puts one of the two workers on each node; removing the second node kills its worker.
-        build(_config(inputs, out, engine="ray", workers=2),
-              on_progress=_kill_after_first(lambda: cluster.remove_node(worker_node, allow_graceful=False)))
+        # Half of the head's CPU is taken, so one build worker must run on the second node; when that
+        # node goes, the half is given back for the replacement.
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        @ray.remote(num_cpus=0.5)
+        class Placeholder:
+            def ok(self):
+                return True
+
+        head_id = ray.get_runtime_context().get_node_id()
+        hold = Placeholder.options(scheduling_strategy=NodeAffinitySchedulingStrategy(head_id, soft=False)).remote()
+        assert ray.get(hold.ok.remote())
+
+        def lose_node():
+            ray.kill(hold)
+            cluster.remove_node(worker_node, allow_graceful=False)
+            # Until Ray has noticed (health checks), the node's worker processes may still answer: the
+            # build goes on only once the cluster has declared the node dead, as a real node loss does.
+            deadline = time.monotonic() + 60
+            while any(n["NodeID"] == worker_node.node_id and n["Alive"] for n in ray.nodes()):
+                assert time.monotonic() < deadline, "Ray never noticed the node was gone"
+                time.sleep(0.2)
+
+        build(_config(inputs, out, engine="ray", workers=2), on_progress=_kill_after_first(lose_node))
         assert ray_engine.LAST_RUN["retries"] >= 1
         assert _outputs(out) == local
     finally:
