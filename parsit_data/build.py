@@ -22,40 +22,19 @@ from parsit_data.format import (FORMAT_VERSION, IGNORE_INDEX, IMAGE_TOKEN_INDEX,
                                 QUARANTINE_NAME, SHARDS_DIR, Manifest, ShardEntry, ShardMeta, SourceEntry, Timing,
                                 TokenizerEntry, Totals, VisionEntry, atomic_write_bytes, load_manifest,
                                 quarantine_part_path)
-from parsit_data.pipeline import Partition, PartitionResult, reuse_finished
-from parsit_data.records import Rejection
+from parsit_data.commit import PartitionResult, reuse_finished
+from parsit_data.engines.choose import choose_engine
+from parsit_data.partition import Partition, iter_partitions
 from parsit_data.report import write_report
-from parsit_data.sources import RawItem, SourceSpec, expand_inputs, iter_source
+from parsit_data.sources import expand_inputs
 from parsit_data.stats import PartitionStats
 from parsit_data.mask_report import check_template, template_manifest
 from parsit_data.templates import get_template
 from parsit_data.tokenizer import describe_tokenizer
-from parsit_data.validate import control_tokens_of, sample_id_of
+from parsit_data.validate import control_tokens_of
+from parsit_data.worker import WorkerSpec
 
 log = logging.getLogger(__name__)
-
-
-def _partitions(specs: list[SourceSpec], shard_rows: int) -> Iterator[Partition]:
-    """Stream the sources into partitions (one source per partition), marking duplicate ids."""
-    seen: set[str] = set()
-    index = 0
-    for spec in specs:
-        items: list[RawItem] = []
-        for item in iter_source(spec):
-            if item.rejection is None:
-                sid = sample_id_of(item.value, item.source, item.position)
-                if sid in seen:
-                    item = RawItem(item.source, item.position, item.kind, value=item.value,
-                                   rejection=Rejection("duplicate_id", f"id {sid!r} already appeared earlier in this build"))
-                else:
-                    seen.add(sid)
-            items.append(item)
-            if len(items) >= shard_rows:
-                yield Partition(index, spec.name, items)
-                index, items = index + 1, []
-        if items:
-            yield Partition(index, spec.name, items)
-            index += 1
 
 
 def _check_out_dir(out: Path, chash: str, overwrite: bool) -> None:
@@ -80,29 +59,11 @@ def _check_out_dir(out: Path, chash: str, overwrite: bool) -> None:
     (out / PARTS_DIR).mkdir(parents=True, exist_ok=True)
 
 
-def _engine(name: str, config: BuildConfig | None = None, specs: list[SourceSpec] = ()):
-    if name == "auto":
-        from parsit_data.engines.choose import choose_engine
-
-        name, why = choose_engine(config, specs)
-        log.info("--engine auto: %s (%s)", name, why)
-    if name == "local":
-        from parsit_data.engines import local
-
-        return local.run
-    if name == "ray":
-        try:
-            from parsit_data.engines import ray as ray_engine
-        except ImportError as exc:
-            raise ParsitError(f"--engine ray is not available: {exc}") from exc
-        return ray_engine.run
-    raise ParsitError(f"unknown engine {name!r}: choose local or ray")
-
-
 def build(config: BuildConfig, on_progress=None, on_start=None) -> Manifest:
     """Run a build; returns the manifest (also written to ``OUT/manifest.json``).
 
-    ``on_start(specs)`` is called once the sources are known (the CLI counts records for its ETA);
+    ``on_start(specs, engine)`` is called once the sources are known and the engine chosen (the CLI counts
+    records for its ETA and says which engine runs);
     ``on_progress(result)`` once per partition, reused ones included.
     """
     started = time.time()
@@ -117,8 +78,11 @@ def build(config: BuildConfig, on_progress=None, on_start=None) -> Manifest:
     chash = config_hash(config.output_config(), fingerprints)
     out = Path(config.out)
     _check_out_dir(out, chash, config.overwrite)
+    engine = choose_engine(config, specs)
+    if config.engine == "auto":
+        log.info("--engine auto: %s (%s)", engine.name, engine.why)
     if on_start:
-        on_start(specs)
+        on_start(specs, engine)
 
     # Control tokens of the template and every special token of the tokenizer: never allowed in text.
     control = control_tokens_of(template, tok)
@@ -133,7 +97,7 @@ def build(config: BuildConfig, on_progress=None, on_start=None) -> Manifest:
     shard_meta = ShardMeta(chash, tok_info.sha256, config.template)
 
     def todo() -> Iterator[Partition]:
-        for part in _partitions(specs, config.shard_rows):
+        for part in iter_partitions(specs, config.shard_rows):
             done = reuse_finished(out, part.index, shard_meta)
             if done is not None:
                 log.info("partition %d reused (checksum verified)", part.index)
@@ -141,7 +105,7 @@ def build(config: BuildConfig, on_progress=None, on_start=None) -> Manifest:
             else:
                 yield part
 
-    _engine(config.engine, config, specs)(todo(), config, chash, control, out, on_result)
+    engine.load()(todo(), WorkerSpec(config, chash, control, out), on_result)
     return _finalize(out, config, chash, tok_info, template_block, specs, results, started)
 
 

@@ -1,8 +1,8 @@
 """``parsit-data validate``: every check that needs no tokenization, over whole inputs, no shards.
 
 A fast first pass over a dataset before a build: the same driver that marks duplicate ids
-(:func:`parsit_data.build._partitions`), the same per-record checks (:func:`parsit_data.validate.check_item`),
-the same template rendering and the same quarantine lines (:func:`parsit_data.pipeline._quarantine_line`)
+(:func:`parsit_data.partition.iter_partitions`), the same per-record checks (:func:`parsit_data.validate.check_item`),
+the same template rendering and the same quarantine lines (:func:`parsit_data.quarantine.quarantine_line`)
 as the build, so a record
 that passes here fails a build only for what needs tokens (``overlong``). The tokenizer, when given, is
 used only for its list of special tokens (``special_token_in_text``).
@@ -18,6 +18,8 @@ from pathlib import Path
 
 from parsit_data.errors import ParsitError
 from parsit_data.images import ImageOptions
+from parsit_data.partition import iter_partitions
+from parsit_data.quarantine import quarantine_line
 from parsit_data.records import Reject
 from parsit_data.sources import SourceSpec, expand_inputs
 from parsit_data.stats import PartitionStats
@@ -55,9 +57,6 @@ def precheck(inputs: list[str | Path], *, vopts: ValidationOptions, iopts: Image
 
     Raises :class:`ParsitError` for usage problems (missing input, image root not a directory).
     """
-    from parsit_data.build import _partitions  # the build's driver: sampling and duplicate ids
-    from parsit_data.pipeline import _quarantine_line
-
     if iopts.root is not None and not Path(iopts.root).is_dir():
         raise ParsitError(f"--image-root {iopts.root} is not a directory")
     t0 = time.perf_counter()
@@ -74,7 +73,7 @@ def precheck(inputs: list[str | Path], *, vopts: ValidationOptions, iopts: Image
         tmp = qpath.with_name(qpath.name + ".tmp")
         qfile = open(tmp, "w", encoding="utf-8")
     try:
-        for part in _partitions(specs, _CHUNK):
+        for part in iter_partitions(specs, _CHUNK):  # the build's partitioning: duplicate ids
             sstats = stats.source(part.source)
             for item in part.items:
                 sstats.read += 1
@@ -86,7 +85,7 @@ def precheck(inputs: list[str | Path], *, vopts: ValidationOptions, iopts: Image
                     sstats.quarantined[r.rejection.reason] += 1
                     if qfile is not None:
                         sid = sample_id_of(item.value, item.source, item.position) if item.value is not None else None
-                        qfile.write(_quarantine_line(item, sid, r.rejection) + "\n")
+                        qfile.write(quarantine_line(item, sid, r.rejection) + "\n")
                     continue
                 sstats.kept += 1
                 sstats.images += len(images)

@@ -9,7 +9,7 @@ count, control tokens) is checked after it.
 ``check_item`` is the one per-record entry point: the build (:mod:`parsit_data.pipeline`) and
 ``parsit-data validate`` (:mod:`parsit_data.precheck`) both call it, so they cannot disagree. Checks
 that need token counts (``overlong``) live in the pipeline; ``duplicate_id`` needs the whole build and
-is marked by the driver (:func:`parsit_data.build._partitions`).
+is marked by partitioning (:func:`parsit_data.partition.iter_partitions`).
 """
 
 from __future__ import annotations

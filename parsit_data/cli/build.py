@@ -84,24 +84,16 @@ def build_command(
             last[0] = time.monotonic()
             console.print(f"  {prog.line()}", highlight=False, soft_wrap=True)
 
-    def start(specs) -> None:
+    def start(specs, engine) -> None:
         prog.start(specs)
         if not quiet:
-            console.print(f"engine: {_engine_line(cfg, specs)}", highlight=False, soft_wrap=True)
+            line = engine.name if cfg.engine != "auto" else f"{engine.name} (auto: {engine.why})"
+            console.print(f"engine: {line}", highlight=False, soft_wrap=True)
 
     manifest = build(cfg, on_progress=progress, on_start=start)
     if not quiet:
         console.print(f"  {prog.line()}", highlight=False, soft_wrap=True)
         _summary(out, manifest)
-
-
-def _engine_line(cfg, specs) -> str:
-    if cfg.engine != "auto":
-        return cfg.engine
-    from parsit_data.engines.choose import choose_engine
-
-    name, why = choose_engine(cfg, specs)
-    return f"{name} (auto: {why})"
 
 
 def _summary(out: Path, manifest: Manifest) -> None:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
-from parsit_data.config import BuildConfig
-from parsit_data.pipeline import Partition, PartitionResult, WorkerContext, process_partitions
+from parsit_data.commit import PartitionResult
+from parsit_data.partition import Partition
+from parsit_data.pipeline import process_partitions
+from parsit_data.worker import WorkerContext, WorkerSpec
 
 
-def run(partitions: Iterable[Partition], config: BuildConfig, config_hash: str, control_tokens: frozenset[str],
-        out: Path, on_result: Callable[[PartitionResult], None]) -> None:
-    ctx = WorkerContext(config, config_hash, control_tokens)
-    for result in process_partitions(partitions, ctx, out):
+def run(partitions: Iterable[Partition], spec: WorkerSpec, on_result: Callable[[PartitionResult], None]) -> None:
+    ctx = WorkerContext(spec)
+    for result in process_partitions(partitions, ctx):
         on_result(result)

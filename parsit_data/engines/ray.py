@@ -27,12 +27,16 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 
+from parsit_data.commit import PartitionResult
 from parsit_data.config import BuildConfig
 from parsit_data.format import PARTS_DIR
 from parsit_data.errors import ParsitError
-from parsit_data.pipeline import Partition, PartitionResult, WorkerContext, process_partition
+from parsit_data.partition import Partition
+from parsit_data.pipeline import process_partition
+from parsit_data.worker import WorkerContext, WorkerSpec
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +68,17 @@ def _import_ray():
 class _Worker:
     """One Ray actor: a WorkerContext built once, then one partition per call."""
 
-    def __init__(self, config_json: dict, config_hash: str, control_tokens: frozenset[str], out: str):
+    def __init__(self, spec: WorkerSpec):
         # One tokenizer thread per actor: the actors are the parallelism (Rust threads would oversubscribe).
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-        self.out = Path(out)
-        if not (self.out / PARTS_DIR).is_dir():
+        out = Path(spec.out)
+        if not (out / PARTS_DIR).is_dir():
             import socket
 
             raise ParsitError(
                 f"the build directory {out} is not visible on Ray node {socket.gethostname()}: --out must be on "
                 "a filesystem shared by every node, at the same path (see docs/RAY.md)")
-        self.ctx = WorkerContext(BuildConfig.model_validate(config_json), config_hash, control_tokens)
+        self.ctx = WorkerContext(spec)
         self.pid = os.getpid()
 
     def ready(self) -> int:
@@ -85,7 +89,7 @@ class _Worker:
         return time.process_time()
 
     def process(self, part: Partition) -> PartitionResult:
-        return process_partition(part, self.ctx, self.out)
+        return process_partition(part, self.ctx)
 
 
 def _describe(part: Partition) -> str:
@@ -178,9 +182,9 @@ class _Pool:
                 pass
 
 
-def run(partitions: Iterable[Partition], config: BuildConfig, config_hash: str, control_tokens: frozenset[str],
-        out: Path, on_result: Callable[[PartitionResult], None]) -> None:
+def run(partitions: Iterable[Partition], spec: WorkerSpec, on_result: Callable[[PartitionResult], None]) -> None:
     ray = _import_ray()
+    config = spec.config
     LAST_RUN.clear()
     WORKER_PIDS.clear()
     t0 = time.perf_counter()
@@ -189,7 +193,7 @@ def run(partitions: Iterable[Partition], config: BuildConfig, config_hash: str, 
     pool = None
     try:
         n = config.workers or default_workers(ray)
-        pool = _Pool(ray, n, (config.model_dump(mode="json"), config_hash, control_tokens, str(Path(out).resolve())))
+        pool = _Pool(ray, n, (replace(spec, out=Path(spec.out).resolve()),))
         WORKER_PIDS.extend(_wait_ready(ray, pool.actors))
         t1 = time.perf_counter()
         LAST_RUN["workers_ready_s"] = t1 - t0 - LAST_RUN["ray_init_s"]

@@ -154,10 +154,10 @@ def test_the_pipeline_leaves_no_reference_cycles(tmp_path, monkeypatch):
     src.write_text(_mixed_records(200))
     demo = REPO / "examples" / "demo"
     found = []
-    real_commit, real_run = pipeline._PartitionWork.commit, local.process_partitions
+    real_commit, real_run = pipeline.commit_partition, local.process_partitions
 
-    def counted(self, out):
-        result = real_commit(self, out)
+    def counted(*args):
+        result = real_commit(*args)
         found.append(gc.collect())
         return result
 
@@ -171,7 +171,7 @@ def test_the_pipeline_leaves_no_reference_cycles(tmp_path, monkeypatch):
                           out=str(tmp_path / f"{tag}-demo"), shard_rows=16))
 
     both("warm")
-    monkeypatch.setattr(pipeline._PartitionWork, "commit", counted)
+    monkeypatch.setattr(pipeline, "commit_partition", counted)
     monkeypatch.setattr(local, "process_partitions", run)
     gc.collect()
     gc.disable()
@@ -185,15 +185,17 @@ def test_the_pipeline_leaves_no_reference_cycles(tmp_path, monkeypatch):
 def test_an_empty_partition_commits_an_empty_shard(tmp_path):
     """process_partition on no records still writes its shard, quarantine part and part file."""
     from parsit_data.format import part_path
-    from parsit_data.pipeline import Partition, WorkerContext, process_partition
+    from parsit_data.partition import Partition
+    from parsit_data.pipeline import process_partition
+    from parsit_data.worker import WorkerContext, WorkerSpec
     from parsit_data.validate import control_tokens_of
     from parsit_data.templates import get_template
 
     cfg = BuildConfig(inputs=["unused.jsonl"], out=str(tmp_path))
     (tmp_path / "shards").mkdir()
     (tmp_path / "_parts").mkdir()
-    ctx = WorkerContext(cfg, "h", control_tokens_of(get_template(cfg.template, cfg.tokenizer)))
-    result = process_partition(Partition(0, "s", []), ctx, tmp_path)
+    ctx = WorkerContext(WorkerSpec(cfg, "h", control_tokens_of(get_template(cfg.template, cfg.tokenizer)), tmp_path))
+    result = process_partition(Partition(0, "s", []), ctx)
     assert result.index == 0 and result.shard["rows"] == 0 and result.quarantined == 0
     assert read_shard(tmp_path / result.shard["path"]).num_rows == 0
     assert json.loads(part_path(tmp_path, 0).read_text())["shard"]["sha256"] == result.shard["sha256"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from parsit_data import pipeline, templates
+from parsit_data import encode, templates
 from parsit_data.decode import decode_ids
 from parsit_data.format import QUARANTINE_NAME, read_shard
 from parsit_data.records import QuarantineRecord
@@ -146,7 +146,7 @@ def test_a_bug_is_not_data_it_stops_the_build_with_its_traceback(tmp_path, monke
 def test_a_tokenizer_failure_no_record_reproduces_is_raised_not_quarantined(tmp_path, monkeypatch):
     """The per-record retry pins a failure to a record only when that record fails alone."""
     src = write_jsonl(tmp_path / "in.jsonl", [json.loads(b'{"id": "%d", ' % i + TURNS + b"}") for i in range(3)])
-    real_submit = pipeline.SegmentTokenizer.submit
+    real_submit = encode.SegmentTokenizer.submit
 
     def submit_failing_once(self, batch, unmask=()):
         pending = real_submit(self, batch, unmask)
@@ -155,6 +155,6 @@ def test_a_tokenizer_failure_no_record_reproduces_is_raised_not_quarantined(tmp_
             pending._future.set_exception(RuntimeError("tokenizer thread died"))
         return pending
 
-    monkeypatch.setattr(pipeline.SegmentTokenizer, "submit", submit_failing_once)
+    monkeypatch.setattr(encode.SegmentTokenizer, "submit", submit_failing_once)
     with pytest.raises(RuntimeError, match="tokenizer thread died"):
         run_build([src], tmp_path / "out")

@@ -91,7 +91,7 @@ def test_worker_failure_names_the_partition_and_a_rerun_resumes(inputs, tmp_path
 
     # Count partitions pulled from the driver's stream against results, to check the backpressure.
     state = {"pulled": 0, "done": 0, "most_outstanding": 0}
-    real = build_mod._partitions
+    real = build_mod.iter_partitions
 
     def counting(*a, **kw):
         for part in real(*a, **kw):
@@ -99,7 +99,7 @@ def test_worker_failure_names_the_partition_and_a_rerun_resumes(inputs, tmp_path
             state["most_outstanding"] = max(state["most_outstanding"], state["pulled"] - state["done"])
             yield part
 
-    monkeypatch.setattr(build_mod, "_partitions", counting)
+    monkeypatch.setattr(build_mod, "iter_partitions", counting)
 
     def on_progress(r):
         state["done"] += 1
@@ -130,20 +130,20 @@ def test_worker_failure_names_the_partition_and_a_rerun_resumes(inputs, tmp_path
 @pytest.mark.timeout(120)
 def test_workers_load_the_tokenizer_once_each(inputs, tmp_path, ray_session):
     """Two engine actors given every partition of the build: each loads the tokenizer exactly once."""
-    from parsit_data import pipeline
+    from parsit_data import worker
 
     @ray.remote(num_cpus=0.5)
     class Probe(ray_engine._Worker):
         loads = 0
 
         def __init__(self, *a):
-            real = pipeline.SegmentTokenizer
+            real = worker.SegmentTokenizer
 
             def counted(*x, **k):
                 type(self).loads += 1
                 return real(*x, **k)
 
-            pipeline.SegmentTokenizer = counted
+            worker.SegmentTokenizer = counted
             super().__init__(*a)
 
         def count(self):
@@ -151,11 +151,12 @@ def test_workers_load_the_tokenizer_once_each(inputs, tmp_path, ray_session):
 
     cfg = _config(inputs, tmp_path / "probe", engine="ray", workers=2)
     (tmp_path / "probe" / "_parts").mkdir(parents=True)
-    from parsit_data.build import _partitions
+    from parsit_data.partition import iter_partitions
     from parsit_data.sources import expand_inputs
+    from parsit_data.worker import WorkerSpec
 
-    actors = [Probe.remote(cfg.model_dump(mode="json"), "h", frozenset({"<|im_end|>"}), str(cfg.out)) for _ in range(2)]
-    parts = list(_partitions(expand_inputs(cfg.inputs), cfg.shard_rows))
+    actors = [Probe.remote(WorkerSpec(cfg, "h", frozenset({"<|im_end|>"}), Path(cfg.out))) for _ in range(2)]
+    parts = list(iter_partitions(expand_inputs(cfg.inputs), cfg.shard_rows))
     assert len(parts) >= 8
     results = ray.get([actors[i % 2].process.remote(p) for i, p in enumerate(parts)])
     assert sum(r.shard["rows"] + r.quarantined for r in results) == sum(len(p.items) for p in parts)
@@ -167,5 +168,5 @@ def test_a_worker_that_cannot_see_the_build_directory_stops_the_build_clearly(tm
     """What a node without the shared filesystem sees: the engine says so instead of failing later."""
     cfg = BuildConfig(inputs=[str(DEMO / "mixture.yaml")], out=str(tmp_path / "elsewhere"), engine="ray", workers=1)
     with pytest.raises(ParsitError, match=r"a Ray worker failed to start: .*is not visible on Ray node .*shared"):
-        ray_engine.run(iter([]), cfg, "h", frozenset(), tmp_path / "elsewhere", lambda r: None)
+        ray_engine.run(iter([]), WorkerSpec(cfg, "h", frozenset(), tmp_path / "elsewhere"), lambda r: None)
     assert ray.is_initialized()  # Ray that the engine did not start is left running (the fixture stops it)

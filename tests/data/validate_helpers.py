@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from parsit_data import pipeline, tokenizer
+from parsit_data import tokenizer, worker
 from parsit_data.build import build
 from parsit_data.config import BuildConfig
 from parsit_data.format import QUARANTINE_NAME
@@ -31,7 +31,7 @@ def fast_builds():
     """Load the (real) tokenizer once per process instead of twice per build: builds drop from ~4 s to <1 s."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(tokenizer, "load_tokenizer", lambda p: _cached_tokenizer(str(p)))
-        mp.setattr(pipeline, "load_tokenizer", lambda p: _cached_tokenizer(str(p)))
+        mp.setattr(worker, "load_tokenizer", lambda p: _cached_tokenizer(str(p)))
         yield
 
 
