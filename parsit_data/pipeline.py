@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from parsit_data.commit import PartitionResult, commit_partition
-from parsit_data.encode import PendingBatch, SegmentTokenizer  # noqa: F401 - SegmentTokenizer: tests patch it here
+from parsit_data.encode import PendingBatch
 from parsit_data.format import IMAGE_PLACEHOLDER
 from parsit_data.images import LoadedImage
 from parsit_data.partition import Partition

@@ -18,6 +18,7 @@ from parsit_data.build import build
 from parsit_data.config import BuildConfig
 from parsit_data.engines import ray as ray_engine
 from parsit_data.errors import ParsitError
+from parsit_data.worker import WorkerSpec
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "examples" / "demo"
@@ -153,7 +154,6 @@ def test_workers_load_the_tokenizer_once_each(inputs, tmp_path, ray_session):
     (tmp_path / "probe" / "_parts").mkdir(parents=True)
     from parsit_data.partition import iter_partitions
     from parsit_data.sources import expand_inputs
-    from parsit_data.worker import WorkerSpec
 
     actors = [Probe.remote(WorkerSpec(cfg, "h", frozenset({"<|im_end|>"}), Path(cfg.out))) for _ in range(2)]
     parts = list(iter_partitions(expand_inputs(cfg.inputs), cfg.shard_rows))
