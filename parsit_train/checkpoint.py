@@ -15,6 +15,11 @@ A folder without that marker, or whose files do not have the sizes it lists, is 
 takes the newest complete checkpoint and logs every newer one it skipped and why. Rank 0 chooses and
 tells the others, so every rank loads the same one. On resume, ``metrics.jsonl`` keeps only the steps up
 to the checkpoint's, so the steps the interrupted run did after it are not listed twice.
+
+Another world size: DeepSpeed loads its partitioned ZeRO files only at the data-parallel world size that
+wrote them, so rank 0 converts the checkpoint once to DeepSpeed's universal checkpoint (``step-N/universal``,
+per-parameter weights and optimizer states) and every rank loads that (:func:`load_resharded`). The
+sampler position is world-size independent; the RNG streams are reseeded.
 """
 
 from __future__ import annotations
