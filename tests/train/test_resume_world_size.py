@@ -6,8 +6,9 @@ their losses equal an uninterrupted 2-rank run's.
 The global step is kept: 2 ranks x 2 micro-batches of 1 pack <-> 1 rank x 4 micro-batches of 1 pack. With
 token-exact loss normalisation a step's loss and gradient do not depend on how its packs are split over
 ranks, so the runs differ only by float32 summation order (gloo's reduction vs one rank's accumulation),
-a few ulps per step compounded over the steps after the checkpoint: 1e-5 relative is far above that
-(~1e-7) and far below what a lost optimizer state (Adam restarting from zero moments) changes (~1e-2).
+a few ulps per step compounded over the steps after the checkpoint (measured: 0 and 2.9e-8 relative),
+so 1e-5 relative leaves ~300x room. The first resumed step's loss depends on the weights only (measured
+equal bit for bit); the next one also on Adam's moments and step count, restored from the conversion.
 """
 
 from __future__ import annotations
