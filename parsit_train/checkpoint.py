@@ -15,6 +15,11 @@ A folder without that marker, or whose files do not have the sizes it lists, is 
 takes the newest complete checkpoint and logs every newer one it skipped and why. Rank 0 chooses and
 tells the others, so every rank loads the same one. On resume, ``metrics.jsonl`` keeps only the steps up
 to the checkpoint's, so the steps the interrupted run did after it are not listed twice.
+
+Another world size: DeepSpeed loads its partitioned ZeRO files only at the data-parallel world size that
+wrote them, so rank 0 converts the checkpoint once to DeepSpeed's universal checkpoint (``step-N/universal``,
+per-parameter weights and optimizer states) and every rank loads that (:func:`load_resharded`). The
+sampler position is world-size independent; the RNG streams are reseeded.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import torch
 
 from parsit_data.errors import ParsitError
 from parsit_train.checkpoint_files import (
+    checkpoint_world_size,
     find_resumable,
     point_latest,
     prune,
@@ -99,6 +105,60 @@ def save_checkpoint(engine, cfg: TrainConfig, step: int, sampler, rank: int) -> 
     return path
 
 
+UNIVERSAL = "universal"
+
+
+def to_universal(path: Path) -> Path:
+    """DeepSpeed's universal form of the checkpoint ``path`` (one file per parameter and optimizer state,
+    no data-parallel partitions), converted once into ``path/universal`` (write-and-rename) and reused.
+
+    Rank 0 only, serial (no worker processes inside a rank). It lives inside the checkpoint folder, so
+    pruning removes it with the checkpoint; the completion marker does not list it and ignores it.
+    """
+    from argparse import Namespace
+
+    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+    out = path / UNIVERSAL
+    if (out / "zero" / "optimizer_state.pt").is_file():
+        return out
+    tmp = path / (UNIVERSAL + ".tmp")
+    for stale in (tmp, out):  # a conversion that stopped half-way
+        shutil.rmtree(stale, ignore_errors=True)
+    ds_to_universal(Namespace(input_folder=str(path), output_folder=str(tmp), num_extract_workers=1,
+                              num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=True))
+    tmp.replace(out)
+    return out
+
+
+def load_resharded(engine, path: Path, saved_world: int, world_size: int, rank: int):
+    """Load a checkpoint written by ``saved_world`` ranks into this ``world_size``-rank run, optimizer state
+    included: DeepSpeed refuses its own partitioned files at another data-parallel world size, so they are
+    converted to its universal checkpoint (:func:`to_universal`) and loaded as one (``checkpoint.load_universal``
+    turned on for this load only). Returns DeepSpeed's load path (None if it could not load)."""
+    problem = [None]
+    if rank == 0:
+        log.warning("resuming with %d ranks from a %d-rank checkpoint: converting %s to a universal checkpoint",
+                    world_size, saved_world, path)
+        try:
+            to_universal(path)
+        except Exception as exc:  # noqa: BLE001 (every rank must hear about it, not wait at the barrier)
+            problem[0] = f"{type(exc).__name__}: {exc}"
+    torch.distributed.broadcast_object_list(problem, src=0)
+    if problem[0] is not None:
+        raise ParsitError(
+            f"the checkpoint {path} was written by {saved_world} ranks and this run has {world_size}; converting it "
+            f"to a universal checkpoint failed ({problem[0]}): resume with {saved_world} ranks, or set "
+            f"checkpoint.resume: false to start over")
+    config = engine._config  # noqa: SLF001 (DeepSpeed reads load_universal from its config at load time)
+    config.load_universal_checkpoint = True
+    try:
+        load_path, _client = engine.load_checkpoint(str(path), tag=UNIVERSAL)
+    finally:
+        config.load_universal_checkpoint = False
+    return load_path
+
+
 def resume(engine, cfg: TrainConfig, sampler, rank: int, metrics_file: Path) -> int:
     """Load the newest complete checkpoint if there is one; returns the optimizer step to continue from."""
     chosen: list = [None]
@@ -112,7 +172,12 @@ def resume(engine, cfg: TrainConfig, sampler, rank: int, metrics_file: Path) -> 
     step = 0
     if chosen[0] is not None:
         path = Path(chosen[0])
-        load_path, _client = engine.load_checkpoint(str(path.parent), tag=path.name)
+        saved_world = checkpoint_world_size(path)
+        world_size = torch.distributed.get_world_size()
+        if saved_world is None or saved_world == world_size:
+            load_path, _client = engine.load_checkpoint(str(path.parent), tag=path.name)
+        else:
+            load_path = load_resharded(engine, path, saved_world, world_size, rank)
         if load_path is None:
             raise ParsitError(f"DeepSpeed could not load the checkpoint {path}: delete it or set checkpoint.resume: false")
         own = path / RANK_STATE.format(rank=rank)

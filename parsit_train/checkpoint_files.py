@@ -46,6 +46,14 @@ def checkpoint_problem(path: Path) -> str | None:
     return None
 
 
+def checkpoint_world_size(path: Path) -> int | None:
+    """The number of ranks that wrote the complete checkpoint ``path`` (from its marker; None if unknown)."""
+    try:
+        return int(json.loads((path / COMPLETE_MARKER).read_text())["world_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def find_resumable(ckpt_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
     """(the newest complete checkpoint or None, [(newer folder skipped, why)])."""
     skipped = []

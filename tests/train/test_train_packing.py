@@ -2,10 +2,9 @@
 (2 ranks x 2 micro-batches of 1 pack -> 2 ranks x 1 micro-batch of 2 packs), it trains on the same packs
 with the same losses as an uninterrupted run; metrics carry tokens / padded / supervised.
 
-Another world size: the data position resumes exactly (tests/train/test_packing.py), but DeepSpeed's
-ZeRO-2 checkpoint itself refuses another data-parallel world size (its optimizer partitions; "Automatic
-adjustment of ZeRO's optimizer state partitioning with a new world size is not currently supported"), so
-that is not run end to end here.
+Another world size: the data position resumes exactly (tests/train/test_packing.py) and the ZeRO-2
+checkpoint is loaded through DeepSpeed's universal checkpoint; that is run end to end, 2 -> 1 and 1 -> 2
+ranks, in tests/train/test_resume_world_size.py.
 """
 
 from __future__ import annotations
