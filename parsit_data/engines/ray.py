@@ -32,6 +32,7 @@ from pathlib import Path
 from parsit_data.config import BuildConfig
 from parsit_data.format import PARTS_DIR
 from parsit_data.errors import ParsitError
+from parsit_data.format.fsio import RemotePath, location
 from parsit_data.pipeline import Partition, PartitionResult, WorkerContext, process_partition
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,11 @@ class _Worker:
     def __init__(self, config_json: dict, config_hash: str, control_tokens: frozenset[str], out: str):
         # One tokenizer thread per actor: the actors are the parallelism (Rust threads would oversubscribe).
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-        self.out = Path(out)
-        if not (self.out / PARTS_DIR).is_dir():
+        # A URI (s3://...): each worker opens the store itself, with its node's credentials.
+        self.out = location(out, "--out")
+        if isinstance(self.out, RemotePath):
+            self.out.exists()  # fails here, at start, when this node cannot reach the store
+        elif not (self.out / PARTS_DIR).is_dir():
             import socket
 
             raise ParsitError(
@@ -189,7 +193,8 @@ def run(partitions: Iterable[Partition], config: BuildConfig, config_hash: str, 
     pool = None
     try:
         n = config.workers or default_workers(ray)
-        pool = _Pool(ray, n, (config.model_dump(mode="json"), config_hash, control_tokens, str(Path(out).resolve())))
+        where = str(out) if isinstance(out, RemotePath) else str(Path(out).resolve())  # a URI: each worker opens it
+        pool = _Pool(ray, n, (config.model_dump(mode="json"), config_hash, control_tokens, where))
         WORKER_PIDS.extend(_wait_ready(ray, pool.actors))
         t1 = time.perf_counter()
         LAST_RUN["workers_ready_s"] = t1 - t0 - LAST_RUN["ray_init_s"]
