@@ -61,6 +61,8 @@ class DataConfig(_Strict):
     # -- object storage (issue 15): builds given as URIs are read through this local cache --
     cache_dir: Path | None = Field(None, description="local folder for shards of builds on an object store")
     cache_limit: int | str | None = Field(None, description="bytes the cache may hold (e.g. 20GiB); >= 2 shards")
+    shuffle_window_shards: int | None = Field(None, ge=1, description="shuffle within windows of this many shards "
+                                              "(a small cache then reads each shard once per epoch); None: whole build")
 
     @field_validator("builds", mode="before")
     @classmethod

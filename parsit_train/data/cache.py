@@ -6,7 +6,7 @@ How it works:
 - Opening: :func:`parsit_data.format.open_build` reads the manifest from the store and checks that every
   shard it lists exists with its recorded size (one listing). The trainer needs each row's length and modality before the first step (the
   ``max_length`` check, ``group_by_length``); they are kept in a small index file per shard in the cache
-  (``index/<sha256>.npz``), made the first time the shard arrives. A cold cache therefore reads the build
+  (``index/<sha256>.arrow``), made the first time the shard arrives. A cold cache therefore reads the build
   once at start; a warm one not at all.
 - The plan: the sampler's global order is a function of (seed, epoch), so the shards this rank reads
   next, and when, are known. :class:`ShardFetcher` (a thread of the process that owns the sampler)
@@ -121,21 +121,29 @@ class ShardCache:
 
     # -- the index: lengths and modality of every row, per shard ------------------------------------
 
+    #: The columns the trainer needs of every row before the first step (lengths, images, supervision).
+    INDEX_COLUMNS = ("sample_id", "length", "num_image_tokens", "supervised_tokens")
+
     def _index_path(self, k: int) -> Path:
-        return self.dir / "index" / f"{self.shards[k].sha256}.npz"
+        return self.dir / "index" / f"{self.shards[k].sha256}.arrow"
+
+    def index_table(self, k: int) -> pa.Table:
+        """The small columns of shard ``k`` (:data:`INDEX_COLUMNS`), from its index file."""
+        with pa.memory_map(str(self._index_path(k))) as src:
+            return pa.ipc.open_file(src).read_all()
 
     def index(self, k: int) -> dict[str, np.ndarray]:
-        with np.load(self._index_path(k)) as z:
-            return {name: z[name] for name in z.files}
+        t = self.index_table(k)
+        offsets = t.column("num_image_tokens").combine_chunks().offsets.to_numpy() if t.num_rows else np.zeros(1)
+        return {"length": t.column("length").to_numpy().astype(np.int32), "has_image": np.diff(offsets) > 0,
+                "sample_id": np.array(t.column("sample_id").to_pylist(), dtype=object)}
 
     def write_index(self, k: int, path: Path) -> None:
-        table = pa.ipc.open_stream(pa.memory_map(str(path))).read_all()
-        lengths = table.column("length").to_numpy().astype(np.int32)
-        offsets = pa.concat_arrays(table.column("num_image_tokens").chunks).offsets.to_numpy() if table.num_rows else np.zeros(1)
-        has_image = (np.diff(offsets) > 0) if table.num_rows else np.zeros(0, dtype=bool)
-        sample_ids = np.array(table.column("sample_id").to_pylist(), dtype=object)
-        tmp = self._index_path(k).with_name(f".{uuid.uuid4().hex}.npz")
-        np.savez(tmp, length=lengths, has_image=has_image.astype(bool), sample_id=sample_ids.astype(str))
+        with pa.memory_map(str(path)) as src:
+            table = pa.ipc.open_stream(src).read_all().select(list(self.INDEX_COLUMNS))
+        tmp = self._index_path(k).with_name(f".{uuid.uuid4().hex}.arrow")
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
         os.replace(tmp, self._index_path(k))
 
     def has_index(self, k: int) -> bool:

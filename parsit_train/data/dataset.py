@@ -246,6 +246,9 @@ class ShardDataset:
     # -- columns for the sampler (one small numpy array, never per-row Python objects) ---------------
 
     def _column(self, name: str, fn) -> np.ndarray:
+        if self.cache is not None:  # from the shards' index files (the shards themselves may not be cached)
+            parts = [fn(self.cache.index_table(k).column(name).combine_chunks()) for k in range(len(self._paths))]
+            return np.concatenate(parts) if parts else np.zeros(0)
         parts = [fn(b.column(name)) for k in range(len(self._paths)) for b in self._shard(k).batches]
         return np.concatenate(parts) if parts else np.zeros(0)
 

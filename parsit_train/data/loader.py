@@ -128,6 +128,7 @@ def build_dataloader(
     loss_weighting: str = "token",
     cache_dir: str | Path | None = None,
     cache_limit: int | str | None = None,
+    shuffle_window_shards: int | None = None,
 ) -> tuple[ParsitLoader, ResumableBatchSampler]:
     """Open and verify the builds and return (loader, sampler) for this rank.
 
@@ -142,6 +143,8 @@ def build_dataloader(
     makes the collator emit per-token weights 1/(the sample's supervised tokens).
     Builds given as URIs (``s3://...``) are read through a local shard cache in ``cache_dir`` of at
     most ``cache_limit`` bytes, filled ahead in this rank's order (:mod:`parsit_train.data.cache`).
+    ``shuffle_window_shards`` shuffles within windows of that many shards instead of the whole build, so a
+    small cache reads each shard once per epoch (:mod:`parsit_train.data.window_sampler`).
     """
     dirs = [build_dirs] if isinstance(build_dirs, (str, Path)) else list(build_dirs)
     probe = ShardDataset(dirs, tokenizer_path, pad_token_id=pad_token_id, max_length=max_length,
@@ -160,7 +163,13 @@ def build_dataloader(
                               f"{pack_length}: "
                               "packing never splits a sample; raise pack_length or rebuild with --max-length")
     packing = pack_length is not None
-    sampler = ResumableBatchSampler(
+    sampler_cls, window = ResumableBatchSampler, {}
+    if shuffle_window_shards is not None:
+        from parsit_train.data.window_sampler import ShardWindowSampler
+
+        sampler_cls = ShardWindowSampler
+        window = {"shard_rows": [r for b in dataset.builds for r in b.shard_rows], "window": shuffle_window_shards}
+    sampler = sampler_cls(
         [b.num_rows for b in dataset.builds],
         batch_size,
         weights=weights,
@@ -180,6 +189,7 @@ def build_dataloader(
         visual_tokens=dataset.visual_tokens() if packing else None,
         supervised=dataset.supervised_tokens(),
         **({"pack_window": pack_window} if pack_window else {}),
+        **window,
     )
     collator = Collator(
         dataset.pad_token_id, image_token_id, max_length,

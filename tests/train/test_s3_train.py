@@ -200,3 +200,29 @@ def test_training_from_s3_matches_local_also_after_a_resume(s3, tmp_path):
     for a, b in zip(resumed, reference, strict=True):
         assert a["sample_ids"] == b["sample_ids"], a["step"]
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-6), a["step"]
+
+
+@pytest.mark.timeout(180)
+def test_a_shard_window_order_reads_each_shard_once_per_epoch_through_a_small_cache(many_shards, s3, tmp_path):
+    server, bucket = s3
+    uri = upload(many_shards, f"s3://{bucket}/w")
+    sizes = _shard_bytes(many_shards)
+    local, local_sampler = _loader([many_shards], num_workers=0, shuffle_window_shards=2)
+    expected = _batches(local, 3)
+    # The order: a permutation of the epoch's rows, each window of 2 shards contiguous, differing per epoch.
+    order0, order1 = local_sampler.epoch_order(0), local_sampler.epoch_order(1)
+    assert sorted(order0) == list(range(40)) and list(order0) != list(order1)
+    shards = order0 // 4
+    windows = [set(shards[i:i + 8]) for i in range(0, 40, 8)]
+    assert all(len(w) == 2 for w in windows) and set().union(*windows) == set(range(10))
+    remote, sampler = _loader([uri], num_workers=0, shuffle_window_shards=2, cache_dir=tmp_path / "c",
+                              cache_limit=4 * max(sizes))
+    try:
+        assert _batches(remote, 3) == expected
+        report = remote.fetcher.report()
+    finally:
+        remote.fetcher.stop()
+    # Each shard at most once per epoch (the opening pass made the index: counted apart).
+    assert all(v <= sum(sizes) for v in report["epoch_bytes"].values()), (report, sum(sizes))
+    with pytest.raises(ParsitError, match="shuffle_window_shards"):
+        _loader([many_shards], num_workers=0, shuffle_window_shards=3)[1].load_state_dict(sampler.state_dict())
