@@ -357,10 +357,12 @@ class ShardFetcher:
             self.stats["waits"] += 1
             return False
         before = self.stats["fetched_bytes"]
+        epoch, step = self._position()
+        if due >= len(self._plan(epoch)[0]) - step:
+            epoch += 1  # fetched ahead for the next epoch: counted there
         path = self.cache.fetch(target, self.stats)
         if not self.cache.has_index(target):
             self.cache.write_index(target, path)
-        epoch = self._position()[0]
         self.epoch_bytes[epoch] = self.epoch_bytes.get(epoch, 0) + self.stats["fetched_bytes"] - before
         return True
 
