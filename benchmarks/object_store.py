@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from PIL import Image  # noqa: E402
 
-from parsit_data import fsio  # noqa: E402
+from parsit_data.format import fsio  # noqa: E402
 from parsit_data.build import build  # noqa: E402
 from parsit_data.config import BuildConfig  # noqa: E402
 from parsit_train.data import build_dataloader  # noqa: E402

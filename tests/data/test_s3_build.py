@@ -79,9 +79,9 @@ def test_s3_build_matches_local_and_the_manifest_is_the_last_object(inputs, refe
     assert order[-1] == f"{bucket}/builds/b1/manifest.json"
     assert sum(p.endswith("manifest.json") for p in order) == 1
     # Each partition: shard, then quarantine part, then its part file (the marker) last.
-    for s in manifest["shards"]:
-        i = int(s["path"][-11:-6])
-        keys = [f"{bucket}/builds/b1/{s['path']}", f"{bucket}/builds/b1/_parts/quarantine-{i:05d}.jsonl",
+    for s in manifest.shards:
+        i = int(s.path[-11:-6])
+        keys = [f"{bucket}/builds/b1/{s.path}", f"{bucket}/builds/b1/_parts/quarantine-{i:05d}.jsonl",
                 f"{bucket}/builds/b1/_parts/part-{i:05d}.json"]
         assert [order.index(k) for k in keys] == sorted(order.index(k) for k in keys)
     # The location is the URI as given; no credential is anywhere in the build.

@@ -100,7 +100,7 @@ def test_a_throttling_store_gives_the_same_batches(builds, s3, tmp_path, monkeyp
 
 def test_transient_store_errors_are_retried_and_counted_permanent_ones_raised(monkeypatch):
     """What the AWS SDK gives up on (after its own 3 attempts) Parsit retries with backoff, counting it."""
-    from parsit_data import fsio
+    from parsit_data.format import fsio
 
     monkeypatch.setattr(fsio, "RETRY_BASE_S", 0.001)
     before = dict(fsio.RETRIES)
