@@ -110,7 +110,7 @@ def build(config: BuildConfig, on_progress=None, on_start=None) -> Manifest:
     tok, tok_info = describe_tokenizer(config.tokenizer, config.pad_token)
     check_template(template, tok, config.label_policy, config.system_prompt)
     template_block = template_manifest(template, tok, config.label_policy, config.system_prompt)
-    if config.image_root and not Path(config.image_root).is_dir():
+    if config.image_root and not location(config.image_root, "--image-root").is_dir():
         raise ParsitError(f"--image-root {config.image_root} is not a directory")
     specs = expand_inputs(config.inputs, config.seed)
     fingerprints = {"tokenizer": tok_info.sha256, "sources": [s.sha256 for s in specs]}

@@ -28,6 +28,7 @@ for everything), and every reader verifies against that marker.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import random
@@ -182,6 +183,18 @@ class RemotePath:
         return self.path.rsplit("/", 1)[-1]
 
     @property
+    def suffix(self) -> str:
+        name = self.name
+        return name[name.rindex("."):] if "." in name.lstrip(".") else ""
+
+    @property
+    def stem(self) -> str:
+        return self.name[: len(self.name) - len(self.suffix)] if self.suffix else self.name
+
+    def is_absolute(self) -> bool:
+        return True
+
+    @property
     def parent(self) -> "RemotePath":
         return RemotePath(self.fs, self.path.rsplit("/", 1)[0], self.uri.rsplit("/", 1)[0])
 
@@ -296,10 +309,34 @@ def rmtree(path: Path | RemotePath) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+class _RawObject(io.RawIOBase):
+    """A pyarrow input stream as a raw Python stream, so that ``io.BufferedReader`` gives it lines."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        data = self._stream.read(len(b))
+        n = len(data)
+        b[:n] = data
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._stream.close()
+        super().close()
+
+
 def open_input(where: str | Path | RemotePath, what: str = "input") -> BinaryIO:
-    """A binary stream of a local file or an object (streamed, never downloaded whole)."""
+    """A buffered binary stream of a local file or an object: read in 1 MiB requests as it is consumed
+    (streamed, never downloaded whole); lines and ``read(n)`` work on both."""
     loc = location(where, what)
-    return loc.open("rb") if isinstance(loc, RemotePath) else open(loc, "rb")
+    if isinstance(loc, RemotePath):
+        return io.BufferedReader(_RawObject(retrying(f"open {loc}", loc.open)), buffer_size=_CHUNK)
+    return open(loc, "rb")
 
 
 def arrow_input(path: Path | RemotePath):

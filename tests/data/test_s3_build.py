@@ -173,3 +173,52 @@ def test_cli_refuses_an_unknown_scheme_with_one_error_line(inputs, tmp_path):
     assert res.returncode == 2, res.stderr
     assert "error:" in res.stderr and "nosuchscheme://" in res.stderr and "Traceback" not in res.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def _rows(files: dict[str, bytes]) -> dict[str, object]:
+    """What a build holds, apart from where its inputs were: shard rows (not the schema's config hash,
+    which covers the input locations), the quarantine, the per-source counts."""
+    import pyarrow as pa
+
+    out = {k: pa.ipc.open_stream(v).read_all().to_pylist() for k, v in files.items() if k.startswith("shards/")}
+    out["quarantine.jsonl"] = files["quarantine.jsonl"]
+    manifest = json.loads(files["manifest.json"])
+    out["sources"] = [{k: v for k, v in s.items() if k != "path"} for s in manifest["sources"]]
+    return out
+
+
+@pytest.mark.timeout(120)
+def test_inputs_and_images_read_from_s3_give_the_same_rows(reference, inputs, s3, tmp_path):
+    """The mixture, its JSON/JSONL files and the images as objects: streamed, same rows, same
+    quarantine (``../../etc/hosts`` and a missing image included), and no key outside the image root."""
+    server, bucket = s3
+    root = location(f"s3://{bucket}/in")
+    for p in sorted(DEMO.rglob("*")):
+        if p.is_file():
+            (root / f"demo/{p.relative_to(DEMO)}").write_bytes(p.read_bytes())
+    (root / "text.jsonl").write_bytes(Path(inputs[1]).read_bytes())
+    (root / "demo/secret.png").write_bytes((DEMO / "images/page_00.png").read_bytes())  # beside the root
+    build(BuildConfig(inputs=[f"s3://{bucket}/in/demo/mixture.yaml", f"s3://{bucket}/in/text.jsonl"],
+                      image_root=f"s3://{bucket}/in/demo/images", out=f"s3://{bucket}/out", shard_rows=8))
+    stored = server.keys(bucket, "out")
+    # A missing image's detail names the root it was looked for in: the one difference.
+    stored["quarantine.jsonl"] = stored["quarantine.jsonl"].replace(f"s3://{bucket}/in/demo/images".encode(), b"ROOT")
+    ref = {**reference, "quarantine.jsonl": reference["quarantine.jsonl"].replace(str(DEMO / "images").encode(), b"ROOT")}
+    assert _rows(stored) == _rows(ref)
+    manifest = json.loads(stored["manifest.json"])
+    assert [s["path"] for s in manifest["sources"]][-1] == f"s3://{bucket}/in/text.jsonl"
+    reasons = {json.loads(line)["reason"] for line in stored["quarantine.jsonl"].splitlines()}
+    assert {"image_outside_root", "image_missing"} <= reasons
+
+
+def test_an_image_key_may_not_leave_the_image_root(s3):
+    from parsit_data.images import resolve_image_path
+    from parsit_data.records import Reject
+
+    _, bucket = s3
+    root = location(f"s3://{bucket}/in/images")
+    assert resolve_image_path("a/./b.png", root) == root / "a/b.png"
+    for bad in ("../secret.png", "a/../../secret.png", "/abs.png", "..\\x.png"):
+        with pytest.raises(Reject) as err:
+            resolve_image_path(bad, root)
+        assert err.value.rejection.reason == "image_outside_root"
