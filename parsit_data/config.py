@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -178,8 +177,8 @@ class ValidateConfig(_Options):
 
     @property
     def image_options(self) -> ImageOptions:
-        return ImageOptions(root=location(self.image_root, "--image-root") if self.image_root else None, max_pixels=self.max_image_pixels,
-                            min_side=self.min_image_side, check=self.image_check)
+        return ImageOptions(root=location(self.image_root, "--image-root") if self.image_root else None,
+                            max_pixels=self.max_image_pixels, min_side=self.min_image_side, check=self.image_check)
 
 
 def config_hash(output_config: dict, fingerprints: dict) -> str:
