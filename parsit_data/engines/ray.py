@@ -16,7 +16,8 @@ all, the build stops with a clear error after ``ACTOR_START_TIMEOUT_S`` instead 
 
 Output: workers write their shard, quarantine part and part file under ``out`` themselves, exactly as
 the local engine does, so ``out`` (and the image root and a tokenizer folder) must be visible at the
-same path on every node (a shared filesystem); each worker checks this when it starts.
+same path on every node (a shared filesystem), or be a URI (``s3://...``) that every worker opens
+itself with its node's credentials (docs/RAY.md); each worker checks this when it starts.
 """
 
 from __future__ import annotations
