@@ -21,7 +21,7 @@ from parsit_data.format import (FORMAT_VERSION, IGNORE_INDEX, IMAGE_TOKEN_INDEX,
                                 QUARANTINE_NAME, SHARDS_DIR, Manifest, ShardEntry, ShardMeta, SourceEntry, Timing,
                                 TokenizerEntry, Totals, VisionEntry, atomic_write_bytes, load_manifest,
                                 quarantine_part_path)
-from parsit_data.format.fsio import RemotePath, location, rmtree
+from parsit_data.format.fsio import RETRIES, RemotePath, location, rmtree
 from parsit_data.pipeline import Partition, PartitionResult, reuse_finished
 from parsit_data.records import Rejection
 from parsit_data.report import write_report
@@ -142,6 +142,8 @@ def build(config: BuildConfig, on_progress=None, on_start=None) -> Manifest:
                 yield part
 
     _engine(config.engine, config, specs)(todo(), config, chash, control, out, on_result)
+    if RETRIES:  # this process's (the driver's, and the local engine's) retries; Ray workers log their own
+        log.warning("object store: retried %s (throttling or lost connections; see the warnings above)", dict(RETRIES))
     return _finalize(out, config, chash, tok_info, template_block, specs, results, started)
 
 

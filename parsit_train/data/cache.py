@@ -28,8 +28,9 @@ How it works:
 - Readers (:meth:`ShardCache.wait`) wait for the file to appear; an error of the fetcher reaches them
   as an ``<sha256>.error`` file, so a worker process fails with the fetcher's message.
 
-Each rank has its own subfolder of ``data.cache_dir`` (``rank-N``): ranks on one node do not share
-(and cannot evict each other's) shards.
+Each rank has its own subfolder of ``data.cache_dir`` (``rank-N``) and its own ``data.cache_limit``:
+ranks on one node do not share (and cannot evict each other's) shards; a node with 8 ranks needs 8
+times the limit on its disk.
 """
 
 from __future__ import annotations
@@ -255,6 +256,7 @@ class ShardFetcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="parsit-shard-fetcher", daemon=True)
         self.error: BaseException | None = None
+        self._logged_epoch = -1
 
     # -- the plan ----------------------------------------------------------------------------------
 
@@ -364,6 +366,10 @@ class ShardFetcher:
         if not self.cache.has_index(target):
             self.cache.write_index(target, path)
         self.epoch_bytes[epoch] = self.epoch_bytes.get(epoch, 0) + self.stats["fetched_bytes"] - before
+        if epoch > self._logged_epoch + 1:  # the previous epoch's fetches are all done: say what they cost
+            self._logged_epoch = epoch - 1
+            log.info("shard cache: epoch %d fetched %d bytes; totals %s", epoch - 1,
+                     self.epoch_bytes.get(epoch - 1, 0), self.report())
         return True
 
     def report(self) -> dict:
