@@ -38,6 +38,10 @@ from parsit_data.format.fsio import RemotePath
 
 log = logging.getLogger(__name__)
 
+#: Shards of an object-store build a process keeps mapped (an evicted cache file frees its disk space only
+#: once no process maps it; a batch of the shard-window order spans a few shards).
+MAX_MAPPED_CACHED = 8
+
 
 def check_compatible(build: Build, run_fingerprint: str, run_tokenizer: str, pad_token_id: int | None) -> None:
     """Refuse a build whose tokens mean something else to this run's tokenizer or collator."""
@@ -219,7 +223,7 @@ class ShardDataset:
             b, j = self._shards[k]
             if self.cache is not None:
                 mapped = map_shard(self.cache.wait(k))  # a verified local copy
-                while len(self._open) >= 2:  # keep the cache's evictions effective: map few shards at a time
+                while len(self._open) >= MAX_MAPPED_CACHED:  # evicted files free their disk once unmapped
                     self._open.pop(next(iter(self._open)))
                 shard = _OpenShard(mapped)
             else:
