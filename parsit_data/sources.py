@@ -21,6 +21,7 @@ from parsit_data.errors import ParsitError
 from parsit_data.reasons import Reason
 from parsit_data.records import Rejection
 from parsit_data.format import sha256_file
+from parsit_data.format.fsio import location, open_input
 
 _STRATEGY = re.compile(r"^(all|first:\d+%?|end:\d+%?|random:\d+%?)$")
 
@@ -64,7 +65,7 @@ class SourceSpec:
 
 def _detect_format(path: Path) -> str:
     """``json`` when the first non-blank byte (after a byte order mark) opens a list, else ``jsonl``."""
-    with open(path, "rb") as f:
+    with open_input(path) as f:
         first = True
         while True:
             chunk = f.read(4096)
@@ -82,7 +83,7 @@ def expand_inputs(inputs: list[str | Path], seed: int = 0) -> list[SourceSpec]:
     """Turn CLI inputs (JSON, JSONL or YAML mixture files) into source specs, in order."""
     specs: list[SourceSpec] = []
     for inp in inputs:
-        p = Path(inp)
+        p = location(inp, "input")  # a local file, or a URI (s3://...): streamed from the store
         if not p.is_file():
             raise ParsitError(f"input {p} does not exist (or is not a file)")
         if p.suffix.lower() in {".yaml", ".yml"}:
@@ -122,7 +123,7 @@ def _read_mixture(path: Path, seed: int) -> list[SourceSpec]:
                 "end:N, end:N%, random:N, random:N%"
             )
             continue
-        jp = Path(entry["json_path"])
+        jp = location(entry["json_path"], f"datasets[{i}].json_path")
         if not jp.is_absolute():
             jp = path.parent / jp
         if not jp.is_file():
@@ -192,7 +193,7 @@ def _iter_jsonl(spec: SourceSpec) -> Iterator[RawItem]:
     A UTF-8 byte order mark at the start of a line (a file saved by Excel, files concatenated with
     ``cat``) is not part of the record and is skipped.
     """
-    with open(spec.path, "rb") as f:
+    with open_input(spec.path) as f:
         for lineno, line in enumerate(f, start=1):
             if line.startswith(_BOM):
                 line = line[3:]
@@ -297,7 +298,7 @@ def _has_surrogate_escape(path: Path) -> bool:
     (An escaped backslash before ``ud800`` also matches: that file is only parsed more slowly.)
     """
     tail = b""
-    with open(path, "rb") as f:
+    with open_input(path) as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             if b"\\u" in chunk and _LONE_SURROGATE_ESCAPE.search(tail + chunk):
                 return True
@@ -320,7 +321,7 @@ def _number_at_error(path: Path, message: str) -> bool:
     m = re.search(r"Unexpected symbol '.*' at (\d+)$", message)
     if not m:
         return False
-    with open(path, "rb") as f:
+    with open_input(path) as f:
         skip = 3 if f.read(3) == _BOM else 0
         f.seek(int(m.group(1)) + skip)
         return re.match(rb"NaN|-?Infinity|-?\d", f.read(16)) is not None
@@ -355,7 +356,7 @@ def _iter_json_list(spec: SourceSpec) -> Iterator[RawItem]:
     check_unicode = _has_surrogate_escape(spec.path)
     backend = ijson.get_backend("python") if check_unicode else ijson
     while True:
-        with open(spec.path, "rb") as f:
+        with open_input(spec.path) as f:
             try:
                 parse = backend.basic_parse
                 for i, value in enumerate(_json_list_items(_SkipBOM(f), parse)):

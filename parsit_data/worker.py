@@ -13,6 +13,7 @@ from pathlib import Path
 from parsit_data.config import BuildConfig
 from parsit_data.encode import SegmentTokenizer
 from parsit_data.format import ShardMeta, fingerprint
+from parsit_data.format.fsio import RemotePath, location
 from parsit_data.templates import get_template
 from parsit_data.tokenizer import load_tokenizer
 from parsit_data.validate import ValidationOptions
@@ -27,7 +28,7 @@ class WorkerSpec:
     #: Template and tokenizer control tokens: never allowed in text.
     control_tokens: frozenset[str]
     #: The build directory, where the worker writes each partition's shard, quarantine part and part file.
-    out: Path
+    out: Path | RemotePath | str
 
 
 class WorkerContext:
@@ -37,7 +38,7 @@ class WorkerContext:
         self.spec = spec
         self.config = config = spec.config
         self.config_hash = spec.config_hash
-        self.out = Path(spec.out)
+        self.out = location(spec.out, "--out")  # a URI string (a Ray worker opens its own store) or a path
         self.tokenizer = SegmentTokenizer(load_tokenizer(config.tokenizer))
         self.template = get_template(config.template, config.tokenizer)
         self.unmask = self.template.unmask_tokens(config.label_policy)

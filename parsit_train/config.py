@@ -33,8 +33,15 @@ class _Strict(BaseModel):
 class BuildRef(_Strict):
     """One finished build directory and how many times per epoch its samples are seen."""
 
-    path: Path
+    path: Path | str = Field(description="a build directory, or a URI (s3://BUCKET/PREFIX) read through data.cache_dir")
     weight: float = Field(1.0, gt=0, description="per-epoch multiplicity of this build's samples")
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _uri_or_path(cls, v: Any) -> Any:
+        from parsit_data.format.fsio import is_uri
+
+        return v if is_uri(v) else Path(v)  # Path("s3://b") would lose a slash
 
 
 class DataConfig(_Strict):
@@ -51,6 +58,11 @@ class DataConfig(_Strict):
     verify: Literal["full", "size"] = Field(
         "full", description="full: sha256 of every shard, once per launch (or node) before training; size: "
         "manifest, sizes and row counts only (very large builds on trusted storage)")
+    # -- object storage (issue 15): builds given as URIs are read through this local cache --
+    cache_dir: Path | None = Field(None, description="local folder for shards of builds on an object store")
+    cache_limit: int | str | None = Field(None, description="bytes the cache may hold (e.g. 20GiB); >= 2 shards")
+    shuffle_window_shards: int | None = Field(None, ge=1, description="shuffle within windows of this many shards "
+                                              "(a small cache then reads each shard once per epoch); None: whole build")
 
     @field_validator("builds", mode="before")
     @classmethod
@@ -210,7 +222,8 @@ def _resolve_paths(cfg: TrainConfig, base: Path) -> TrainConfig:
 
     cfg.output_dir = fix(cfg.output_dir)
     for b in cfg.data.builds:
-        b.path = fix(b.path)
+        b.path = b.path if isinstance(b.path, str) else fix(b.path)
+    cfg.data.cache_dir = fix(cfg.data.cache_dir)
     if cfg.data.tokenizer not in {"qwen3", "bundled:qwen3"}:
         cfg.data.tokenizer = str(fix(Path(cfg.data.tokenizer)))
     m = cfg.model
@@ -248,12 +261,16 @@ def _set_dotted(data: dict, key: str, value: Any) -> None:
 
 # Keys whose values are paths: given on the command line (--set), they are relative to the working
 # directory, like any other command-line path; only paths written in the file are relative to the file.
-_PATH_KEYS = ("output_dir", "data.builds", "model.init_from", "model.projector_weights",
+_PATH_KEYS = ("output_dir", "data.builds", "data.cache_dir", "model.init_from", "model.projector_weights",
               "model.vision_tower.path", "model.language_model.path")
 
 
 def _cwd_paths(key: str, value: Any) -> Any:
     def absolute(v: Any) -> Any:
+        from parsit_data.format.fsio import is_uri
+
+        if isinstance(v, str) and is_uri(v):
+            return v
         if isinstance(v, str):
             return str(Path(v).expanduser().resolve())
         if isinstance(v, dict) and isinstance(v.get("path"), str):

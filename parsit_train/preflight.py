@@ -62,7 +62,10 @@ def build_stamp(build_dirs: list[Path]) -> dict:
 def stamp_covers(stamp_path: Path, build_dirs: list[Path]) -> bool:
     """True when the stamp names every build with an unchanged manifest and unchanged shard sizes/mtimes."""
     from parsit_data.format import MANIFEST_NAME
+    from parsit_data.format.fsio import is_uri
 
+    if any(is_uri(str(b)) for b in build_dirs):
+        return False  # builds on an object store: each shard is verified as it reaches the cache instead
     try:
         stamp = json.loads(stamp_path.read_text())["builds"]
         for root in build_dirs:
@@ -107,7 +110,8 @@ def check_data(cfg: TrainConfig, verify_checksums: bool = True) -> None:
 
     manifests = [load_manifest(b.path) for b in cfg.data.builds]
     dataset = ShardDataset([b.path for b in cfg.data.builds], cfg.data.tokenizer,
-                           max_length=data_max_length(cfg, manifests), verify_checksums=verify_checksums)
+                           max_length=data_max_length(cfg, manifests), verify_checksums=verify_checksums,
+                           cache_dir=cfg.data.cache_dir, cache_limit=cfg.data.cache_limit)
     vocab = int(dataset.builds[0].manifest.tokenizer.vocab_size or 0)
     token = cfg.model.image_token_id
     if vocab and not 0 <= token < vocab:
@@ -120,7 +124,9 @@ def verify_before_launch(cfg: TrainConfig, folder: Path) -> float:
     t0 = time.perf_counter()
     full = cfg.data.verify == "full"
     check_data(cfg, verify_checksums=full)
-    if full:
+    from parsit_data.format.fsio import is_uri
+
+    if full and not any(is_uri(str(b.path)) for b in cfg.data.builds):  # remote: verified in the cache
         (folder / STAMP_NAME).write_text(json.dumps(build_stamp([b.path for b in cfg.data.builds])))
     return time.perf_counter() - t0
 

@@ -119,6 +119,9 @@ def open_data(cfg: TrainConfig, image_token_id: int, rank: int, world_size: int,
         pack_window=cfg.data.pack_window,
         loss_weighting=cfg.optim.loss_weighting,
         verify_checksums=verify_checksums,
+        cache_dir=cfg.data.cache_dir,
+        cache_limit=cfg.data.cache_limit,
+        shuffle_window_shards=cfg.data.shuffle_window_shards,
     )
     vision = manifests[0].vision.model_dump(mode="json")  # the dataset refused builds of other geometries
     vocab = max(m.tokenizer.vocab_size for m in manifests)

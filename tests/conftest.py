@@ -50,3 +50,23 @@ def no_ray_left():
     yield
     if ray.is_initialized():
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on a loopback port for the whole session (see tests/s3_support.py)."""
+    from s3_support import start_moto
+
+    server = start_moto()
+    yield server
+    server.server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """AWS_* variables pointing at the session's moto server, and a fresh bucket: (server, bucket)."""
+    from s3_support import CREDENTIALS
+
+    for k, v in {**CREDENTIALS, "AWS_ENDPOINT_URL": s3_server.endpoint}.items():
+        monkeypatch.setenv(k, v)
+    return s3_server, s3_server.new_bucket()

@@ -57,12 +57,12 @@ def test_ray_image_pins_the_ray_this_project_runs():
     import ray
     pinned = re.search(r"^ARG RAY_VERSION=(\S+)$", (DOCKER / "Dockerfile.ray").read_text(), flags=re.M)
     assert pinned and pinned.group(1) == ray.__version__
-    job = _rayjob()
-    assert job["spec"]["rayClusterSpec"]["rayVersion"] == ray.__version__
+    for name in ("rayjob-build.yaml", "rayjob-build-s3.yaml"):
+        assert _rayjob(name)["spec"]["rayClusterSpec"]["rayVersion"] == ray.__version__
 
 
-def _rayjob() -> dict:
-    docs = list(yaml.safe_load_all((DOCKER / "rayjob-build.yaml").read_text()))
+def _rayjob(name: str = "rayjob-build.yaml") -> dict:
+    docs = list(yaml.safe_load_all((DOCKER / name).read_text()))
     jobs = [d for d in docs if d["kind"] == "RayJob"]
     assert len(jobs) == 1 and jobs[0]["apiVersion"] == "ray.io/v1"
     return jobs[0]
@@ -96,6 +96,26 @@ def test_rayjob_runs_a_ray_build_on_a_shared_volume():
     pvc = next(d for d in yaml.safe_load_all((DOCKER / "rayjob-build.yaml").read_text())
                if d["kind"] == "PersistentVolumeClaim")
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]  # every pod writes shards under /data
+
+
+def test_rayjob_without_a_shared_filesystem_builds_from_and_to_a_bucket():
+    job = _rayjob("rayjob-build-s3.yaml")
+    params = _parse_build_command(job["spec"]["entrypoint"])
+    assert params["engine"] == "ray"
+    assert params["out"].startswith("s3://") and params["image_root"].startswith("s3://")
+    assert all(str(p).startswith("s3://") for p in params["inputs"])
+    text = (DOCKER / "rayjob-build-s3.yaml").read_text()
+    assert "PersistentVolumeClaim" not in text and "persistentVolumeClaim" not in text
+    cluster = job["spec"]["rayClusterSpec"]
+    pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    for pod in pods:
+        for c in pod["spec"]["containers"]:
+            assert c["image"] == f"parsit-ray:{__version__}"
+            # Every pod (the workers write shards) gets the credentials, and only from a Secret.
+            assert {"secretRef": {"name": "parsit-s3"}} in c["envFrom"]
+            names = {e["name"] for e in c["env"]}
+            assert not names & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+            assert [m["mountPath"] for m in c["volumeMounts"]] == ["/dev/shm"]
 
 
 def test_compose_submits_a_ray_build():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
@@ -28,13 +27,14 @@ def _opt(name: str, *decls: str) -> typer.models.OptionInfo:
 
 
 def build_command(
-    inputs: Annotated[list[Path], typer.Argument(help=B.help("inputs"), show_default=False)],
-    out: Annotated[Path, _opt("out", "--out", "-o")],
+    # str, not Path: Path("s3://b/x") would become "s3:/b/x" (URIs are opened by parsit_data.format.fsio).
+    inputs: Annotated[list[str], typer.Argument(help=B.help("inputs"), show_default=False)],
+    out: Annotated[str, _opt("out", "--out", "-o")],
     tokenizer: Annotated[str, _opt("tokenizer")] = B.default("tokenizer"),
     template: Annotated[str, _opt("template")] = B.default("template"),
     label_policy: Annotated[str, _opt("label_policy")] = B.default("label_policy"),
     system_prompt: Annotated[Optional[str], _opt("system_prompt")] = B.default("system_prompt"),
-    image_root: Annotated[Optional[Path], _opt("image_root")] = B.default("image_root"),
+    image_root: Annotated[Optional[str], _opt("image_root")] = B.default("image_root"),
     max_length: Annotated[Optional[int], _opt("max_length")] = B.default("max_length"),
     overlong: Annotated[str, _opt("overlong")] = B.default("overlong"),
     pad_token: Annotated[Optional[str], _opt("pad_token")] = B.default("pad_token"),
@@ -93,10 +93,12 @@ def build_command(
     manifest = build(cfg, on_progress=progress, on_start=start)
     if not quiet:
         console.print(f"  {prog.line()}", highlight=False, soft_wrap=True)
-        _summary(out, manifest)
+        from parsit_data.format.fsio import location
+
+        _summary(location(out), manifest)
 
 
-def _summary(out: Path, manifest: Manifest) -> None:
+def _summary(out, manifest: Manifest) -> None:
     t = Table(title=f"build {out}", show_lines=False)
     for col in ("source", "read", "kept", "quarantined", "truncated", "tokens"):
         t.add_column(col, justify="right" if col != "source" else "left")

@@ -16,7 +16,8 @@ all, the build stops with a clear error after ``ACTOR_START_TIMEOUT_S`` instead 
 
 Output: workers write their shard, quarantine part and part file under ``out`` themselves, exactly as
 the local engine does, so ``out`` (and the image root and a tokenizer folder) must be visible at the
-same path on every node (a shared filesystem); each worker checks this when it starts.
+same path on every node (a shared filesystem), or be a URI (``s3://...``) that every worker opens
+itself with its node's credentials (docs/RAY.md); each worker checks this when it starts.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from parsit_data.errors import ParsitError
 from parsit_data.partition import Partition
 from parsit_data.pipeline import process_partition
 from parsit_data.worker import WorkerContext, WorkerSpec
+from parsit_data.format.fsio import RemotePath, location
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +73,11 @@ class _Worker:
     def __init__(self, spec: WorkerSpec):
         # One tokenizer thread per actor: the actors are the parallelism (Rust threads would oversubscribe).
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-        out = Path(spec.out)
-        if not (out / PARTS_DIR).is_dir():
+        # A URI (s3://...): each worker opens the store itself, with its node's credentials.
+        out = location(spec.out, "--out")
+        if isinstance(out, RemotePath):
+            out.exists()  # fails here, at start, when this node cannot reach the store
+        elif not (out / PARTS_DIR).is_dir():
             import socket
 
             raise ParsitError(
@@ -193,7 +198,9 @@ def run(partitions: Iterable[Partition], spec: WorkerSpec, on_result: Callable[[
     pool = None
     try:
         n = config.workers or default_workers(ray)
-        pool = _Pool(ray, n, (replace(spec, out=Path(spec.out).resolve()),))
+        out = spec.out
+        where = str(out) if isinstance(out, RemotePath) else Path(out).resolve()  # a URI: each worker opens it
+        pool = _Pool(ray, n, (replace(spec, out=where),))
         WORKER_PIDS.extend(_wait_ready(ray, pool.actors))
         t1 = time.perf_counter()
         LAST_RUN["workers_ready_s"] = t1 - t0 - LAST_RUN["ray_init_s"]

@@ -37,14 +37,21 @@ def shard_name(partition: int) -> str:
     return f"shard-{partition:05d}.arrow"
 
 
+def _dir(out):
+    """A build location: a local Path or a RemotePath (a string URI is opened)."""
+    from parsit_data.format.fsio import location
+
+    return location(out, "build")
+
+
 def part_path(out: Path, index: int) -> Path:
     """A partition's commit marker: config hash, shard entry and statistics (written after its shard)."""
-    return Path(out) / PARTS_DIR / f"part-{index:05d}.json"
+    return _dir(out) / PARTS_DIR / f"part-{index:05d}.json"
 
 
 def quarantine_part_path(out: Path, index: int) -> Path:
     """A partition's quarantine lines; ``quarantine.jsonl`` is their concatenation in partition order."""
-    return Path(out) / PARTS_DIR / f"quarantine-{index:05d}.jsonl"
+    return _dir(out) / PARTS_DIR / f"quarantine-{index:05d}.jsonl"
 
 
 IMAGE_SIZE_TYPE = pa.struct([("width", pa.int32()), ("height", pa.int32())])

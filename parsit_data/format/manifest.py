@@ -167,7 +167,9 @@ class Manifest(BaseModel):
 
 def load_manifest(build_dir: str | Path) -> Manifest:
     """Read and validate ``DIR/manifest.json``; a clear error when it is missing, foreign or broken."""
-    build_dir = Path(build_dir)
+    from parsit_data.format.fsio import location
+
+    build_dir = location(build_dir, "build")  # a local folder or a URI (s3://...)
     path = build_dir / MANIFEST_NAME
     if not build_dir.is_dir():
         raise ParsitError(f"build directory {build_dir} does not exist: pass the DIR that parsit-data build wrote")

@@ -25,6 +25,7 @@ import pyarrow as pa
 from parsit_data.errors import ParsitError
 from parsit_data.format.constants import MANIFEST_NAME, SHARD_SCHEMA, part_path
 from parsit_data.format.manifest import Manifest, ShardEntry, load_manifest
+from parsit_data.format.fsio import RemotePath, arrow_input, check_objects, location
 from parsit_data.format.shards import ShardMeta, sha256_file
 
 
@@ -86,14 +87,14 @@ def read_shard(path: str | Path) -> pa.Table:
 
 def read_shard_meta(path: str | Path) -> ShardMeta | None:
     """What built a shard, from its schema alone (None for a version 1 shard); OSError/ArrowInvalid pass."""
-    with pa.memory_map(str(path)) as src:
+    with arrow_input(path) as src:
         return ShardMeta.from_schema(pa.ipc.open_stream(src).schema)
 
 
 def read_part(out: str | Path, index: int) -> dict | None:
     """``_parts/part-NNNNN.json``, a partition's commit marker: ``config_hash``, ``index``, ``source``,
     ``shard`` (its manifest entry), ``quarantined`` and ``stats``. None when the partition has none."""
-    pp = part_path(Path(out), index)
+    pp = part_path(out, index)
     try:
         data = json.loads(pp.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -180,8 +181,14 @@ def open_build(root: str | Path, verify: bool = True, check_files: bool = True) 
     ``check_files=False`` reads the manifest alone (``parsit-data report`` regenerates from it and the
     per-partition statistics, and must work when the shards were moved away).
     """
-    root = Path(root)
+    root = location(root, "build")
     manifest = load_manifest(root)
+    if isinstance(root, RemotePath):
+        # On an object store: existence and size now (one listing); each shard's sha256 when it is read
+        # (the trainer's cache verifies every shard as it arrives: parsit_train.data.cache).
+        paths = check_objects(root, [(s.path, s.bytes) for s in manifest.shards]) if check_files else tuple(
+            root / s.path for s in manifest.shards)
+        return Build(root=root, manifest=manifest, shard_paths=paths)
     if check_files:
         paths = _verify(root, manifest, verify)
     else:

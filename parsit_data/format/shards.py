@@ -1,7 +1,9 @@
 """Writing shards and small files atomically; checksums; a shard's identity in its schema metadata.
 
 A file appears under its final name only when it is complete (write to a temporary name in the same
-folder, fsync, rename), so a killed build never leaves a half-written shard that looks finished.
+folder, fsync, rename), so a killed build never leaves a half-written shard that looks finished. On an
+object store (a :class:`~parsit_data.format.fsio.RemotePath`) the same holds through one PutObject of
+the complete buffer (see :mod:`parsit_data.format.fsio` and docs/FORMAT.md).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pyarrow as pa
 from parsit_data.errors import ParsitError
 from parsit_data.format.constants import (FORMAT_VERSION, META_CONFIG_HASH, META_FORMAT_VERSION, META_TEMPLATE,
                                           META_TOKENIZER_SHA256, SHARD_SCHEMA)
+from parsit_data.format.fsio import RemotePath
 
 _BATCH_ROWS = 1024
 
@@ -53,7 +56,9 @@ def shard_schema(meta: ShardMeta) -> pa.Schema:
     return SHARD_SCHEMA.with_metadata(meta.to_metadata())
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path | RemotePath) -> str:
+    if isinstance(path, RemotePath):
+        return path.sha256()
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -61,7 +66,10 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path | RemotePath, data: bytes) -> None:
+    if isinstance(path, RemotePath):  # one upload of the whole buffer: an object store's atomic write
+        path.write_bytes(data)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -91,7 +99,7 @@ def out_of_space(exc: BaseException, path: Path, tmp: Path) -> None:
             "free space (or raise the quota or file-size limit) and run the same command again to resume") from None
 
 
-def write_shard(path: Path, table: pa.Table, meta: ShardMeta) -> tuple[int, str]:
+def write_shard(path: Path | RemotePath, table: pa.Table, meta: ShardMeta) -> tuple[int, str]:
     """Write ``table`` as an Arrow IPC stream at ``path`` atomically. Returns (bytes, sha256)."""
     schema = shard_schema(meta)
     table = table.cast(schema)

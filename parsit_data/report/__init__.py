@@ -14,6 +14,7 @@ from pathlib import Path
 from parsit_data.errors import ParsitError
 from parsit_data.format import (MANIFEST_NAME, REPORT_HTML_NAME, REPORT_JSON_NAME, Manifest, atomic_write_bytes,
                                 open_build, part_path, read_part)
+from parsit_data.format.fsio import location
 from parsit_data.report.compute import Thresholds, build_report
 from parsit_data.report.model import Report
 from parsit_data.stats import PartitionStats
@@ -31,7 +32,7 @@ def render_html(report: Report, title: str = "") -> str:
 
 def write_report(out: Path, manifest: Manifest, stats: PartitionStats) -> Report:
     """Compute the report and write ``report.json`` and ``report.html`` into ``out`` (atomically)."""
-    out = Path(out)
+    out = location(out)
     report = build_report(manifest, stats, out)
     data = json.dumps(report.model_dump(mode="json"), indent=1, ensure_ascii=False) + "\n"
     atomic_write_bytes(out / REPORT_JSON_NAME, data.encode())
@@ -54,7 +55,7 @@ def load_stats(out: Path, manifest: Manifest) -> PartitionStats:
                               "in _parts/; run the same `parsit-data build` again (it reuses the finished shards "
                               "and rewrites the report)")
         if meta.get("config_hash") != manifest.config_hash or meta["shard"].get("sha256") != shard.sha256:
-            raise ParsitError(f"{pp} belongs to another build than {Path(out) / MANIFEST_NAME}: run the same "
+            raise ParsitError(f"{pp} belongs to another build than {location(out) / MANIFEST_NAME}: run the same "
                               "`parsit-data build` again to bring them back in step")
         if "dists" not in meta.get("stats", {}):
             log.warning("%s was written by a Parsit without report statistics: distributions will be empty", pp)
@@ -64,6 +65,6 @@ def load_stats(out: Path, manifest: Manifest) -> PartitionStats:
 
 def regenerate(out: Path) -> Report:
     """Rewrite ``report.json`` and ``report.html`` of a finished build, without rebuilding (nor the shards)."""
-    out = Path(out)
+    out = location(out, "build")
     manifest = open_build(out, check_files=False).manifest
     return write_report(out, manifest, load_stats(out, manifest))

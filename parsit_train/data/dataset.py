@@ -32,10 +32,15 @@ import numpy as np
 import pyarrow as pa
 
 from parsit_data.errors import ParsitError
-from parsit_data.format import (IGNORE_INDEX, IMAGE_TOKEN_INDEX, Build, MappedShard, fingerprint, open_build,
-                                resolve_tokenizer_path)
+from parsit_data.format import (IGNORE_INDEX, IMAGE_TOKEN_INDEX, Build, MappedShard, fingerprint, map_shard,
+                                open_build, resolve_tokenizer_path)
+from parsit_data.format.fsio import RemotePath
 
 log = logging.getLogger(__name__)
+
+#: Shards of an object-store build a process keeps mapped (an evicted cache file frees its disk space only
+#: once no process maps it; a batch of the shard-window order spans a few shards).
+MAX_MAPPED_CACHED = 8
 
 
 def check_compatible(build: Build, run_fingerprint: str, run_tokenizer: str, pad_token_id: int | None) -> None:
@@ -126,6 +131,9 @@ class ShardDataset:
         verify_checksums: bool = True,
         image_processor: Any = None,
         release_every: int = 4,
+        cache_dir: str | Path | None = None,
+        cache_limit: int | str | None = None,
+        rank: int = 0,
     ) -> None:
         if isinstance(build_dirs, (str, Path)):
             build_dirs = [build_dirs]
@@ -164,8 +172,15 @@ class ShardDataset:
         #: First global index of each build; ``build_offsets[-1] == len(self)``.
         self.build_offsets = np.concatenate([[0], np.cumsum(per_build)]).astype(np.int64)
         self._open: dict[int, _OpenShard] = {}
+        #: Builds on an object store: their shards come through a local cache (parsit_train.data.cache).
+        self.cache = self._open_cache(cache_dir, cache_limit, rank, verify_checksums)
         for k in range(len(self._paths)):
-            self._shard(k)  # maps it and checks its row count against the manifest
+            if self.cache is not None:  # rows from the shard's index, made when it arrived verified
+                n, want = len(self.cache.index(k)["length"]), int(self._shard_starts[k + 1] - self._shard_starts[k])
+                if n != want:
+                    raise ParsitError(f"shard {self._paths[k]} has {n} rows, its manifest says {want}: rebuild it")
+            else:
+                self._shard(k)  # maps it and checks its row count against the manifest
         if max_length is not None:
             self._check_max_length(int(max_length))
         self.release_pages(all_shards=True)
@@ -178,9 +193,27 @@ class ShardDataset:
         state["_open"], state["_touched"] = {}, set()
         return state
 
+    def _open_cache(self, cache_dir, cache_limit, rank: int, verify: bool):
+        remote = [isinstance(p, RemotePath) for p in self._paths]
+        if not any(remote):
+            return None
+        from parsit_train.data.cache import RemoteShard, ShardCache, parse_size, prepare
+
+        if not all(remote):
+            raise ParsitError("a run reads either local builds or builds on an object store, not both (yet): "
+                              "copy the local builds to the store or the remote ones to disk")
+        if cache_dir is None or cache_limit is None:
+            raise ParsitError("training from an object store needs a local shard cache: set data.cache_dir (a "
+                              "local folder) and data.cache_limit (e.g. 20GiB)")
+        shards = [RemoteShard(p, e.path, int(e.rows), int(e.bytes), e.sha256)
+                  for b in self.builds for p, e in zip(b.shard_paths, b.manifest.shards, strict=True)]
+        cache = ShardCache(cache_dir, shards, parse_size(cache_limit), rank)
+        self.cache_stats = prepare(cache, verify_warm=verify)
+        return cache
+
     def release_pages(self, all_shards: bool = False) -> None:
         """Drop this process's page-table entries of the shards read since the last call (see module doc)."""
-        for k in list(self._open) if all_shards else self._touched:
+        for k in list(self._open) if all_shards else self._touched & self._open.keys():
             self._open[k].mapped.release()
         self._touched.clear()
 
@@ -188,7 +221,13 @@ class ShardDataset:
         shard = self._open.get(k)
         if shard is None:
             b, j = self._shards[k]
-            shard = _OpenShard(self.builds[b].map_shard(j))
+            if self.cache is not None:
+                mapped = map_shard(self.cache.wait(k))  # a verified local copy
+                while len(self._open) >= MAX_MAPPED_CACHED:  # evicted files free their disk once unmapped
+                    self._open.pop(next(iter(self._open)))
+                shard = _OpenShard(mapped)
+            else:
+                shard = _OpenShard(self.builds[b].map_shard(j))
             self._open[k] = shard
         return shard
 
@@ -197,24 +236,39 @@ class ShardDataset:
         over = np.flatnonzero(lengths > max_length)
         if over.size:
             worst = int(over[np.argmax(lengths[over])])
+            if self.cache is not None:
+                k = int(np.searchsorted(self._shard_starts, worst, side="right") - 1)
+                sid = str(self.cache.index(k)["sample_id"][worst - int(self._shard_starts[k])])
+            else:
+                sid = self[worst]["sample_id"]
             raise ParsitError(
                 f"{over.size} rows are longer than max_length={max_length} (longest: {int(lengths[worst])} tokens, "
-                f"sample {self[worst]['sample_id']!r}); the loader never truncates a built sample (that could cut an "
+                f"sample {sid!r}); the loader never truncates a built sample (that could cut an "
                 f"image's tokens): rebuild with --max-length {max_length} or raise max_length"
             )
 
     # -- columns for the sampler (one small numpy array, never per-row Python objects) ---------------
 
     def _column(self, name: str, fn) -> np.ndarray:
+        if self.cache is not None:  # from the shards' index files (the shards themselves may not be cached)
+            parts = [fn(self.cache.index_table(k).column(name).combine_chunks()) for k in range(len(self._paths))]
+            return np.concatenate(parts) if parts else np.zeros(0)
         parts = [fn(b.column(name)) for k in range(len(self._paths)) for b in self._shard(k).batches]
         return np.concatenate(parts) if parts else np.zeros(0)
 
+    def _indexed(self, name: str) -> np.ndarray:
+        return np.concatenate([self.cache.index(k)[name] for k in range(len(self._paths))] or [np.zeros(0)])
+
     def lengths(self) -> np.ndarray:
         """Multimodal length of every row (int32), as the build computed it."""
+        if self.cache is not None:
+            return self._indexed("length").astype(np.int32)
         return self._column("length", lambda c: c.to_numpy(zero_copy_only=False)).astype(np.int32)
 
     def has_image(self) -> np.ndarray:
         """True where the row has at least one image (for grouping by modality)."""
+        if self.cache is not None:
+            return self._indexed("has_image").astype(bool)
         return self._column("num_image_tokens", lambda c: np.diff(c.offsets.to_numpy()) > 0).astype(bool)
 
     def image_counts(self) -> np.ndarray:

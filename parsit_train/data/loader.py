@@ -72,6 +72,8 @@ class ParsitLoader:
         self.dataloader = dataloader
         self.sampler = sampler
         self.dataset: ShardDataset = dataset if dataset is not None else dataloader.dataset
+        #: For builds on an object store: the thread that fills the shard cache ahead of this loader.
+        self.fetcher = None
 
     @property
     def collator(self) -> Collator:
@@ -124,6 +126,9 @@ def build_dataloader(
     pack_window: int | None = None,
     blank_image: tuple[int, int] | None = None,
     loss_weighting: str = "token",
+    cache_dir: str | Path | None = None,
+    cache_limit: int | str | None = None,
+    shuffle_window_shards: int | None = None,
 ) -> tuple[ParsitLoader, ResumableBatchSampler]:
     """Open and verify the builds and return (loader, sampler) for this rank.
 
@@ -136,10 +141,14 @@ def build_dataloader(
     ``(image_size, visual tokens)`` of one blank image the collator appends to a batch without images (the
     trainer's ZeRO needs every rank to run the vision tower each micro-step). ``loss_weighting``: ``sample``
     makes the collator emit per-token weights 1/(the sample's supervised tokens).
+    Builds given as URIs (``s3://...``) are read through a local shard cache in ``cache_dir`` of at
+    most ``cache_limit`` bytes, filled ahead in this rank's order (:mod:`parsit_train.data.cache`).
+    ``shuffle_window_shards`` shuffles within windows of that many shards instead of the whole build, so a
+    small cache reads each shard once per epoch (:mod:`parsit_train.data.window_sampler`).
     """
     dirs = [build_dirs] if isinstance(build_dirs, (str, Path)) else list(build_dirs)
     probe = ShardDataset(dirs, tokenizer_path, pad_token_id=pad_token_id, max_length=max_length,
-                         verify_checksums=verify_checksums)
+                         verify_checksums=verify_checksums, cache_dir=cache_dir, cache_limit=cache_limit, rank=rank)
     vocab = int(probe.builds[0].manifest.tokenizer.vocab_size)
     if vocab and not 0 <= image_token_id < vocab:
         raise ParsitError(f"image_token_id {image_token_id} is outside the tokenizer's {vocab} ids: pass the model's "
@@ -154,7 +163,13 @@ def build_dataloader(
                               f"{pack_length}: "
                               "packing never splits a sample; raise pack_length or rebuild with --max-length")
     packing = pack_length is not None
-    sampler = ResumableBatchSampler(
+    sampler_cls, window = ResumableBatchSampler, {}
+    if shuffle_window_shards is not None:
+        from parsit_train.data.window_sampler import ShardWindowSampler
+
+        sampler_cls = ShardWindowSampler
+        window = {"shard_rows": [r for b in dataset.builds for r in b.shard_rows], "window": shuffle_window_shards}
+    sampler = sampler_cls(
         [b.num_rows for b in dataset.builds],
         batch_size,
         weights=weights,
@@ -174,6 +189,7 @@ def build_dataloader(
         visual_tokens=dataset.visual_tokens() if packing else None,
         supervised=dataset.supervised_tokens(),
         **({"pack_window": pack_window} if pack_window else {}),
+        **window,
     )
     collator = Collator(
         dataset.pad_token_id, image_token_id, max_length,
@@ -201,4 +217,11 @@ def build_dataloader(
     log.info("data: %d rows in %d build(s), %d batches of %d %s per rank this epoch, %d workers",
              len(dataset), len(dataset.builds), len(sampler), batch_size,
              f"packs of {pack_length} tokens" if packing else "samples", num_workers)
-    return ParsitLoader(loader, sampler, dataset), sampler
+    parsit_loader = ParsitLoader(loader, sampler, dataset)
+    if dataset.cache is not None:
+        from parsit_train.data.cache import ShardFetcher
+
+        parsit_loader.fetcher = ShardFetcher(dataset.cache, sampler, dataset._shard_starts).start()
+        log.info("data: shard cache %s, limit %d bytes; opening fetched %d bytes", dataset.cache.dir,
+                 dataset.cache.limit, dataset.cache_stats["fetched_bytes"])
+    return parsit_loader, sampler
