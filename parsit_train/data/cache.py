@@ -264,17 +264,16 @@ class ShardFetcher:
         """(steps, uses): ``uses[k]`` the sorted steps of ``epoch`` at which this rank reads shard ``k``."""
         plan = self._plans.get(epoch)
         if plan is None:
-            probe = copy.copy(self.sampler)  # its own order cache: the training loop's sampler is untouched
-            probe._cache = None
-            order = probe.epoch_order(epoch)
-            g, b, r = probe.global_batch_size, probe.batch_size, probe.rank
-            steps = len(order) // g if probe.drop_last else -(-len(order) // g)
+            # The rank's batches exactly as the sampler will yield them (samples, or packs when packing):
+            # a copy at the epoch's start with its own order cache; the training loop's sampler is untouched.
+            probe = copy.copy(self.sampler)
+            probe._cache, probe._plans = None, {}
+            probe.epoch, probe.consumed = int(epoch), 0
+            r = probe.rank
             uses: dict[int, list[int]] = {}
-            for s in range(steps):
-                chunk = order[s * g:(s + 1) * g]
-                if len(chunk) < g:
-                    chunk = np.resize(np.concatenate([chunk, order]), g)
-                idx = chunk[r * b:(r + 1) * b]
+            steps = 0
+            for s, batch in enumerate(probe):
+                idx = np.asarray([i[0] if isinstance(i, tuple) else i for i in batch], dtype=np.int64)
                 ks = [int(k) for k in np.unique(np.searchsorted(self.shard_starts, idx, side="right") - 1)]
                 step_bytes = sum(self.cache.shards[k].bytes for k in ks)
                 if step_bytes > self.cache.limit:
@@ -285,6 +284,7 @@ class ShardFetcher:
                         "shards per batch)")
                 for k in ks:
                     uses.setdefault(k, []).append(s)
+                steps = s + 1
             plan = (list(range(steps)), uses)
             self._plans = {e: p for e, p in self._plans.items() if e >= epoch - 1}
             self._plans[epoch] = plan

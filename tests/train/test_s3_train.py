@@ -44,8 +44,8 @@ def _batches(loader, epochs: int) -> list[tuple]:
 
 
 def _loader(dirs, **kw):
-    return build_dataloader(dirs, tokenizer_path="qwen3", image_token_id=151655, batch_size=3, max_length=256,
-                            seed=5, **kw)
+    kw = {"batch_size": 3, "max_length": 256, **kw}
+    return build_dataloader(dirs, tokenizer_path="qwen3", image_token_id=151655, seed=5, **kw)
 
 
 def _shard_bytes(build_dir: Path) -> list[int]:
@@ -226,3 +226,55 @@ def test_a_shard_window_order_reads_each_shard_once_per_epoch_through_a_small_ca
     assert all(v <= sum(sizes) for v in report["epoch_bytes"].values()), (report, sum(sizes))
     with pytest.raises(ParsitError, match="shuffle_window_shards"):
         _loader([many_shards], num_workers=0, shuffle_window_shards=3)[1].load_state_dict(sampler.state_dict())
+
+
+def _packed_batches(loader, epochs: int) -> list[tuple]:
+    out = []
+    for _ in range(epochs):
+        for batch in loader:
+            out.append((tuple(batch["sample_ids"]), batch["input_ids"].numpy().tobytes(),
+                        batch["position_ids"].numpy().tobytes()))
+    return out
+
+
+@pytest.mark.timeout(180)
+def test_packed_batches_from_s3_match_local_through_a_small_cache(many_shards, s3, tmp_path):
+    """Packing: the fetcher plans from the packs this rank will read, not from the sample order."""
+    server, bucket = s3
+    uri = upload(many_shards, f"s3://{bucket}/p")
+    sizes = _shard_bytes(many_shards)
+    kw = dict(pack_length=256, batch_size=1, max_images_per_pack=2, pack_window=8, shuffle_window_shards=2, rank=1, world_size=2)
+    local, _ = _loader([many_shards], num_workers=0, **kw)
+    expected = _packed_batches(local, 2)
+    remote, _ = _loader([uri], num_workers=0, cache_dir=tmp_path / "c", cache_limit=4 * max(sizes), **kw)
+    try:
+        assert _packed_batches(remote, 2) == expected
+        report = remote.fetcher.report()
+    finally:
+        remote.fetcher.stop()
+    assert report["verify_failures"] == 0 and report["evictions"] > 0
+    assert all(v <= sum(sizes) for v in report["epoch_bytes"].values()), (report, sum(sizes))
+
+
+@pytest.mark.timeout(180)
+def test_a_position_saved_at_two_ranks_resumes_from_s3_at_one(many_shards, s3, tmp_path):
+    """Another world size after a stop: the s3 loader at 1 rank continues with the local loader's batches."""
+    server, bucket = s3
+    uri = upload(many_shards, f"s3://{bucket}/r")
+    limit = 4 * max(_shard_bytes(many_shards))
+    first, sampler = _loader([many_shards], num_workers=0, rank=0, world_size=2, shuffle_window_shards=2)
+    it = iter(first)
+    seen = [tuple(next(it)["sample_ids"]) for _ in range(3)]  # 3 global steps of 2 x 3 samples
+    state = sampler.state_dict()
+    local, local_sampler = _loader([many_shards], num_workers=0, shuffle_window_shards=2)
+    local_sampler.load_state_dict(state)
+    expected = _batches(local, 2)
+    remote, remote_sampler = _loader([uri], num_workers=0, shuffle_window_shards=2, cache_dir=tmp_path / "c",
+                                     cache_limit=limit)
+    try:
+        remote_sampler.load_state_dict(state)
+        assert _batches(remote, 2) == expected
+    finally:
+        remote.fetcher.stop()
+    resumed_ids = {i for ids, _, _ in expected[: len(expected) // 2] for i in ids}
+    assert not resumed_ids & {i for ids in seen for i in ids}  # the resumed epoch does not repeat rank 0's rows
