@@ -57,7 +57,7 @@ def precheck(inputs: list[str | Path], *, vopts: ValidationOptions, iopts: Image
 
     Raises :class:`ParsitError` for usage problems (missing input, image root not a directory).
     """
-    if iopts.root is not None and not Path(iopts.root).is_dir():
+    if iopts.root is not None and not iopts.root.is_dir():
         raise ParsitError(f"--image-root {iopts.root} is not a directory")
     t0 = time.perf_counter()
     specs = expand_inputs(list(inputs), seed)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -16,7 +15,7 @@ STYLES = {"supervised": "bold black on green", "text": "", "image": "bold magent
 
 
 def inspect_command(
-    build_dir: Annotated[Path, typer.Argument(help="A finished build directory (with manifest.json).",
+    build_dir: Annotated[str, typer.Argument(help="A finished build: a directory or a URI (s3://bucket/build).",
                                               show_default=False)],
     index: Annotated[Optional[int], typer.Option("--index", "-n", help="Row number across all shards, "
                                                                        "in shard order (default 0).")] = None,

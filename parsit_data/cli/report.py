@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,16 +11,19 @@ console = Console()
 
 
 def report_command(
-    build_dir: Annotated[Path, typer.Argument(help="A finished build directory (with manifest.json and _parts/).",
+    build_dir: Annotated[str, typer.Argument(help="A finished build (with manifest.json and _parts/): a directory "
+                                                  "or a URI (s3://bucket/build).",
                                               show_default=False)],
 ) -> None:
     """Regenerate the data quality report from the manifest and the per-partition statistics.
 
     Reads DIR/manifest.json and DIR/_parts/part-*.json only; the shards are not read again.
     """
+    from parsit_data.format.fsio import location
     from parsit_data.report import regenerate
 
-    r = regenerate(build_dir)
+    where = location(build_dir, "build")
+    r = regenerate(where)
     s = r.summary
     colour = {"go": "green", "review": "yellow", "no-go": "red"}[s.verdict]
     console.print(f"[bold {colour}]{s.verdict.upper()}[/]: {s.kept:,} kept, {s.quarantined:,} quarantined of "
@@ -29,7 +31,7 @@ def report_command(
     for c in r.checks:
         if c.status != "ok":
             console.print(f"  {c.status}: {c.name}: {c.value}", highlight=False)
-    console.print(f"report: {build_dir / 'report.html'}\n        {build_dir / 'report.json'}", highlight=False)
+    console.print(f"report: {where / 'report.html'}\n        {where / 'report.json'}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

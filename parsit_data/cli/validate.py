@@ -28,8 +28,8 @@ def _opt(name: str, *decls: str) -> typer.models.OptionInfo:
 
 
 def validate_command(
-    inputs: Annotated[list[Path], typer.Argument(help=V.help("inputs"), show_default=False)],
-    image_root: Annotated[Optional[Path], _opt("image_root")] = V.default("image_root"),
+    inputs: Annotated[list[str], typer.Argument(help=V.help("inputs"), show_default=False)],
+    image_root: Annotated[Optional[str], _opt("image_root")] = V.default("image_root"),
     image_check: Annotated[str, _opt("image_check")] = V.default("image_check"),
     quarantine_out: Annotated[Optional[Path], _opt("quarantine_out")] = V.default("quarantine_out"),
     min_image_side: Annotated[int, _opt("min_image_side")] = V.default("min_image_side"),
@@ -48,7 +48,7 @@ def validate_command(
     from parsit_data.validate import ValidationOptions, control_tokens_of
 
     cfg = ValidateConfig.parse(
-        inputs=[str(p) for p in inputs], image_root=str(image_root) if image_root else None, image_check=image_check,
+        inputs=list(inputs), image_root=image_root or None, image_check=image_check,
         quarantine_out=str(quarantine_out) if quarantine_out else None, min_image_side=min_image_side,
         max_image_pixels=max_image_pixels, fix_missing_placeholder=fix_missing_placeholder, template=template,
         label_policy=label_policy, tokenizer=tokenizer, seed=seed)

@@ -13,6 +13,7 @@ and the build's own out-dir check. What it gives:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import mmap
 from dataclasses import dataclass
@@ -62,8 +63,18 @@ def map_shard(path: str | Path) -> MappedShard:
     try:
         with open(path, "rb") as f:
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        # Zero copy: the record batches' buffers are slices of the mapping.
-        reader = pa.ipc.open_stream(pa.BufferReader(pa.py_buffer(mm)))
+    except (OSError, ValueError) as exc:
+        raise ParsitError(f"cannot read shard {path}: {exc}; restore it or rebuild") from exc
+    schema, batches = _read_batches(pa.py_buffer(mm), path)  # zero copy: buffers are slices of the mapping
+    counts = np.array([b.num_rows for b in batches], dtype=np.int64)
+    return MappedShard(path=path, mm=mm, schema=schema, batches=batches,
+                       starts=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+
+
+def _read_batches(buf: pa.Buffer, path) -> tuple[pa.Schema, list[pa.RecordBatch]]:
+    """The schema and non-empty record batches of one shard's bytes, its columns checked."""
+    try:
+        reader = pa.ipc.open_stream(pa.BufferReader(buf))
         batches = [b for b in reader if b.num_rows]
     except (OSError, ValueError, pa.ArrowInvalid) as exc:
         raise ParsitError(f"cannot read shard {path}: {exc}; restore it or rebuild") from exc
@@ -75,9 +86,7 @@ def map_shard(path: str | Path) -> MappedShard:
         if schema.field(name).type != SHARD_SCHEMA.field(name).type:
             raise ParsitError(f"shard {path}: column {name} is {schema.field(name).type}, expected "
                               f"{SHARD_SCHEMA.field(name).type}; rebuild it")
-    counts = np.array([b.num_rows for b in batches], dtype=np.int64)
-    return MappedShard(path=path, mm=mm, schema=schema, batches=batches,
-                       starts=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+    return schema, batches
 
 
 def read_shard(path: str | Path) -> pa.Table:
@@ -145,7 +154,19 @@ class Build:
         return shard
 
     def table(self, k: int) -> pa.Table:
-        return self.map_shard(k).table()
+        """Shard ``k`` as a table: memory-mapped, or for a build on an object store read whole and checked
+        against the manifest (size and sha256) first (``inspect`` of an ``s3://`` build)."""
+        path = self.shard_paths[k]
+        if not isinstance(path, RemotePath):
+            return self.map_shard(k).table()
+        data, entry = path.read_bytes(), self.shards[k]
+        if len(data) != entry.bytes or hashlib.sha256(data).hexdigest() != entry.sha256:
+            raise ParsitError(f"shard {path} does not match the build's manifest (size or sha256): the store holds "
+                              "other bytes than the build wrote; rebuild it")
+        schema, batches = _read_batches(pa.py_buffer(data), path)
+        if sum(b.num_rows for b in batches) != self.shard_rows[k]:
+            raise ParsitError(f"shard {path} has another row count than its manifest's {self.shard_rows[k]}: rebuild it")
+        return pa.Table.from_batches(batches, schema=schema)
 
 
 def _verify(root: Path, manifest: Manifest, checksums: bool) -> tuple[Path, ...]:

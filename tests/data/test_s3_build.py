@@ -222,3 +222,51 @@ def test_an_image_key_may_not_leave_the_image_root(s3):
         with pytest.raises(Reject) as err:
             resolve_image_path(bad, root)
         assert err.value.rejection.reason == "image_outside_root"
+
+
+def _upload_demo(root: RemotePath) -> None:
+    for p in sorted(DEMO.rglob("*")):
+        if p.is_file():
+            (root / str(p.relative_to(DEMO))).write_bytes(p.read_bytes())
+
+
+@pytest.mark.timeout(120)
+def test_validate_inspect_and_report_take_uris_and_say_what_they_say_for_local_paths(reference, s3, tmp_path):
+    """``validate`` of inputs and ``--image-root`` in a bucket, ``inspect`` and ``report`` of an ``s3://`` build,
+    print what they print for the local copies (typer's Path type once made ``s3://b/k`` the local ``s3:/b/k``)."""
+    from typer.testing import CliRunner
+
+    from parsit_data.cli.main import app
+
+    server, bucket = s3
+    _upload_demo(location(f"s3://{bucket}/demo"))
+    runner = CliRunner()
+
+    def out(args: list[str], code: int) -> str:
+        res = runner.invoke(app, args, env={"COLUMNS": "200"})
+        assert res.exit_code == code, res.output
+        return res.output
+
+    local = out(["validate", str(DEMO / "mixture.yaml"), "--image-root", str(DEMO / "images")], 1)
+    remote = out(["validate", f"s3://{bucket}/demo/mixture.yaml", "--image-root", f"s3://{bucket}/demo/images"], 1)
+    assert "image_outside_root" in local and "rejected" in local.lower()
+    pick = lambda text: [ln for ln in text.splitlines() if "│" in ln or "|" in ln]  # noqa: E731 - the tables
+    assert pick(remote) == pick(local)
+
+    build_dir = tmp_path / "b"
+    for rel, data in reference.items():
+        (build_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (build_dir / rel).write_bytes(data)
+        (location(f"s3://{bucket}/b") / rel).write_bytes(data)
+    for args in (["--index", "3"], ["--id", "t-4", "--ids"]):
+        assert out(["inspect", f"s3://{bucket}/b", *args], 0) == out(["inspect", str(build_dir), *args], 0)
+    reported = out(["report", f"s3://{bucket}/b"], 0)
+    assert reported.splitlines()[:-2] == out(["report", str(build_dir)], 0).splitlines()[:-2]
+    assert f"s3://{bucket}/b/report.html" in reported
+    assert b"Parsit data quality report" in (location(f"s3://{bucket}/b") / "report.html").read_bytes()
+    victim = location(f"s3://{bucket}/b") / "shards/shard-00000.arrow"
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only the sha256 read with the row finds it
+    victim.write_bytes(bytes(data))
+    res = runner.invoke(app, ["inspect", f"s3://{bucket}/b"])
+    assert isinstance(res.exception, ParsitError) and "does not match the build's manifest" in str(res.exception)
