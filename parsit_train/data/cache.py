@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 WAIT_TIMEOUT_S = float(os.environ.get("PARSIT_CACHE_WAIT_S", "900"))
 VERIFY_ATTEMPTS = 3
+RESCAN_S = 10.0  # how often the fetcher lists its cache folder again (it tracks what it fetched and evicted)
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20, "g": 1e9,
           "gb": 1e9, "gib": 2**30, "t": 1e12, "tb": 1e12, "tib": 2**40}
 
@@ -246,7 +247,7 @@ class ShardFetcher:
     ``shard_of`` maps dataset indices to dataset shard indices (``np.searchsorted`` over shard starts).
     """
 
-    def __init__(self, cache: ShardCache, sampler, shard_starts: np.ndarray, poll_s: float = 0.005):
+    def __init__(self, cache: ShardCache, sampler, shard_starts: np.ndarray, poll_s: float = 0.05):
         self.cache, self.sampler = cache, sampler
         self.shard_starts = np.asarray(shard_starts)
         self.poll_s = poll_s
@@ -254,9 +255,16 @@ class ShardFetcher:
         self.epoch_bytes: dict[int, int] = {}
         self._plans: dict[int, tuple[list[int], dict[int, list[int]]]] = {}
         self._stop = threading.Event()
+        #: Set by the loader when the training loop takes a batch (:meth:`notify`): the plan moved on.
+        self._wake = threading.Event()
+        self._hungry = False  # a shard is due but there is no room until the reader moves on
         self._thread = threading.Thread(target=self._run, name="parsit-shard-fetcher", daemon=True)
         self.error: BaseException | None = None
         self._logged_epoch = -1
+        #: What this rank's cache folder holds, {k: bytes}: kept here (this thread is its only writer) rather
+        #: than listed on every step; listed again every RESCAN_S in case files were removed under it.
+        self._resident = cache.resident()
+        self._scanned = time.monotonic()
 
     # -- the plan ----------------------------------------------------------------------------------
 
@@ -319,15 +327,26 @@ class ShardFetcher:
         self._thread.start()
         return self
 
+    def notify(self) -> None:
+        """The reader moved on (a batch was handed out). Wakes the thread only when it waits for that (no
+        room until the reader passes a cached shard's last use): waking it on every batch would cost the
+        training loop a GIL hand-off per batch (about 0.5 ms here). Otherwise it looks again every poll_s."""
+        if self._hungry:
+            self._wake.set()
+
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
+                self._wake.clear()
                 if not self._step():
-                    self._stop.wait(self.poll_s)
+                    # Nothing to fetch now, or no room until the reader moves on (then a notify wakes it):
+                    # sleep at most poll_s.
+                    self._wake.wait(self.poll_s)
         except BaseException as exc:  # noqa: BLE001 - handed to every reader through the error files
             self.error = exc
             msg = str(exc) if isinstance(exc, ParsitError) else f"the shard fetcher failed: {type(exc).__name__}: {exc}"
@@ -337,10 +356,16 @@ class ShardFetcher:
 
     def _step(self) -> bool:
         """Fetch one shard if the plan needs one and there is (or can be made) room. True if it did."""
+        if time.monotonic() - self._scanned > RESCAN_S:
+            self._resident, self._scanned = self.cache.resident(), time.monotonic()
+        resident = self._resident
+        if len(resident) == len(self.cache.shards):
+            self._hungry = False
+            return False  # the whole build is cached (a warm cache): nothing to plan
         upcoming = self.next_uses()
-        resident = self.cache.resident()
         missing = sorted((d, k) for k, d in upcoming.items() if k not in resident)
         if not missing:
+            self._hungry = False
             return False
         due, target = missing[0]
         need = self.cache.shards[target].bytes
@@ -354,8 +379,9 @@ class ShardFetcher:
                 break  # everything left is needed before the target: wait for the reader to move on
             self.cache.local_path(k).unlink(missing_ok=True)
             self.stats["evictions"] += 1
-            used -= resident.pop(k)
-        if used + need > self.cache.limit:
+            used -= resident.pop(k)  # self._resident: the same dict
+        self._hungry = used + need > self.cache.limit
+        if self._hungry:
             self.stats["waits"] += 1
             return False
         before = self.stats["fetched_bytes"]
@@ -363,6 +389,7 @@ class ShardFetcher:
         if due >= len(self._plan(epoch)[0]) - step:
             epoch += 1  # fetched ahead for the next epoch: counted there
         path = self.cache.fetch(target, self.stats)
+        resident[target] = self.cache.shards[target].bytes
         if not self.cache.has_index(target):
             self.cache.write_index(target, path)
         self.epoch_bytes[epoch] = self.epoch_bytes.get(epoch, 0) + self.stats["fetched_bytes"] - before

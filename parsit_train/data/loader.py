@@ -87,14 +87,20 @@ class ParsitLoader:
         for batch in self.dataloader:
             batch["data_position"] = (self.sampler.epoch, self.sampler.consumed)
             self.sampler.advance()
+            if self.fetcher is not None:
+                self.fetcher.notify()
             yield batch
         self.sampler.end_epoch()
+        if self.fetcher is not None:
+            self.fetcher.notify()
 
     def state_dict(self) -> dict:
         return self.sampler.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
         self.sampler.load_state_dict(state)
+        if self.fetcher is not None:
+            self.fetcher.notify()
 
 
 def build_dataloader(
