@@ -255,7 +255,7 @@ class ShardFetcher:
         self.epoch_bytes: dict[int, int] = {}
         self._plans: dict[int, tuple[list[int], dict[int, list[int]]]] = {}
         self._stop = threading.Event()
-        #: Set by the loader when the training loop takes a batch (:meth:`notify`): the plan moved on.
+        #: Set by :meth:`notify` (the loader handed out a batch while this thread waited for room) and by stop.
         self._wake = threading.Event()
         self._hungry = False  # a shard is due but there is no room until the reader moves on
         self._thread = threading.Thread(target=self._run, name="parsit-shard-fetcher", daemon=True)
