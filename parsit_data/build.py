@@ -25,6 +25,7 @@ from parsit_data.commit import PartitionResult, reuse_finished
 from parsit_data.engines.choose import choose_engine
 from parsit_data.partition import Partition, iter_partitions
 from parsit_data.format.fsio import RETRIES, RemotePath, location, rmtree
+from parsit_data.images import check_image_root
 from parsit_data.report import write_report
 from parsit_data.sources import expand_inputs
 from parsit_data.stats import PartitionStats
@@ -71,8 +72,8 @@ def build(config: BuildConfig, on_progress=None, on_start=None) -> Manifest:
     tok, tok_info = describe_tokenizer(config.tokenizer, config.pad_token)
     check_template(template, tok, config.label_policy, config.system_prompt)
     template_block = template_manifest(template, tok, config.label_policy, config.system_prompt)
-    if config.image_root and not location(config.image_root, "--image-root").is_dir():
-        raise ParsitError(f"--image-root {config.image_root} is not a directory")
+    if config.image_root:
+        check_image_root(location(config.image_root, "--image-root"))
     specs = expand_inputs(config.inputs, config.seed)
     fingerprints = {"tokenizer": tok_info.sha256, "sources": [s.sha256 for s in specs]}
     chash = config_hash(config.output_config(), fingerprints)

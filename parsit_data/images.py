@@ -21,6 +21,7 @@ from typing import Literal
 
 from PIL import Image, ImageFile
 
+from parsit_data.errors import ParsitError
 from parsit_data.format.fsio import RemotePath
 from parsit_data.records import Reject
 
@@ -34,6 +35,16 @@ DEFAULT_MAX_PIXELS = 64_000_000  # ~ 8000 x 8000
 DECODE_ERRORS: tuple[type[BaseException], ...] = (
     OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError, TypeError, struct.error, zlib.error,
     ZeroDivisionError, OverflowError, NotImplementedError)
+
+
+def check_image_root(root: Path | RemotePath) -> None:
+    """``--image-root`` must be a folder, or a prefix with objects under it: a missing or misspelt root
+    would quarantine every image as ``image_missing`` instead of stopping at start."""
+    if root.exists() and root.is_dir():
+        return
+    if isinstance(root, RemotePath) and not root.exists():
+        raise ParsitError(f"--image-root {root}: no object under that prefix (a misspelt bucket or prefix?)")
+    raise ParsitError(f"--image-root {root} is not a directory")
 
 
 @dataclass(frozen=True)

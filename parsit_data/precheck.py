@@ -16,8 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from parsit_data.errors import ParsitError
-from parsit_data.images import ImageOptions
+from parsit_data.images import ImageOptions, check_image_root
 from parsit_data.partition import iter_partitions
 from parsit_data.quarantine import quarantine_line
 from parsit_data.records import Reject
@@ -57,8 +56,8 @@ def precheck(inputs: list[str | Path], *, vopts: ValidationOptions, iopts: Image
 
     Raises :class:`ParsitError` for usage problems (missing input, image root not a directory).
     """
-    if iopts.root is not None and not iopts.root.is_dir():
-        raise ParsitError(f"--image-root {iopts.root} is not a directory")
+    if iopts.root is not None:
+        check_image_root(iopts.root)
     t0 = time.perf_counter()
     specs = expand_inputs(list(inputs), seed)
     stats = PartitionStats()

@@ -270,3 +270,26 @@ def test_validate_inspect_and_report_take_uris_and_say_what_they_say_for_local_p
     victim.write_bytes(bytes(data))
     res = runner.invoke(app, ["inspect", f"s3://{bucket}/b"])
     assert isinstance(res.exception, ParsitError) and "does not match the build's manifest" in str(res.exception)
+
+
+@pytest.mark.timeout(60)
+def test_an_image_root_that_is_not_there_stops_build_and_validate_at_start(inputs, s3, tmp_path):
+    """Not every image quarantined as image_missing: a missing folder, a file, or a bucket prefix with no
+    object under it (an object store has no empty folders: a misspelt prefix) is an error at start."""
+    from parsit_data.config import ValidateConfig
+    from parsit_data.precheck import precheck
+    from parsit_data.validate import ValidationOptions
+
+    _, bucket = s3
+    (tmp_path / "a-file").write_text("x")
+    (location(f"s3://{bucket}/images") / "0.png").write_bytes((DEMO / "images/page_00.png").read_bytes())
+    for root, said in ((str(tmp_path / "nope"), "is not a directory"), (str(tmp_path / "a-file"), "is not a directory"),
+                       (f"s3://{bucket}/imagse", "no object under that prefix")):
+        with pytest.raises(ParsitError, match=said):
+            build(BuildConfig(inputs=inputs, image_root=root, out=str(tmp_path / "out"), shard_rows=8))
+        cfg = ValidateConfig.parse(inputs=inputs, image_root=root)
+        with pytest.raises(ParsitError, match=said):
+            precheck(cfg.inputs, vopts=ValidationOptions(frozenset()), iopts=cfg.image_options)
+    assert not (tmp_path / "out").exists()
+    cfg = ValidateConfig.parse(inputs=inputs, image_root=f"s3://{bucket}/images")  # a prefix with objects: fine
+    assert precheck(cfg.inputs, vopts=ValidationOptions(frozenset()), iopts=cfg.image_options).read > 0
