@@ -148,10 +148,13 @@ class Build:
     def map_shard(self, k: int) -> MappedShard:
         """Shard ``k`` memory-mapped; its row count must be the manifest's."""
         shard = map_shard(self.shard_paths[k])
-        want = self.shard_rows[k]
-        if shard.num_rows != want:
-            raise ParsitError(f"shard {shard.path} has {shard.num_rows} rows, its manifest says {want}: rebuild it")
+        self._check_rows(k, shard.num_rows)
         return shard
+
+    def _check_rows(self, k: int, rows: int) -> None:
+        if rows != self.shard_rows[k]:
+            raise ParsitError(f"shard {self.shard_paths[k]} has {rows} rows, its manifest says {self.shard_rows[k]}: "
+                              "rebuild it")
 
     def table(self, k: int) -> pa.Table:
         """Shard ``k`` as a table: memory-mapped, or for a build on an object store read whole and checked
@@ -164,8 +167,7 @@ class Build:
             raise ParsitError(f"shard {path} does not match the build's manifest (size or sha256): the store holds "
                               "other bytes than the build wrote; rebuild it")
         schema, batches = _read_batches(pa.py_buffer(data), path)
-        if sum(b.num_rows for b in batches) != self.shard_rows[k]:
-            raise ParsitError(f"shard {path} has another row count than its manifest's {self.shard_rows[k]}: rebuild it")
+        self._check_rows(k, sum(b.num_rows for b in batches))
         return pa.Table.from_batches(batches, schema=schema)
 
 
