@@ -84,6 +84,16 @@ def set_attn_implementation(config, name: str) -> None:
     config._attn_implementation = name
 
 
+def packs_need_one_row(model) -> bool:
+    """Whether the language model runs a flash-attention kernel (``text_config._attn_implementation``;
+    ``model`` may be a DeepSpeed engine). transformers 5.24-5.25 read packed-sequence boundaries from
+    ``position_ids`` on that path only for a one-row batch (``_is_packed_sequence``): see
+    :func:`parsit_train.data.collator.one_row`."""
+    config = getattr(getattr(model, "module", model), "config", None)
+    config = getattr(config, "text_config", config)
+    return str(getattr(config, "_attn_implementation", None) or "").startswith("flash_attention")
+
+
 def flash_attn_2_available() -> bool:
     from transformers.utils import is_flash_attn_2_available
 

@@ -38,7 +38,8 @@ from parsit_data.errors import ParsitError
 from parsit_train.checkpoint import gathered_projector, resume, save_checkpoint
 from parsit_train.config import TrainConfig, config_to_json
 from parsit_train.assemble import starting_folder
-from parsit_train.compat import disable_shm_comm_op, zero3_consolidated_state_dict
+from parsit_train.compat import disable_shm_comm_op, packs_need_one_row, zero3_consolidated_state_dict
+from parsit_train.data.collator import one_row
 from parsit_train.faults import fail_hook
 from parsit_train.model import (
     PROJECTOR_FILE,
@@ -288,9 +289,14 @@ def forward_loss(model, batch: dict, device, dtype) -> torch.Tensor:
     token. The model is called with ``use_cache=False``: with a cache (the config default is
     ``use_cache=True``) transformers' packed-sequence masking is off and a packed row would attend across
     its samples; a packed batch has no attention mask for the same reason (its boundaries are the
-    ``position_ids`` restarts). Logits are never materialised as [batch, length, vocab]: a document sample
-    has ~800 positions and a dozen supervised ones, and Qwen3's vocabulary is 151k wide.
+    ``position_ids`` restarts). Under flash attention a packed micro-batch of several rows goes to the model
+    as one row (:func:`parsit_train.data.collator.one_row`): transformers' flash path reads the restarts
+    only in a one-row batch, and would otherwise let a pack's samples attend to each other. Logits are
+    never materialised as [batch, length, vocab]: a document sample has ~800 positions and a dozen
+    supervised ones, and Qwen3's vocabulary is 151k wide.
     """
+    if packs_need_one_row(model):  # flash attention finds a pack's boundaries in one row only
+        batch = one_row(batch)
     targets = batch.get("targets")
     if targets is None:  # a batch made elsewhere: one sample per row, shift the labels by one
         targets = torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)

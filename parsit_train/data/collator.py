@@ -21,7 +21,9 @@ position is ever trained on another sample's token.
 Packing: items carrying a ``pack`` slot (the sampler's ``(index, slot)`` keys) are concatenated into one
 row per slot, with ``position_ids`` restarting at 0 for each sample and NO ``attention_mask`` (None): the
 model's packed-sequence masking reads the boundaries from ``position_ids`` (see docs/PACKING.md). Padding
-after the last sample is a segment of its own.
+after the last sample is a segment of its own. Under flash attention the trainer hands the model a packed
+micro-batch of several rows as ONE row (:func:`one_row`): transformers' flash path reads the boundaries
+from ``position_ids`` only when the batch has one row.
 
 Blank image: with ``blank_image=(size, tokens)``, a batch without any image gets one blank image after
 its padding (masked out / its own segment, labels -100), so the vision tower runs on every rank.
@@ -229,3 +231,29 @@ class Collator:
             "num_supervised": int((targets != IGNORE_INDEX).sum()),
             "num_samples_supervised": int(samples_supervised),
         }
+
+
+PACKED_ROW_KEYS = ("input_ids", "labels", "targets", "target_weights", "position_ids")
+
+
+def one_row(batch: dict) -> dict:
+    """A packed batch ``[B, T]`` as one row ``[1, B*T]`` (its packs, padding included, one after the other).
+
+    Why: transformers 5.x's flash-attention path looks for packed sequences in ``position_ids`` only when
+    the batch has one row (``modeling_flash_attention_utils._is_packed_sequence`` returns False for
+    ``batch_size != 1``); with two or more rows it runs plain causal attention over each whole row and the
+    samples of a pack attend to each other. In one row every sample (and each row's trailing padding) is a
+    segment that restarts its ``position_ids`` at 0, so the varlen kernel sees every boundary. Nothing
+    else changes: the same tokens, positions and targets, in the same order (logits come back flattened
+    anyway: the trainer keeps only the supervised positions). A padded batch (with an attention mask) is
+    returned as is.
+    """
+    if batch.get("attention_mask") is not None or batch.get("position_ids") is None:
+        return batch
+    if batch["input_ids"].shape[0] == 1:
+        return batch
+    out = dict(batch)
+    for key in PACKED_ROW_KEYS:
+        if out.get(key) is not None:
+            out[key] = out[key].reshape(1, -1)
+    return out

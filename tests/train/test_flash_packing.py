@@ -1,0 +1,152 @@
+"""Packing isolation under flash_attention_2, through transformers' REAL flash dispatch on CPU.
+
+No flash_attn package here: the two kernels transformers calls (``flash_attn_func`` and
+``flash_attn_varlen_func``) are replaced by exact torch stand-ins (sdpa per sequence / per segment), and
+everything around them is transformers' own code (``integrations/flash_attention.py``,
+``modeling_flash_attention_utils._flash_attention_forward``: padded, varlen-kwargs, position-ids and plain
+branches). The fault: transformers 5.25 detects packed sequences from ``position_ids`` only for a one-row
+batch, so with two packs per micro-batch the samples of a pack attended to each other.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from train_helpers import tiny_config
+from train_support import QWEN_IMAGE_PAD
+
+from parsit_train.data.collator import Collator, one_row
+from parsit_train.data.dataset import ShardDataset
+from parsit_train.data.images import ImageProcessor
+from parsit_train.train import forward_loss
+
+
+def _sdpa(q, k, v, causal, scale):
+    """[S, H, D] x [S, Hkv, D] -> [S, H, D], grouped-query like flash attention."""
+    q, k, v = (x.transpose(0, 1) for x in (q, k, v))
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale, enable_gqa=True)
+    return out.transpose(0, 1)
+
+
+def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+                    softcap=0.0, deterministic=False):
+    assert dropout_p == 0.0 and window_size == (-1, -1)
+    return torch.stack([_sdpa(q[b], k[b], v[b], causal, softmax_scale) for b in range(q.shape[0])])
+
+
+def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None, max_seqlen_k=None,
+                           dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+                           softcap=0.0, deterministic=False):
+    assert dropout_p == 0.0 and window_size == (-1, -1) and torch.equal(cu_seqlens_q, cu_seqlens_k)
+    bounds = cu_seqlens_q.tolist()
+    assert bounds[0] == 0 and bounds[-1] == q.shape[0]
+    assert int(max_seqlen_q) == max(b - a for a, b in zip(bounds, bounds[1:]))
+    return torch.cat([_sdpa(q[a:b], k[a:b], v[a:b], causal, softmax_scale) for a, b in zip(bounds, bounds[1:])])
+
+
+@pytest.fixture
+def flash_kernels(monkeypatch):
+    """transformers' lazily imported flash kernels, as if flash_attn were installed."""
+    import transformers.modeling_flash_attention_utils as fa
+
+    calls = {"flash": 0, "varlen": 0}
+
+    def counted(fn, key):
+        def wrapper(*a, **kw):
+            calls[key] += 1
+            return fn(*a, **kw)
+        wrapper.__signature__ = __import__("inspect").signature(fn)
+        return wrapper
+
+    varlen = counted(flash_attn_varlen_func, "varlen")
+    monkeypatch.setattr(fa, "_loaded_implementation", "flash_attention_2")
+    monkeypatch.setattr(fa, "_flash_fn", counted(flash_attn_func, "flash"))
+    monkeypatch.setattr(fa, "_flash_varlen_fn", varlen)
+    monkeypatch.setattr(fa, "_flash_with_kvcache_fn", None)
+    monkeypatch.setattr(fa, "_pad_fn", fa._pad_input)
+    monkeypatch.setattr(fa, "_unpad_fn", fa._unpad_input)
+    monkeypatch.setattr(fa, "_process_flash_kwargs_fn", fa._lazy_define_process_function(varlen))
+    monkeypatch.setattr(fa, "_process_with_kvcache_kwargs_fn", dict)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def models():
+    """The tiny LLaVA model with sdpa and the same weights with flash_attention_2 (every sub-config)."""
+    from parsit_train.compat import set_attn_implementation
+    from parsit_train.config import parse_config
+    from parsit_train.model import build_model
+
+    cfg = parse_config(tiny_config(Path("/b"), Path("/o")), Path("/"))
+    torch.manual_seed(0)
+    sdpa = build_model(cfg.model).float().eval()
+    flash = copy.deepcopy(sdpa)
+    for c in (flash.config, flash.config.text_config, flash.config.vision_config):
+        set_attn_implementation(c, "flash_attention_2")
+    return {"sdpa": sdpa, "flash_attention_2": flash}
+
+
+@pytest.fixture(scope="module")
+def data(builds, tok_path):
+    ds = ShardDataset([builds["a"]], tok_path)
+    ds.image_processor = ImageProcessor(ds.vision)
+    return ds
+
+
+def _collator(data, **kw):
+    return Collator(data.pad_token_id, QWEN_IMAGE_PAD, 512, image_processor=data.image_processor, **kw)
+
+
+def _packs(data):
+    """Two packs of two samples each (image + text, text + image): rows of different lengths."""
+    has = data.has_image()
+    img, txt = np.flatnonzero(has), np.flatnonzero(~has)
+    return [[data[int(img[0])], data[int(txt[1])]], [data[int(txt[3])], data[int(img[2])]]]
+
+
+@pytest.mark.parametrize("impl", ["flash_attention_2", "sdpa"])
+@pytest.mark.parametrize("rows", [1, 2])
+def test_a_sample_in_a_pack_has_its_loss_alone_for_every_micro_batch_shape(models, data, flash_kernels, impl, rows):
+    model = models[impl]
+    packs = _packs(data)[:rows]
+    items = [{**it, "pack": p} for p, pack in enumerate(packs) for it in pack]
+    batch = _collator(data, pack_length=512)(items)
+    assert batch["input_ids"].shape[0] == rows and batch["attention_mask"] is None
+    with torch.no_grad():
+        for p, pack in enumerate(packs):
+            sizes = [len(it["input_ids"]) - len(it["num_image_tokens"]) + sum(it["num_image_tokens"]) for it in pack]
+            bounds = np.concatenate([[0], np.cumsum(sizes)])
+            assert np.flatnonzero(batch["position_ids"][p].numpy() == 0)[: len(pack)].tolist() == bounds[:-1].tolist()
+            for k, it in enumerate(pack):
+                a, b = int(bounds[k]), int(bounds[k + 1])
+                mine = torch.zeros_like(batch["targets"], dtype=torch.float32)
+                mine[p, a:b] = 1.0
+                in_pack = forward_loss(model, {**batch, "target_weights": mine}, "cpu", torch.float32).item()
+                alone = forward_loss(model, _collator(data)([it]), "cpu", torch.float32).item()
+                assert alone > 0
+                assert in_pack == pytest.approx(alone, rel=1e-5, abs=1e-6), (impl, rows, p, it["sample_id"])
+    if impl == "flash_attention_2":  # the language model's packed batches went through the varlen kernel
+        assert flash_kernels["varlen"] > 0
+
+
+def test_one_row_keeps_logits_of_every_position_under_flash(models, data, flash_kernels):
+    """The whole [2, T] packed batch, flattened, gives every position the logits of the sdpa model's
+    block-causal attention on the [2, T] batch (sdpa isolates packs of any batch shape)."""
+    items = [{**it, "pack": p} for p, pack in enumerate(_packs(data)) for it in pack]
+    batch = _collator(data, pack_length=512)(items)
+    flat = one_row(batch)
+    assert flat["input_ids"].shape == (1, batch["input_ids"].numel())
+    with torch.no_grad():
+        ref = models["sdpa"](input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                             pixel_values=batch["pixel_values"], use_cache=False).logits
+        got = models["flash_attention_2"](input_ids=flat["input_ids"], position_ids=flat["position_ids"],
+                                          pixel_values=flat["pixel_values"], use_cache=False).logits
+        torch.testing.assert_close(got.reshape(ref.shape), ref, rtol=1e-5, atol=1e-5)
+        # what the trainer used to hand flash attention: the [2, T] batch, whose packs leak
+        leaky = models["flash_attention_2"](input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                                            pixel_values=batch["pixel_values"], use_cache=False).logits
+        assert (leaky - ref).abs().max() > 1e-3
