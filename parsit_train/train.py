@@ -142,6 +142,21 @@ def total_steps(cfg: TrainConfig, micro_batches_per_epoch: int) -> int:
     return per_epoch * cfg.optim.epochs
 
 
+def check_epoch_fills_a_batch(sampler, epoch: int | None = None) -> None:
+    """Refuse an epoch with fewer rows (or packs) than one global batch: with drop_last it yields no batch,
+    and a run with ``optim.max_steps`` would go round its empty epochs forever."""
+    units, g = sampler.epoch_units(epoch), sampler.global_batch_size
+    if not sampler.drop_last or units >= g:
+        return
+    what = f"packs of pack_length={sampler.pack_length}" if sampler.pack_length else "rows (after build weights)"
+    raise ParsitError(
+        f"epoch {sampler.epoch if epoch is None else epoch} has {units} {what}, fewer than one global batch of {g} "
+        f"(micro_batch_size {sampler.batch_size} x {sampler.world_size} rank(s)): no batch could be formed. Lower "
+        f"optim.micro_batch_size, use fewer ranks{', a smaller data.pack_length' if sampler.pack_length else ''}, "
+        "or add data"
+    )
+
+
 def lr_factor(cfg: TrainConfig, total: int):
     """Multiplier of every group's base learning rate at optimizer step ``s`` (warmup, then the schedule)."""
     warmup = cfg.optim.warmup_steps or int(cfg.optim.warmup_ratio * total)
@@ -373,6 +388,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
     loader, sampler, vision, vocab = agree(
         lambda: open_data(cfg, cfg.model.image_token_id, rank, world_size, verify_checksums=hashes))
     log.info("rank %d: data ready in %.2fs (%s)", rank, time.perf_counter() - t_data, why)
+    check_epoch_fills_a_batch(sampler)  # every rank computes the same numbers: all refuse together
 
     # Model: one from_pretrained of a merged LLaVA folder (assembled into output_dir/init by rank 0 when the
     # config names two towers); under ZeRO-3 it is created partitioned (keep_alive: see load_model).
@@ -420,7 +436,9 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
     denominator = planned = None
     t_last = time.perf_counter()
     while step < total and not result.stopped_early:
+        from_start, sampler_epoch = sampler.consumed == 0, sampler.epoch
         for batch in loader:
+            from_start = False
             if denominator is None:  # first micro-batch of a step: its loss denominator, from the plan
                 denominator, planned = step_denominator(cfg, sampler, batch["data_position"])
             loss = micro_step(engine, batch, denominator, world_size, dtype)
@@ -476,6 +494,8 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
             t_last = time.perf_counter()
             if step >= total or result.stopped_early:
                 break
+        if from_start:  # a whole epoch without one batch (checked at start for the first epoch only)
+            check_epoch_fills_a_batch(sampler, sampler_epoch)
     result.steps = step
     metrics.close()
 
