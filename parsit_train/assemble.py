@@ -306,8 +306,11 @@ INIT_DIR = "init"
 
 def _init_key(cfg) -> dict:
     """What decides the starting folder's contents: the model section (towers, inline configs) and the seed."""
+    from parsit_train.model import feature_layer
+
     m = cfg.model.model_dump(mode="json", exclude={"projector_weights", "gradient_checkpointing",
                                                    "attn_implementation"})
+    m["vision_feature_layer"] = feature_layer(cfg.model)  # unset is -2: the same folder as before
     return {"model": m, "seed": cfg.seed, "tokenizer": str(cfg.data.tokenizer)}
 
 
@@ -315,7 +318,7 @@ def starting_folder(cfg, vision: dict, template: dict, rank: int) -> Path:
     """The merged folder a run starts from: ``model.init_from``, or the two towers assembled into
     ``output_dir/init`` by rank 0. A finished one (its marker written last) made from the same model section
     and seed is reused (a resumed run does not assemble again); one made from other settings is rebuilt."""
-    from parsit_train.model import build_model
+    from parsit_train.model import build_model, feature_layer
 
     m = cfg.model
     if m.init_from is not None:
@@ -329,7 +332,7 @@ def starting_folder(cfg, vision: dict, template: dict, rank: int) -> Path:
         geometry = vision if tokens else None
         if m.vision_tower.path is not None and m.language_model.path is not None:
             assemble(m.vision_tower.path, m.language_model.path, out, image_token_id=m.image_token_id,
-                     vision_feature_layer=m.vision_feature_layer, seed=cfg.seed, tokenizer=cfg.data.tokenizer,
+                     vision_feature_layer=feature_layer(m), seed=cfg.seed, tokenizer=cfg.data.tokenizer,
                      vision=geometry, template=template)
         else:  # an inline (tiny) config: built in memory with the run's seed, then saved
             torch.manual_seed(cfg.seed)

@@ -95,7 +95,10 @@ class ModelConfig(_Strict):
     projector: Literal["mlp2x_gelu"] = "mlp2x_gelu"
     projector_weights: Path | None = Field(None, description="projector.safetensors of a pretrain run to start from")
     image_token_id: int = Field(151655, ge=0, description="Qwen3 <|image_pad|>; must agree with the collator")
-    vision_feature_layer: int = Field(-2, description="hidden state of the vision tower fed to the projector")
+    vision_feature_layer: int | None = Field(
+        None, description="hidden state of the vision tower fed to the projector (-1: the last layer's). Unset: -2, "
+        "or with init_from the folder's own; set with init_from, it replaces the folder's (logged)"
+    )
     attn_implementation: Literal["flash_attention_2", "sdpa", "eager"] = Field(
         "sdpa", description="flash_attention_2 needs the flash_attn package and a CUDA GPU (Ampere or newer)"
     )

@@ -79,9 +79,35 @@ def text_config_of(spec) -> Qwen3Config:
     return cfg
 
 
+DEFAULT_VISION_FEATURE_LAYER = -2  # LLaVA's choice: the second-to-last hidden state of the vision tower
+
+
+def feature_layer(mcfg: ModelConfig) -> int:
+    """The run's vision feature layer when it builds the model from two towers (unset: the LLaVA default)."""
+    return DEFAULT_VISION_FEATURE_LAYER if mcfg.vision_feature_layer is None else mcfg.vision_feature_layer
+
+
 def llava_config(mcfg: ModelConfig) -> LlavaConfig:
     vc, tc = vision_config_of(mcfg.vision_tower), text_config_of(mcfg.language_model)
-    return combine_configs(vc, tc, mcfg.image_token_id, mcfg.vision_feature_layer)
+    return combine_configs(vc, tc, mcfg.image_token_id, feature_layer(mcfg))
+
+
+def apply_feature_layer(config: LlavaConfig, wanted: int | None, source: Path) -> None:
+    """``model.vision_feature_layer`` over an ``init_from`` folder's own (unset: the folder's stays).
+
+    The projector of a folder was trained on its own layer's features, so a change is logged as a warning;
+    a layer the vision tower does not have (it has num_hidden_layers + 1 hidden states) is refused, and so is
+    0 (the patch embeddings: transformers 5.25's LLaVA asks the tower for hidden states only when the layer
+    index is truthy, and then fails)."""
+    if wanted is None or wanted == config.vision_feature_layer:
+        return
+    states = int(config.vision_config.num_hidden_layers) + 1
+    if not -states <= wanted < states or wanted == 0:
+        raise ParsitError(f"model.vision_feature_layer {wanted} is not a usable hidden state of {source}'s vision "
+                          f"tower ({states} of them: -{states} .. -1 or 1 .. {states - 1})")
+    log.warning("model.vision_feature_layer %d replaces %s's own %s: its projector was trained on other features",
+                wanted, source, config.vision_feature_layer)
+    config.vision_feature_layer = wanted
 
 
 def combine_configs(vc: SiglipVisionConfig, tc: Qwen3Config, image_token_id: int,
@@ -177,6 +203,7 @@ def load_model(folder: Path, mcfg: ModelConfig, dtype: torch.dtype, ds_config: d
     if not isinstance(cfg, LlavaConfig):
         raise ParsitError(f"{folder} is not a LLaVA model (config type {type(cfg).__name__}): run parsit-train "
                           "assemble to merge a vision tower and a language model into one")
+    apply_feature_layer(cfg, mcfg.vision_feature_layer, folder)
     if cfg.image_token_id != mcfg.image_token_id:
         raise ParsitError(
             f"{folder} uses image token id {cfg.image_token_id} but model.image_token_id "
@@ -185,7 +212,7 @@ def load_model(folder: Path, mcfg: ModelConfig, dtype: torch.dtype, ds_config: d
     zero3 = bool(ds_config) and int(ds_config.get("zero_optimization", {}).get("stage", 0)) == 3
     keep_alive = hf_deepspeed_config(ds_config) if zero3 else None
     model, info = LlavaForConditionalGeneration.from_pretrained(
-        str(folder), dtype=dtype, attn_implementation=mcfg.attn_implementation, output_loading_info=True
+        str(folder), config=cfg, dtype=dtype, attn_implementation=mcfg.attn_implementation, output_loading_info=True
     )
     missing = sorted(info.get("missing_keys") or [])
     if missing:

@@ -67,3 +67,50 @@ def test_fewer_rows_than_a_global_batch_names_rows_ranks_and_batch():
                                               r"batch of 6 \(micro_batch_size 2 x 3 rank\(s\)\)"):
             check_epoch_fills_a_batch(sampler)
     check_epoch_fills_a_batch(ResumableBatchSampler([6], batch_size=2, seed=0, rank=0, world_size=3))
+
+
+# --- fault 5: vision_feature_layer with init_from ------------------------------------------------------
+@pytest.fixture(scope="module")
+def folder_at_last_layer(tmp_path_factory) -> Path:
+    """A saved tiny LLaVA folder whose config feeds the projector the vision tower's LAST hidden state (-1)."""
+    from parsit_train.config import parse_config
+    from parsit_train.model import build_model
+
+    cfg = parse_config(tiny_config(Path("/b"), Path("/o")), Path("/"))
+    assert cfg.model.vision_feature_layer == -1
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("llava") / "model"
+    build_model(cfg.model).save_pretrained(str(folder))
+    return folder
+
+
+def _features(model, pixels):
+    """What the projector is fed, and every hidden state of the vision tower, for ``pixels``."""
+    with torch.no_grad():
+        fed = model.model.get_image_features(pixel_values=pixels).pooler_output[0]
+        states = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states
+        return fed, [model.model.multi_modal_projector(h)[0] for h in states]
+
+
+@pytest.mark.parametrize(("wanted", "used"), [(None, -1), (-2, -2), (-1, -1), (1, 1)])
+def test_vision_feature_layer_is_applied_over_an_init_from_folder(folder_at_last_layer, wanted, used):
+    from parsit_train.config import ModelConfig
+    from parsit_train.model import load_model
+
+    model, _ = load_model(folder_at_last_layer, ModelConfig(init_from=folder_at_last_layer,
+                                                            vision_feature_layer=wanted), torch.float32)
+    assert model.config.vision_feature_layer == used and model.model.config.vision_feature_layer == used
+    fed, by_layer = _features(model.eval(), torch.randn(1, 3, 28, 28, generator=torch.Generator().manual_seed(1)))
+    torch.testing.assert_close(fed, by_layer[used], rtol=0, atol=0)
+    assert not torch.allclose(by_layer[-1], by_layer[-2])  # the layers differ: the check can tell them apart
+
+
+def test_a_vision_feature_layer_the_tower_lacks_is_refused(folder_at_last_layer):
+    from parsit_train.config import ModelConfig
+    from parsit_train.model import load_model
+
+    for bad in (3, -4, 0):
+        with pytest.raises(ParsitError, match=rf"vision_feature_layer {bad} is not a usable hidden state .* \(3 of "
+                                              r"them: -3 \.\. -1 or 1 \.\. 2\)"):
+            load_model(folder_at_last_layer, ModelConfig(init_from=folder_at_last_layer, vision_feature_layer=bad),
+                       torch.float32)
