@@ -19,7 +19,8 @@ to the checkpoint's, so the steps the interrupted run did after it are not liste
 Another world size: DeepSpeed loads its partitioned ZeRO files only at the data-parallel world size that
 wrote them, so rank 0 converts the checkpoint once to DeepSpeed's universal checkpoint (``step-N/universal``,
 per-parameter weights and optimizer states) and every rank loads that (:func:`load_resharded`). The
-sampler position is world-size independent; the RNG streams are reseeded.
+sampler position is world-size independent; each rank's RNG streams are reseeded from (seed, rank, step)
+(:func:`reseed_rng`): the saved ones belong to the old ranks.
 """
 
 from __future__ import annotations
@@ -64,6 +65,16 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def reseed_rng(seed: int, rank: int, step: int) -> None:
+    """Seed this rank's Python, NumPy and torch (CUDA too) streams from (seed, rank, step) alone: distinct
+    per rank, the same in every run that resumes the same step with the same ranks (NumPy's SeedSequence
+    mixes the three, so neighbouring seeds and ranks do not collide)."""
+    words = np.random.SeedSequence([seed % 2**64, rank, step]).generate_state(4, dtype=np.uint64)
+    random.seed(int(words[0]))
+    np.random.seed(int(words[1]) % 2**32)
+    torch.manual_seed(int(words[2]))  # seeds every CUDA device too
 
 
 # --- save / resume (collectives: every rank calls them) -------------------------------------------------
@@ -185,9 +196,11 @@ def resume(engine, cfg: TrainConfig, sampler, rank: int, metrics_file: Path) -> 
         sampler.load_state_dict(state["sampler"])
         if state["world_size"] == torch.distributed.get_world_size() and own.is_file():
             set_rng_state(state["rng"])
-        elif rank == 0:
-            log.warning("resuming with %d ranks from a %d-rank checkpoint: data position kept, RNG streams reseeded",
-                        torch.distributed.get_world_size(), state["world_size"])
+        else:  # the saved streams are other ranks': each rank gets its own from (seed, rank, step)
+            reseed_rng(cfg.seed, rank, int(state["step"]))
+            if rank == 0:
+                log.warning("resuming with %d ranks from a %d-rank checkpoint: data position kept, RNG streams "
+                            "reseeded from (seed, rank, step)", torch.distributed.get_world_size(), state["world_size"])
         step = int(state["step"])
         if rank == 0:
             log.info("resumed from %s at step %d", path, step)

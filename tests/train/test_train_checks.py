@@ -114,3 +114,67 @@ def test_a_vision_feature_layer_the_tower_lacks_is_refused(folder_at_last_layer)
                                               r"them: -3 \.\. -1 or 1 \.\. 2\)"):
             load_model(folder_at_last_layer, ModelConfig(init_from=folder_at_last_layer, vision_feature_layer=bad),
                        torch.float32)
+
+
+# --- fault 6: RNG streams after a resume at another world size ------------------------------------------
+STEP = 3
+
+
+PRE_SEEDS = (7, 1234)
+
+
+def _resume_rank(rank: int, world: int, root: str, port: int) -> None:
+    """One gloo rank, twice: the trainer's pre-resume seeding (another seed each time), then ``resume`` of a
+    1-rank checkpoint (DeepSpeed's own load stubbed: the weights are not what is checked here), then three
+    draws of each stream."""
+    import json as _json
+    from datetime import timedelta
+
+    from parsit_train import checkpoint
+    from parsit_train.config import parse_config
+    from parsit_train.data import ResumableBatchSampler
+    from parsit_train.train import seed_everything
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    try:
+        cfg = parse_config(tiny_config(Path(root), Path(root) / "out", seed=7), Path(root))
+        checkpoint.load_resharded = lambda *args, **kw: "loaded"
+        runs = []
+        for pre_seed in PRE_SEEDS:
+            seed_everything(pre_seed)  # what train() does before resume: the same stream on every rank
+            sampler = ResumableBatchSampler([16], batch_size=1, seed=7, rank=rank, world_size=world)
+            step = checkpoint.resume(None, cfg, sampler, rank, Path(root) / "out" / "metrics.jsonl")
+            runs.append({"step": step, "consumed": sampler.consumed, "python": [random.random() for _ in range(3)],
+                         "numpy": np.random.rand(3).tolist(), "torch": torch.rand(3).tolist()})
+        Path(root, f"draws-{rank}.json").write_text(_json.dumps(runs))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.timeout(120)
+def test_a_resume_at_another_world_size_gives_ranks_distinct_deterministic_streams(tmp_path):
+    """A 1-rank checkpoint resumed by 2 ranks: each rank's Python/NumPy/torch streams differ from the
+    other's and depend on (seed, rank, step) only (not on the state before resume)."""
+    import json as _json
+
+    import torch.multiprocessing as mp
+
+    from parsit_train.checkpoint import RANK_STATE, rng_state
+    from parsit_train.checkpoint_files import tag, write_complete_marker
+    from parsit_train.data import ResumableBatchSampler
+
+    path = tmp_path / "out" / "checkpoints" / tag(STEP)
+    path.mkdir(parents=True)
+    saved = ResumableBatchSampler([16], batch_size=2, seed=7)
+    saved.advance(STEP)
+    torch.save({"step": STEP, "world_size": 1, "sampler": saved.state_dict(), "rng": rng_state()},
+               path / RANK_STATE.format(rank=0))
+    write_complete_marker(path, STEP, 1)
+    mp.spawn(_resume_rank, args=(2, str(tmp_path), _port()), nprocs=2, join=True)
+    ranks = [_json.loads((tmp_path / f"draws-{r}.json").read_text()) for r in (0, 1)]
+    for first, second in ranks:
+        assert first["step"] == second["step"] == STEP and first["consumed"] == second["consumed"] == 2 * STEP
+        assert first == second  # from (seed, rank, step), whatever the streams were before resume
+    for stream in ("python", "numpy", "torch"):
+        assert ranks[0][0][stream] != ranks[1][0][stream], stream  # the ranks' streams differ
