@@ -5,7 +5,8 @@
 #   scripts/gpu_check.sh --dry-run       # parse arguments, write the case configs, print the plan (no GPU)
 #   scripts/gpu_check.sh --models tiny --zero 3 --steps 4
 # Prints per case: step time with real shards vs the same step on one in-memory batch (the loader's share,
-# target under 5%), peak GPU memory, tokens/s. See benchmarks/gpu_check.py.
+# target under 5%), peak GPU memory, tokens/s; then the packed-attention check (micro_batch_size 2 packs,
+# sdpa and flash_attention_2: a sample's loss/logits in a pack vs alone). See benchmarks/gpu_check.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"

@@ -1,11 +1,10 @@
 """Packing isolation under flash_attention_2, through transformers' REAL flash dispatch on CPU.
 
 No flash_attn package here: the two kernels transformers calls (``flash_attn_func`` and
-``flash_attn_varlen_func``) are replaced by exact torch stand-ins (sdpa per sequence / per segment), and
-everything around them is transformers' own code (``integrations/flash_attention.py``,
-``modeling_flash_attention_utils._flash_attention_forward``: padded, varlen-kwargs, position-ids and plain
-branches). The fault: transformers 5.25 detects packed sequences from ``position_ids`` only for a one-row
-batch, so with two packs per micro-batch the samples of a pack attended to each other.
+``flash_attn_varlen_func``) are replaced by exact torch stand-ins (sdpa per sequence / per segment:
+``flash_standins``), and everything around them is transformers' own code. The fault: transformers 5.25
+detects packed sequences from ``position_ids`` only for a one-row batch, so with two packs per
+micro-batch the samples of a pack attended to each other.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import flash_standins
 import numpy as np
 import pytest
 import torch
@@ -25,53 +25,9 @@ from parsit_train.data.images import ImageProcessor
 from parsit_train.train import forward_loss
 
 
-def _sdpa(q, k, v, causal, scale):
-    """[S, H, D] x [S, Hkv, D] -> [S, H, D], grouped-query like flash attention."""
-    q, k, v = (x.transpose(0, 1) for x in (q, k, v))
-    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale, enable_gqa=True)
-    return out.transpose(0, 1)
-
-
-def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
-                    softcap=0.0, deterministic=False):
-    assert dropout_p == 0.0 and window_size == (-1, -1)
-    return torch.stack([_sdpa(q[b], k[b], v[b], causal, softmax_scale) for b in range(q.shape[0])])
-
-
-def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None, max_seqlen_k=None,
-                           dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
-                           softcap=0.0, deterministic=False):
-    assert dropout_p == 0.0 and window_size == (-1, -1) and torch.equal(cu_seqlens_q, cu_seqlens_k)
-    bounds = cu_seqlens_q.tolist()
-    assert bounds[0] == 0 and bounds[-1] == q.shape[0]
-    assert int(max_seqlen_q) == max(b - a for a, b in zip(bounds, bounds[1:]))
-    return torch.cat([_sdpa(q[a:b], k[a:b], v[a:b], causal, softmax_scale) for a, b in zip(bounds, bounds[1:])])
-
-
 @pytest.fixture
 def flash_kernels(monkeypatch):
-    """transformers' lazily imported flash kernels, as if flash_attn were installed."""
-    import transformers.modeling_flash_attention_utils as fa
-
-    calls = {"flash": 0, "varlen": 0}
-
-    def counted(fn, key):
-        def wrapper(*a, **kw):
-            calls[key] += 1
-            return fn(*a, **kw)
-        wrapper.__signature__ = __import__("inspect").signature(fn)
-        return wrapper
-
-    varlen = counted(flash_attn_varlen_func, "varlen")
-    monkeypatch.setattr(fa, "_loaded_implementation", "flash_attention_2")
-    monkeypatch.setattr(fa, "_flash_fn", counted(flash_attn_func, "flash"))
-    monkeypatch.setattr(fa, "_flash_varlen_fn", varlen)
-    monkeypatch.setattr(fa, "_flash_with_kvcache_fn", None)
-    monkeypatch.setattr(fa, "_pad_fn", fa._pad_input)
-    monkeypatch.setattr(fa, "_unpad_fn", fa._unpad_input)
-    monkeypatch.setattr(fa, "_process_flash_kwargs_fn", fa._lazy_define_process_function(varlen))
-    monkeypatch.setattr(fa, "_process_with_kvcache_kwargs_fn", dict)
-    return calls
+    return flash_standins.install(monkeypatch)
 
 
 @pytest.fixture(scope="module")
