@@ -106,3 +106,29 @@ def test_one_row_keeps_logits_of_every_position_under_flash(models, data, flash_
         leaky = models["flash_attention_2"](input_ids=batch["input_ids"], position_ids=batch["position_ids"],
                                             pixel_values=batch["pixel_values"], use_cache=False).logits
         assert (leaky - ref).abs().max() > 1e-3
+
+
+def test_a_sample_in_a_two_pack_flash_batch_has_its_gradient_alone(models, data, flash_kernels):
+    """The backward too: the second sample of the second pack, through the flash dispatch, gets the
+    gradient it gets alone (rows kept as [2, T], it would also get the first sample's influence)."""
+    model = models["flash_attention_2"]
+    packs = _packs(data)
+    batch = _collator(data, pack_length=512)([{**it, "pack": p} for p, pack in enumerate(packs) for it in pack])
+    first, it = packs[1]
+    a = len(first["input_ids"]) - len(first["num_image_tokens"]) + sum(first["num_image_tokens"])
+    b = a + len(it["input_ids"]) - len(it["num_image_tokens"]) + sum(it["num_image_tokens"])
+    mine = torch.zeros_like(batch["targets"], dtype=torch.float32)
+    mine[1, a:b] = 1.0
+
+    def grads(b):
+        model.zero_grad()
+        forward_loss(model, b, "cpu", torch.float32).backward()
+        return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    in_pack, alone = grads({**batch, "target_weights": mine}), grads(_collator(data)([it]))
+    model.zero_grad()
+    assert alone.keys() <= in_pack.keys()
+    for n, g in in_pack.items():  # float32 summation order differs (see test_packing): relative to the scale
+        want = alone.get(n, torch.zeros_like(g))
+        torch.testing.assert_close(g, want, rtol=1e-5, atol=max(1e-6, 5e-5 * float(want.abs().max())),
+                                   msg=lambda m, n=n: f"{n}: {m}")
