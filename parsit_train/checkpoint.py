@@ -18,8 +18,10 @@ to the checkpoint's, so the steps the interrupted run did after it are not liste
 
 Another world size: DeepSpeed loads its partitioned ZeRO files only at the data-parallel world size that
 wrote them, so rank 0 converts the checkpoint once to DeepSpeed's universal checkpoint (``step-N/universal``,
-per-parameter weights and optimizer states) and every rank loads that (:func:`load_resharded`). The
-sampler position is world-size independent; the RNG streams are reseeded.
+per-parameter weights and optimizer states) and every rank loads that (:func:`load_resharded`; under ZeRO-3
+each optimizer group's hyper-parameters and each Adam state's step are then repaired, see
+:func:`parsit_train.compat.repair_zero3_universal_load`). The sampler position is world-size independent;
+the RNG streams are reseeded.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from parsit_train.checkpoint_files import (
     truncate_metrics,
     write_complete_marker,
 )
+from parsit_train.compat import optimizer_group_layout, repair_zero3_universal_load
 from parsit_train.config import TrainConfig, config_to_json
 from parsit_train.faults import fail_hook
 from parsit_train.model import PROJECTOR_FILE, projector_state, save_projector
@@ -152,10 +155,13 @@ def load_resharded(engine, path: Path, saved_world: int, world_size: int, rank: 
             f"checkpoint.resume: false to start over")
     config = engine._config  # noqa: SLF001 (DeepSpeed reads load_universal from its config at load time)
     config.load_universal_checkpoint = True
+    layout = optimizer_group_layout(engine)
     try:
         load_path, _client = engine.load_checkpoint(str(path), tag=UNIVERSAL)
     finally:
         config.load_universal_checkpoint = False
+    if load_path is not None and engine.zero_optimization_stage() == 3:
+        repair_zero3_universal_load(engine, path / UNIVERSAL, layout)  # DeepSpeed 0.19.8's stage-3 loader
     return load_path
 
 
