@@ -18,10 +18,8 @@ to the checkpoint's, so the steps the interrupted run did after it are not liste
 
 Another world size: DeepSpeed loads its partitioned ZeRO files only at the data-parallel world size that
 wrote them, so rank 0 converts the checkpoint once to DeepSpeed's universal checkpoint (``step-N/universal``,
-per-parameter weights and optimizer states) and every rank loads that (:func:`load_resharded`; under ZeRO-3
-each optimizer group's hyper-parameters and each Adam state's step are then repaired, see
-:func:`parsit_train.compat.repair_zero3_universal_load`). The sampler position is world-size independent;
-the RNG streams are reseeded.
+per-parameter weights and optimizer states) and every rank loads that (:func:`load_resharded`). The
+sampler position is world-size independent; the RNG streams are reseeded.
 """
 
 from __future__ import annotations
@@ -138,7 +136,9 @@ def load_resharded(engine, path: Path, saved_world: int, world_size: int, rank: 
     """Load a checkpoint written by ``saved_world`` ranks into this ``world_size``-rank run, optimizer state
     included: DeepSpeed refuses its own partitioned files at another data-parallel world size, so they are
     converted to its universal checkpoint (:func:`to_universal`) and loaded as one (``checkpoint.load_universal``
-    turned on for this load only). Returns DeepSpeed's load path (None if it could not load)."""
+    turned on for this load only). Under ZeRO-3 each optimizer group's hyper-parameters and each Adam state's
+    step are then repaired (:func:`parsit_train.compat.repair_zero3_universal_load`). Returns DeepSpeed's
+    load path (None if it could not load)."""
     problem = [None]
     if rank == 0:
         log.warning("resuming with %d ranks from a %d-rank checkpoint: converting %s to a universal checkpoint",
