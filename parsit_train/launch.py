@@ -100,6 +100,7 @@ def launch(spec: LaunchSpec) -> int:
     if spec.nproc < 1 or spec.nnodes < 1 or not 0 <= spec.node_rank < spec.nnodes:
         raise ParsitError(f"bad launch geometry: nproc={spec.nproc}, nnodes={spec.nnodes}, node_rank={spec.node_rank}")
     cfg = load_config(spec.config, list(spec.overrides))  # fail here, once, not in every worker
+    refuse_foreign_checkpoints(cfg)
     folder = Path(tempfile.mkdtemp(prefix="parsit-launch-"))
     try:
         if spec.verify and os.environ.get("PARSIT_LAUNCH_NO_VERIFY") != "1":  # the variable: a benchmark hook
@@ -111,6 +112,18 @@ def launch(spec: LaunchSpec) -> int:
         return _run_agent(spec, cfg, folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def refuse_foreign_checkpoints(cfg) -> None:
+    """A new run (``checkpoint.resume: false``) in an output_dir whose checkpoints/ holds another run's
+    complete checkpoints is refused here, before any rank starts, unless ``checkpoint.move_aside`` (rank 0
+    moves them; :func:`parsit_train.checkpoint_files.claim` decides again there, authoritatively)."""
+    from parsit_train.checkpoint_files import foreign_problem
+
+    if not cfg.checkpoint.resume and not cfg.checkpoint.move_aside:
+        problem = foreign_problem(cfg.checkpoint_dir())
+        if problem is not None:
+            raise ParsitError(problem)
 
 
 def _run_agent(spec: LaunchSpec, cfg, folder: Path) -> int:
@@ -132,8 +145,12 @@ def _run_agent(spec: LaunchSpec, cfg, folder: Path) -> int:
         from parsit_train.checkpoint_files import latest_checkpoint
 
         ckpt = latest_checkpoint(cfg.checkpoint_dir())
-        then = (f"run the same command again to resume from {ckpt}" if ckpt is not None
-                else "no complete checkpoint yet: running the same command again starts from step 0")
+        if ckpt is not None and not cfg.checkpoint.resume:
+            then = f"set checkpoint.resume: true and run the command again to resume from {ckpt}"
+        elif ckpt is not None:
+            then = f"run the same command again to resume from {ckpt}"
+        else:
+            then = "no complete checkpoint yet: running the same command again starts from step 0"
         raise RankFailed(f"{describe_failure(folder, code)}\nthe other ranks were stopped; {then}")
     return 0
 
@@ -181,6 +198,7 @@ def launch_ray(spec: LaunchSpec, address: str | None, use_gpu: bool | None = Non
     from ray.train.torch import TorchConfig, TorchTrainer
 
     cfg = load_config(spec.config, list(spec.overrides))
+    refuse_foreign_checkpoints(cfg)
     gpu = _has_cuda() if use_gpu is None else use_gpu
     env = {k: v for k, v in worker_env().items() if k in {*_WORKER_ENV, "DS_ACCELERATOR", "PYTHONPATH"}}
     if not ray.is_initialized():
