@@ -45,7 +45,7 @@ from parsit_train.checkpoint_files import (
 )
 from parsit_train.compat import optimizer_group_layout, repair_zero3_universal_load
 from parsit_train.config import TrainConfig, config_to_json
-from parsit_train.faults import fail_hook
+from parsit_train.faults import fail_hook, finish_before_stopping
 from parsit_train.model import PROJECTOR_FILE, projector_state, save_projector
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,13 @@ def gathered_projector(engine) -> dict | None:
 
 
 def save_checkpoint(engine, cfg: TrainConfig, step: int, sampler, rank: int, run_id: str) -> Path:
+    """Write the checkpoint of ``step`` (collective). A stop signal received meanwhile takes effect once it
+    is written (:func:`parsit_train.faults.finish_before_stopping`)."""
+    with finish_before_stopping():
+        return _save_checkpoint(engine, cfg, step, sampler, rank, run_id)
+
+
+def _save_checkpoint(engine, cfg: TrainConfig, step: int, sampler, rank: int, run_id: str) -> Path:
     ckpt_dir = cfg.checkpoint_dir()
     path = ckpt_dir / tag(step)
     world_size = torch.distributed.get_world_size()
