@@ -167,9 +167,10 @@ def _run_agent(spec: LaunchSpec, cfg, folder: Path) -> int:
     log.info("starting: %s", " ".join(cmd))
     env = worker_env()
     env[LAUNCH_DIR_ENV] = str(folder)
+    proc = None
     with _stop_signals_raise():
-        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
         try:
+            proc = subprocess.Popen(cmd, env=env, start_new_session=True)
             code = proc.wait(timeout=spec.timeout_s)
         except subprocess.TimeoutExpired:
             _stop(proc, folder)
@@ -178,11 +179,13 @@ def _run_agent(spec: LaunchSpec, cfg, folder: Path) -> int:
             name = signal.Signals(sig.signum).name
             log.warning("%s: stopping the run (the ranks get up to %ds to finish a checkpoint being written)",
                         name, STOP_GRACE_S)
-            _stop(proc, folder)
+            if proc is not None:
+                _stop(proc, folder)
             raise Stopped(f"stopped by {name}: every process of the run was stopped; {_next_time(cfg)}",
                           sig.signum) from None
         except KeyboardInterrupt:  # launch called outside the main thread: no handlers of ours
-            _stop(proc, folder)
+            if proc is not None:
+                _stop(proc, folder)
             raise
     stop_leftover_ranks(folder)
     if code != 0:
