@@ -8,8 +8,9 @@ stage, ``projector.safetensors``. It is written in this order:
 1. rank 0 removes a leftover folder of the same step (a run that died while writing it), barrier;
 2. every rank writes its own file, then DeepSpeed writes its files (``save_latest=False``);
 3. barrier: every rank's files are in place;
-4. rank 0 writes ``parsit_complete.json`` (step, world size, every file's size), then moves ``latest``
-   (write-and-rename), then prunes to ``checkpoint.keep_last`` complete checkpoints.
+4. rank 0 fsyncs every file, then writes ``parsit_complete.json`` (step, world size, run id, every file's
+   size), then moves ``latest`` (write-and-rename), then prunes to ``checkpoint.keep_last`` complete
+   checkpoints of this run (another run's are never pruned: see :mod:`parsit_train.checkpoint_files`).
 
 A folder without that marker, or whose files do not have the sizes it lists, is never loaded: resume
 takes the newest complete checkpoint and logs every newer one it skipped and why. Rank 0 chooses and
@@ -36,15 +37,16 @@ import torch
 from parsit_data.errors import ParsitError
 from parsit_train.checkpoint_files import (
     checkpoint_world_size,
-    find_resumable,
+    claim,
     point_latest,
     prune,
     tag,
     truncate_metrics,
     write_complete_marker,
 )
+from parsit_train.compat import optimizer_group_layout, repair_zero3_universal_load
 from parsit_train.config import TrainConfig, config_to_json
-from parsit_train.faults import fail_hook
+from parsit_train.faults import fail_hook, finish_before_stopping
 from parsit_train.model import PROJECTOR_FILE, projector_state, save_projector
 
 log = logging.getLogger(__name__)
@@ -88,7 +90,14 @@ def gathered_projector(engine) -> dict | None:
     return state
 
 
-def save_checkpoint(engine, cfg: TrainConfig, step: int, sampler, rank: int) -> Path:
+def save_checkpoint(engine, cfg: TrainConfig, step: int, sampler, rank: int, run_id: str) -> Path:
+    """Write the checkpoint of ``step`` (collective). A stop signal received meanwhile takes effect once it
+    is written (:func:`parsit_train.faults.finish_before_stopping`)."""
+    with finish_before_stopping():
+        return _save_checkpoint(engine, cfg, step, sampler, rank, run_id)
+
+
+def _save_checkpoint(engine, cfg: TrainConfig, step: int, sampler, rank: int, run_id: str) -> Path:
     ckpt_dir = cfg.checkpoint_dir()
     path = ckpt_dir / tag(step)
     world_size = torch.distributed.get_world_size()
@@ -108,9 +117,9 @@ def save_checkpoint(engine, cfg: TrainConfig, step: int, sampler, rank: int) -> 
     fail_hook(rank, step, "checkpoint")
     torch.distributed.barrier()  # every rank's files, and DeepSpeed's, are in place
     if rank == 0:
-        write_complete_marker(path, step, world_size)
+        write_complete_marker(path, step, world_size, run_id)
         point_latest(ckpt_dir, path.name)
-        prune(ckpt_dir, cfg.checkpoint.keep_last)
+        prune(ckpt_dir, cfg.checkpoint.keep_last, run_id)
         log.info("checkpoint %s", path)
     torch.distributed.barrier()
     return path
@@ -146,7 +155,9 @@ def load_resharded(engine, path: Path, saved_world: int, world_size: int, rank: 
     """Load a checkpoint written by ``saved_world`` ranks into this ``world_size``-rank run, optimizer state
     included: DeepSpeed refuses its own partitioned files at another data-parallel world size, so they are
     converted to its universal checkpoint (:func:`to_universal`) and loaded as one (``checkpoint.load_universal``
-    turned on for this load only). Returns DeepSpeed's load path (None if it could not load)."""
+    turned on for this load only). Under ZeRO-3 each optimizer group's hyper-parameters and each Adam state's
+    step are then repaired (:func:`parsit_train.compat.repair_zero3_universal_load`). Returns DeepSpeed's
+    load path (None if it could not load)."""
     problem = [None]
     if rank == 0:
         log.warning("resuming with %d ranks from a %d-rank checkpoint: converting %s to a universal checkpoint",
@@ -160,27 +171,39 @@ def load_resharded(engine, path: Path, saved_world: int, world_size: int, rank: 
         raise ParsitError(
             f"the checkpoint {path} was written by {saved_world} ranks and this run has {world_size}; converting it "
             f"to a universal checkpoint failed ({problem[0]}): resume with {saved_world} ranks, or set "
-            f"checkpoint.resume: false to start over")
+            f"checkpoint.resume: false with checkpoint.move_aside: true to start over")
     config = engine._config  # noqa: SLF001 (DeepSpeed reads load_universal from its config at load time)
     config.load_universal_checkpoint = True
+    layout = optimizer_group_layout(engine)
     try:
         load_path, _client = engine.load_checkpoint(str(path), tag=UNIVERSAL)
     finally:
         config.load_universal_checkpoint = False
+    if load_path is not None and engine.zero_optimization_stage() == 3:
+        repair_zero3_universal_load(engine, path / UNIVERSAL, layout)  # DeepSpeed 0.19.8's stage-3 loader
     return load_path
 
 
-def resume(engine, cfg: TrainConfig, sampler, rank: int, metrics_file: Path) -> int:
-    """Load the newest complete checkpoint if there is one; returns the optimizer step to continue from."""
-    chosen: list = [None]
-    if rank == 0 and cfg.checkpoint.resume:
-        path, skipped = find_resumable(cfg.checkpoint_dir())
-        for bad, why in skipped:
-            log.warning("checkpoint %s is not usable (%s); %s", bad, why,
-                        f"resuming from {path.name} instead" if path else "no complete checkpoint before it")
-        chosen[0] = None if path is None else str(path)
+def resume(engine, cfg: TrainConfig, sampler, rank: int, metrics_file: Path) -> tuple[int, str]:
+    """Load the newest complete checkpoint if there is one (and ``checkpoint.resume``); returns (the optimizer
+    step to continue from, this run's id). A new run refuses another run's checkpoints or moves them aside
+    (:func:`parsit_train.checkpoint_files.claim`)."""
+    chosen: list = [None, None, None]  # checkpoint path, run id, refusal
+    if rank == 0:
+        try:
+            path, run_id, skipped = claim(cfg.checkpoint_dir(), cfg.checkpoint.resume, cfg.checkpoint.move_aside,
+                                          metrics_file)
+        except ParsitError as exc:
+            chosen[2] = str(exc)
+        else:
+            for bad, why in skipped:
+                log.warning("checkpoint %s is not usable (%s); %s", bad, why,
+                            f"resuming from {path.name} instead" if path else "no complete checkpoint before it")
+            chosen[:2] = None if path is None else str(path), run_id
     torch.distributed.broadcast_object_list(chosen, src=0)  # every rank loads the one rank 0 chose
-    step = 0
+    if chosen[2] is not None:
+        raise ParsitError(chosen[2])
+    step, run_id = 0, chosen[1]
     if chosen[0] is not None:
         path = Path(chosen[0])
         saved_world = checkpoint_world_size(path)
@@ -190,7 +213,7 @@ def resume(engine, cfg: TrainConfig, sampler, rank: int, metrics_file: Path) -> 
         else:
             load_path = load_resharded(engine, path, saved_world, world_size, rank)
         if load_path is None:
-            raise ParsitError(f"DeepSpeed could not load the checkpoint {path}: delete it or set checkpoint.resume: false")
+            raise ParsitError(f"DeepSpeed could not load the checkpoint {path}: delete it, or set checkpoint.resume: false with checkpoint.move_aside: true")
         own = path / RANK_STATE.format(rank=rank)
         state = torch.load(own if own.is_file() else path / RANK_STATE.format(rank=0), weights_only=False)
         sampler.load_state_dict(state["sampler"])
@@ -206,4 +229,4 @@ def resume(engine, cfg: TrainConfig, sampler, rank: int, metrics_file: Path) -> 
             log.info("resumed from %s at step %d", path, step)
     if rank == 0:
         truncate_metrics(metrics_file, step)
-    return step
+    return step, run_id

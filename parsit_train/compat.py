@@ -11,6 +11,8 @@ Nothing else in ``parsit_train`` reaches into a private attribute of these libra
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 CHECKED_WITH = {"torch": "2.13.0", "deepspeed": "0.19.8", "transformers": "5.24.0"}
@@ -135,3 +137,50 @@ def ndim(p: torch.nn.Parameter) -> int:
     """The full rank of a parameter (``ds_shape`` under ZeRO-3, where the local tensor is flat and empty)."""
     shape = getattr(p, "ds_shape", None)
     return len(shape) if shape is not None else p.ndim
+
+
+def optimizer_group_layout(engine) -> list[tuple]:
+    """(part, has weight decay) of each optimizer group, in order: taken before a ZeRO-3 universal load,
+    which overwrites both (see :func:`repair_zero3_universal_load`)."""
+    return [(g.get("part"), g.get("weight_decay", 0.0) > 0) for g in engine.optimizer.param_groups]
+
+
+def repair_zero3_universal_load(engine, universal: Path, layout_before: list[tuple]) -> None:
+    """Undo two faults of DeepSpeed 0.19.8's ZeRO-3 universal-checkpoint loader
+    (``DeepSpeedZeroOptimizer_Stage3.load_hp_checkpoint_state_from_checkpoint_dir_stage3``), right after
+    ``engine.load_checkpoint`` of the universal checkpoint ``universal`` (its ``zero/optimizer_state.pt``);
+    ``layout_before``: :func:`optimizer_group_layout` taken before that load:
+
+    * it copies param group 0's hyper-parameters (``lr``, ``weight_decay``, ``betas``, Parsit's ``part``...)
+      onto every group: each group gets its own back, from the saved groups (what a same-world-size load
+      restores through ``torch.optim.Optimizer.load_state_dict``);
+    * it puts one ``step`` tensor object into every sub-group's Adam state, and torch's Adam increments it
+      in place, once per sub-group per step: each state gets its own copy of its group's saved step.
+
+    Refuses (ParsitError) what it cannot make exact: another group layout than the saved one (the trainable
+    parts or the weight decay changed), or an NVMe-swapped optimizer (its state is not in memory).
+    """
+    from parsit_data.errors import ParsitError
+
+    zero = engine.optimizer  # DeepSpeedZeroOptimizer_Stage3
+    inner = zero.optimizer  # the torch optimizer
+    if getattr(zero, "swap_optimizer", False):
+        raise ParsitError("resuming a ZeRO-3 run with another number of ranks is not supported with an "
+                          "NVMe-offloaded optimizer: resume with the number of ranks that wrote the checkpoint")
+    saved = torch.load(universal / "zero" / "optimizer_state.pt", weights_only=False)["optimizer_state_dict"]
+    groups, states = saved["param_groups"], saved["state"]
+
+    layout = [(g.get("part"), g.get("weight_decay", 0.0) > 0) for g in groups]
+    if layout != layout_before:
+        raise ParsitError(
+            f"the checkpoint's optimizer groups {layout} (part, weight decay) differ from this run's "
+            f"{layout_before}: resume with the trainable parts and weight decay that wrote it")
+    for group, saved_group in zip(inner.param_groups, groups, strict=True):
+        for key, value in saved_group.items():
+            if key != "params":
+                group[key] = value
+    for sub_group_id, flat in enumerate(zero.fp32_partitioned_groups_flat):
+        group_id = zero.sub_group_to_group_id[sub_group_id]
+        step = states[groups[group_id]["params"][0]]["step"]
+        state = inner.state[flat]
+        state["step"] = step.clone() if isinstance(step, torch.Tensor) else step

@@ -166,6 +166,8 @@ class CheckpointConfig(_Strict):
     every_steps: int | None = Field(None, gt=0, description="None: only at the end")
     keep_last: int = Field(2, gt=0)
     resume: bool = Field(True, description="resume from output_dir/checkpoints/latest when present")
+    move_aside: bool = Field(False, description="a new run (resume: false) moves another run's checkpoints and "
+                             "metrics.jsonl to output_dir/aside-<time>/ instead of refusing to start")
     export_hf: bool = True
     export_projector: bool | None = Field(None, description="None: on for the pretrain stage")
 

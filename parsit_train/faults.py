@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import signal
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -38,6 +39,7 @@ LAUNCH_DIR_ENV = "PARSIT_LAUNCH_DIR"
 FAIL_AT_ENV = "PARSIT_TEST_FAIL_AT"
 AGENT_REPORT = "agent.json"
 _KINDS = ("raise", "kill", "kill-in-checkpoint")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # Substrings of the errors a rank gets when a peer vanished under a collective (gloo, NCCL, the store).
 _COMM_MARKERS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "gloo", "NCCL",
                  "DistBackendError", "DistNetworkError", "DistStoreError", "Socket Timeout", "timed out")
@@ -114,7 +116,68 @@ def fail_hook(rank: int, step: int, where: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+@contextlib.contextmanager
+def finish_before_stopping() -> Iterator[None]:
+    """Rank side, around the writing of a checkpoint: SIGTERM / SIGINT / SIGHUP received inside the block take
+    effect when it ends (the checkpoint finished, or failed), with their usual handling; outside such a block
+    they act at once (a Python rank dies on SIGTERM). Whatever stops the rank, the completion marker is
+    written last and by rename, so a checkpoint is never marked complete before it is. Main thread only
+    (elsewhere, e.g. a Ray Train worker thread, nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _frame: received.append(signum)) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        if received:
+            signal.raise_signal(received[0])
+
+
 # --- launch side ---------------------------------------------------------------------------------------
+def process_tree(root: int) -> dict[int, str]:
+    """{pid: start time} of ``root`` and every process descended from it, now (Linux ``/proc``; {} elsewhere).
+    The start time tells a process from a later one that reuses its pid."""
+    parent_of, started = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state, ppid, ..., starttime (20th)
+        parent_of[int(entry.name)] = int(fields[1])
+        started[int(entry.name)] = fields[19]
+    tree, frontier = {}, [root]
+    while frontier:
+        pid = frontier.pop()
+        if pid in started and pid not in tree:
+            tree[pid] = started[pid]
+            frontier.extend(child for child, parent in parent_of.items() if parent == pid)
+    return tree
+
+
+def kill_tree(tree: dict[int, str]) -> list[int]:
+    """SIGKILL every process of a :func:`process_tree` snapshot that is still the same process; returns them."""
+    killed = []
+    for pid, started in tree.items():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[19] != started or fields[0] == "Z":
+            continue  # another process now, or already dead (a zombie waiting for its parent)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+    return killed
+
+
 def stop_leftover_ranks(folder: Path) -> list[int]:
     """SIGKILL the process group of every rank of this launch that is still alive; returns their pids.
 

@@ -10,10 +10,18 @@ torchrun's agent is started as ``python -m parsit_train.agent`` (torchrun's own 
 process group. When a rank fails the agent stops the others; launch then kills whatever is left of
 every rank (torchrun starts each in its own session) and raises :class:`RankFailed` with the failing
 rank's own error, once (:mod:`parsit_train.faults`).
+
+Stopped from outside (SIGTERM from ``timeout``, a scheduler or a container runtime; SIGINT; SIGHUP), launch
+does not just die, leaving its agent and ranks running: it sends SIGTERM to the agent, which sends it to
+every rank (and their loader workers) and gives them ``STOP_GRACE_S`` to exit (a rank writing a
+checkpoint finishes it first, or abandons it: the completion marker is written last, by rename), then
+SIGKILLs them; launch then SIGKILLs whatever of the whole process tree is left and raises :class:`Stopped`
+(``parsit-train launch`` exits with 128 + the signal number).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -21,12 +29,21 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from parsit_data.errors import ParsitError
 from parsit_train.config import load_config
-from parsit_train.faults import AGENT_REPORT, LAUNCH_DIR_ENV, describe_failure, stop_leftover_ranks
+from parsit_train.faults import (
+    AGENT_REPORT,
+    LAUNCH_DIR_ENV,
+    STOP_SIGNALS,
+    describe_failure,
+    kill_tree,
+    process_tree,
+    stop_leftover_ranks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +68,24 @@ class LaunchSpec:
 
 class RankFailed(ParsitError):
     """A rank failed mid-run (raised or was killed); the message is that rank's own error."""
+
+
+class Stopped(ParsitError):
+    """launch was stopped by a signal (``signum``); every process of the run was stopped."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class _Signalled(BaseException):  # BaseException: no ``except Exception`` on the way swallows it
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+# Seconds the ranks get after SIGTERM to exit (finishing or abandoning a checkpoint) before SIGKILL.
+STOP_GRACE_S = 30
 
 
 def _has_cuda() -> bool:
@@ -82,6 +117,7 @@ def torchrun_command(spec: LaunchSpec, report: Path) -> list[str]:
         f"--node-rank={spec.node_rank}",
         f"--master-addr={spec.master_addr}",
         f"--master-port={spec.master_port}",
+        f"--shutdown-timeout={STOP_GRACE_S}",
         "-m", "parsit_train.cli.main", "train", "--config", str(spec.config),
     ]
     if spec.stop_after is not None:
@@ -100,6 +136,7 @@ def launch(spec: LaunchSpec) -> int:
     if spec.nproc < 1 or spec.nnodes < 1 or not 0 <= spec.node_rank < spec.nnodes:
         raise ParsitError(f"bad launch geometry: nproc={spec.nproc}, nnodes={spec.nnodes}, node_rank={spec.node_rank}")
     cfg = load_config(spec.config, list(spec.overrides))  # fail here, once, not in every worker
+    refuse_foreign_checkpoints(cfg)
     folder = Path(tempfile.mkdtemp(prefix="parsit-launch-"))
     try:
         if spec.verify and os.environ.get("PARSIT_LAUNCH_NO_VERIFY") != "1":  # the variable: a benchmark hook
@@ -113,40 +150,98 @@ def launch(spec: LaunchSpec) -> int:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def refuse_foreign_checkpoints(cfg) -> None:
+    """A new run (``checkpoint.resume: false``) in an output_dir whose checkpoints/ holds another run's
+    complete checkpoints is refused here, before any rank starts, unless ``checkpoint.move_aside`` (rank 0
+    moves them; :func:`parsit_train.checkpoint_files.claim` decides again there, authoritatively)."""
+    from parsit_train.checkpoint_files import foreign_problem
+
+    if not cfg.checkpoint.resume and not cfg.checkpoint.move_aside:
+        problem = foreign_problem(cfg.checkpoint_dir())
+        if problem is not None:
+            raise ParsitError(problem)
+
+
 def _run_agent(spec: LaunchSpec, cfg, folder: Path) -> int:
     cmd = torchrun_command(spec, folder / AGENT_REPORT)
     log.info("starting: %s", " ".join(cmd))
     env = worker_env()
     env[LAUNCH_DIR_ENV] = str(folder)
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-    try:
-        code = proc.wait(timeout=spec.timeout_s)
-    except subprocess.TimeoutExpired:
-        _stop(proc, folder)
-        raise ParsitError(f"training did not finish within {spec.timeout_s:.0f}s; it was stopped (raise --timeout)") from None
-    except KeyboardInterrupt:
-        _stop(proc, folder)
-        raise
+    proc = None
+    with _stop_signals_raise():
+        try:
+            proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+            code = proc.wait(timeout=spec.timeout_s)
+        except subprocess.TimeoutExpired:
+            _stop(proc, folder)
+            raise ParsitError(f"training did not finish within {spec.timeout_s:.0f}s; it was stopped (raise --timeout)") from None
+        except _Signalled as sig:
+            name = signal.Signals(sig.signum).name
+            log.warning("%s: stopping the run (the ranks get up to %ds to finish a checkpoint being written)",
+                        name, STOP_GRACE_S)
+            if proc is not None:
+                _stop(proc, folder)
+            raise Stopped(f"stopped by {name}: every process of the run was stopped; {_next_time(cfg)}",
+                          sig.signum) from None
+        except KeyboardInterrupt:  # launch called outside the main thread: no handlers of ours
+            if proc is not None:
+                _stop(proc, folder)
+            raise
     stop_leftover_ranks(folder)
     if code != 0:
-        from parsit_train.checkpoint_files import latest_checkpoint
-
-        ckpt = latest_checkpoint(cfg.checkpoint_dir())
-        then = (f"run the same command again to resume from {ckpt}" if ckpt is not None
-                else "no complete checkpoint yet: running the same command again starts from step 0")
-        raise RankFailed(f"{describe_failure(folder, code)}\nthe other ranks were stopped; {then}")
+        raise RankFailed(f"{describe_failure(folder, code)}\nthe other ranks were stopped; {_next_time(cfg)}")
     return 0
 
 
-def _stop(proc: subprocess.Popen, folder: Path) -> None:
-    """SIGTERM the agent's group (it closes its workers), then SIGKILL whatever of the run is left."""
-    os.killpg(proc.pid, signal.SIGTERM)
+def _next_time(cfg) -> str:
+    from parsit_train.checkpoint_files import latest_checkpoint
+
+    ckpt = latest_checkpoint(cfg.checkpoint_dir())
+    if ckpt is not None and not cfg.checkpoint.resume:
+        return f"set checkpoint.resume: true and run the command again to resume from {ckpt}"
+    if ckpt is not None:
+        return f"run the same command again to resume from {ckpt}"
+    return "no complete checkpoint yet: running the same command again starts from step 0"
+
+
+@contextlib.contextmanager
+def _stop_signals_raise():
+    """Inside: a stop signal (SIGTERM, SIGINT, SIGHUP) raises :class:`_Signalled` in launch (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, _frame):
+        raise _Signalled(signum)
+
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    stop_leftover_ranks(folder)
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, signal.SIG_DFL if old is None else old)
+
+
+def _stop(proc: subprocess.Popen, folder: Path) -> None:
+    """SIGTERM the agent's group (it SIGTERMs its ranks and SIGKILLs them after STOP_GRACE_S), then SIGKILL
+    whatever of the run's process tree is left. Further stop signals are ignored meanwhile (it is bounded)."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS} if main else {}
+    try:
+        tree = process_tree(proc.pid)  # the agent, its ranks, their loader workers
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=STOP_GRACE_S + 15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        stop_leftover_ranks(folder)
+        kill_tree(tree)
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, signal.SIG_DFL if old is None else old)
 
 
 # --- Ray Train ------------------------------------------------------------------------------------------
@@ -181,6 +276,7 @@ def launch_ray(spec: LaunchSpec, address: str | None, use_gpu: bool | None = Non
     from ray.train.torch import TorchConfig, TorchTrainer
 
     cfg = load_config(spec.config, list(spec.overrides))
+    refuse_foreign_checkpoints(cfg)
     gpu = _has_cuda() if use_gpu is None else use_gpu
     env = {k: v for k, v in worker_env().items() if k in {*_WORKER_ENV, "DS_ACCELERATOR", "PYTHONPATH"}}
     if not ray.is_initialized():

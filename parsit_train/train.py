@@ -421,7 +421,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
     # pair up wrongly and ZeRO-2 misses gradients. "full" feature strategy: every patch is a token.
     loader.collator.blank_image = (vc.image_size, (vc.image_size // vc.patch_size) ** 2)
 
-    step = resume(engine, cfg, sampler, rank, cfg.output_dir / METRICS_FILE)  # restores the RNG streams too
+    step, run_id = resume(engine, cfg, sampler, rank, cfg.output_dir / METRICS_FILE)  # restores the RNG streams too
     if step == 0:
         seed_everything(cfg.seed + rank)  # runtime streams differ per rank
     metrics = Metrics(cfg, rank)
@@ -489,7 +489,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
             if stop_after is not None and step >= stop_after and step < total:
                 result.stopped_early = True
             if (every and step % every == 0) or step == total or result.stopped_early:
-                save_checkpoint(engine, cfg, step, sampler, rank)
+                save_checkpoint(engine, cfg, step, sampler, rank, run_id)
             fail_hook(rank, step, "step")  # test hook (PARSIT_TEST_FAIL_AT); a no-op in real runs
             t_last = time.perf_counter()
             if step >= total or result.stopped_early:

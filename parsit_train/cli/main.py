@@ -76,9 +76,10 @@ def launch_command(
     """Start the training processes (torchrun on this node, or Ray Train with --ray-address).
 
     Exit code 2: refused before any rank started (config, build); 1: a rank failed mid-run (its error is
-    printed once; run the same command again to resume from the last complete checkpoint).
+    printed once; run the same command again to resume from the last complete checkpoint); 128 + N: stopped
+    by signal N (SIGTERM, SIGINT, SIGHUP), after stopping every process of the run.
     """
-    from parsit_train.launch import LaunchSpec, RankFailed, launch, launch_ray
+    from parsit_train.launch import LaunchSpec, RankFailed, Stopped, launch, launch_ray
 
     port = master_port or (29500 if nnodes > 1 else _free_port())
     spec = LaunchSpec(config=config, nproc=nproc, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr,
@@ -92,6 +93,9 @@ def launch_command(
     except RankFailed as exc:
         Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
+    except Stopped as exc:
+        Console(stderr=True).print(f"[bold red]stopped:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(128 + exc.signum) from None
 
 
 @app.command("train")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
+import signal
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -33,7 +34,14 @@ def worker_seed(seed: int, rank: int, worker_id: int) -> int:
 
 
 def seed_worker(worker_id: int, seed: int, rank: int) -> None:
-    """``worker_init_fn``: seed Python, NumPy and torch in a worker from (seed, rank, worker)."""
+    """``worker_init_fn``: seed Python, NumPy and torch in a worker from (seed, rank, worker).
+
+    The worker also ignores SIGTERM (on SIGINT torch's worker loop exits quietly, with code 0): torchrun
+    stops a rank by signalling its whole process group, and a worker killed under its rank makes torch raise
+    "DataLoader worker exited unexpectedly" in the rank, in the middle of the checkpoint it is finishing
+    (:func:`parsit_train.faults.finish_before_stopping`). The worker exits with its rank (torch's watchdog
+    checks the parent every few seconds) or is SIGKILLed with the run."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     s = worker_seed(seed, rank, worker_id)
     random.seed(s)
     np.random.seed(s % 2**32)

@@ -210,7 +210,7 @@ def _fake_checkpoint(path: Path, step: int) -> None:
     path.mkdir(parents=True)
     for name, size in (("mp_rank_00_model_states.pt", 300), ("parsit_rank0.pt", 40), ("parsit_rank1.pt", 40)):
         (path / name).write_bytes(b"x" * size)
-    write_complete_marker(path, step, world_size=2)
+    write_complete_marker(path, step, world_size=2, run_id="run-a")
 
 
 def test_incomplete_newest_checkpoint_is_skipped(tmp_path):
