@@ -64,7 +64,7 @@ def fit_length(record: Record, tok: Tokenized, images: list[LoadedImage], geomet
                overlong: str) -> Row | Rejection:
     """The length policy: a row within ``max_length`` (cut at a turn boundary with ``overlong="truncate"``),
     or an ``overlong`` rejection. ``geometry`` gives each image's visual token count."""
-    image_tokens = [geometry.tokens_for(im.width, im.height) for im in images]
+    image_tokens = [geometry.tokens_for(im.width, im.height, len(images)) for im in images]
     length = len(tok.input_ids) - len(images) + sum(image_tokens)
     if max_length is None or length <= max_length:
         return Row(record, tok, images, image_tokens, length, False)
