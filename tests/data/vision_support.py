@@ -103,8 +103,8 @@ def image_token_count(proc, images, text: str) -> int:
     return int((out["input_ids"] == proc.image_token_id).sum())
 
 
-def tiny_model(family: str, crop: int, patch: int, strategy: str, pinpoints, max_crops: int = 9):
-    """A real LlavaNext / LlavaOnevision model with a one-layer CLIP (NeXT) or SigLIP (OneVision) tower."""
+def tiny_model(family: str, crop: int, patch: int, strategy: str, pinpoints, cls: bool, max_crops: int = 9):
+    """A real LlavaNext / LlavaOnevision model with a one-layer CLIP (``cls``) or SigLIP tower."""
     import torch
     from transformers import (CLIPVisionConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
                               LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config,
@@ -113,33 +113,31 @@ def tiny_model(family: str, crop: int, patch: int, strategy: str, pinpoints, max
     torch.manual_seed(0)
     text = Qwen2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                        num_attention_heads=2, num_key_value_heads=1)
-    tower = dict(image_size=crop, patch_size=patch, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                 num_attention_heads=2)
+    tower = (CLIPVisionConfig if cls else SiglipVisionConfig)(
+        image_size=crop, patch_size=patch, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2)
+    common = dict(vision_config=tower.to_dict(), text_config=text.to_dict(), image_grid_pinpoints=pinpoints,
+                  vision_feature_select_strategy=strategy, vision_feature_layer=-1, image_token_index=5)
     if family == "llava_next":
-        cfg = LlavaNextConfig(vision_config=CLIPVisionConfig(**tower).to_dict(), text_config=text.to_dict(),
-                              image_grid_pinpoints=pinpoints, vision_feature_select_strategy=strategy,
-                              vision_feature_layer=-1, image_token_index=5)
-        model = LlavaNextForConditionalGeneration(cfg)
+        model = LlavaNextForConditionalGeneration(LlavaNextConfig(**common))
     else:
-        cfg = LlavaOnevisionConfig(vision_config=SiglipVisionConfig(**tower).to_dict(), text_config=text.to_dict(),
-                                   image_grid_pinpoints=pinpoints, vision_feature_select_strategy=strategy,
-                                   vision_feature_layer=-1, vision_aspect_ratio=f"anyres_max_{max_crops}",
-                                   image_token_index=5)
-        model = LlavaOnevisionForConditionalGeneration(cfg)
+        model = LlavaOnevisionForConditionalGeneration(
+            LlavaOnevisionConfig(**common, vision_aspect_ratio=f"anyres_max_{max_crops}"))
     return model.eval()
 
 
-def model_feature_counts(model, proc, images: list, family: str) -> list[int]:
-    """Visual features per image that the model's ``get_image_features`` returns for one sample."""
+def run_samples(proc, model, family: str, samples: list[list]) -> tuple[list[int], list[int]]:
+    """One processor ``__call__`` over a batch of samples (each a list of images, one ``<image>`` each) and
+    one ``get_image_features``: (image tokens in each sample's ``input_ids``, features of each image)."""
     import torch
 
-    text = "<image>" * len(images)
-    out = proc(images=[images], text=[text], return_tensors="pt")
-    kw = {}
-    if family == "llava_onevision":
-        kw["batch_num_images"] = out["batch_num_images"]
+    out = proc(images=samples, text=["<image>" * len(s) + " describe" for s in samples], return_tensors="pt",
+               padding=True)
+    tokens = (out["input_ids"] == proc.image_token_id).sum(dim=1).tolist()
+    if model is None:
+        return tokens, []
+    kw = {"batch_num_images": out["batch_num_images"]} if family == "llava_onevision" else {}
     with torch.no_grad():
         feats = model.model.get_image_features(pixel_values=out["pixel_values"], image_sizes=out["image_sizes"],
                                                **kw)
-    pooled = feats.pooler_output if hasattr(feats, "pooler_output") else feats
-    return [int(f.shape[0]) for f in pooled]
+    return tokens, [int(f.shape[0]) for f in feats.pooler_output]
