@@ -64,8 +64,13 @@ def _family(name: str, tmp: str):
 
 @pytest.fixture(scope="module")
 def fam(tmp_path_factory):
+    import torch
+
     tmp = str(tmp_path_factory.mktemp("processors"))
-    return lambda name: _family(name, tmp)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread is ~4x faster than two on a shared machine
+    yield lambda name: _family(name, tmp)
+    torch.set_num_threads(threads)
 
 
 def _img(w: int, h: int) -> Image.Image:
@@ -150,12 +155,12 @@ def test_property_thousands_of_sizes_and_samples_against_the_processor_rule(fam,
 
 
 def test_property_random_sizes_through_the_full_processor_call(fam):
-    """90 random samples (sizes up to 1200 px a side, 1-3 images) through ``__call__`` on real images."""
+    """60 random samples (sizes up to 1200 px a side, 1-3 images) through ``__call__`` on real images."""
     rng = random.Random(7)
     for name in FAMILIES:
         _, proc, g, _ = fam(name)
         samples = []
-        for _ in range(30):
+        for _ in range(20):
             k = rng.choice([1, 1, 2, 3])
             samples.append([(rng.randint(1, 1200), rng.randint(1, 1200)) for _ in range(k)])
         for s in samples:  # one sample a call (a batch pads every sample to its largest grid)
