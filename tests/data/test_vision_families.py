@@ -271,3 +271,19 @@ def test_not_a_processor_folder(tmp_path):
     (tmp_path / "tok" / "processor_config.json").write_text("[1, 2]")
     with pytest.raises(ParsitError, match="processor_config.json: expected a JSON object"):
         VisionGeometry.from_processor_dir(tmp_path / "tok")
+
+
+@pytest.mark.parametrize("strategy,extra,want", [("default", 1, 576), ("full", 0, 576), ("full", 1, 577)])
+def test_plain_llava_processor_folder(tmp_path, strategy, extra, want):
+    """LlavaProcessor (CLIP-336): one crop whatever the size; the CLS and the strategy decide the count."""
+    from transformers import LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from vision_support import _tokenizer
+
+    ip = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+    proc = LlavaProcessor(image_processor=ip, tokenizer=_tokenizer(), patch_size=14,
+                          vision_feature_select_strategy=strategy, num_additional_image_tokens=extra)
+    g = VisionGeometry.from_processor_dir(save_processor(proc, tmp_path / "p"))
+    assert (g.family, g.image_size, g.patch_size) == ("llava", 336, 14)
+    tokens, _ = run_samples(proc, None, "llava", [[_img(w, h)] for w, h in [(640, 480), (1, 1), (4567, 123)]])
+    assert tokens == [want] * 3 == [g.tokens_for(w, h) for w, h in [(640, 480), (1, 1), (4567, 123)]]
