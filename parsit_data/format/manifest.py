@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -38,12 +38,42 @@ class TokenizerEntry(BaseModel):
 
 
 class VisionEntry(BaseModel):
+    """The vision geometry (:class:`parsit_data.format.VisionGeometry`, see :meth:`geometry`).
+
+    A manifest written before the model families has no ``family``: it reads as ``llava`` with no EXIF
+    policy (those builds stored image bytes as found).
+    """
+
     model_config = _OPEN
-    image_size: int = Field(gt=0)
+    image_size: int = Field(gt=0, description="one crop's side in pixels (the vision tower's image_size)")
     patch_size: int = Field(gt=0)
     aspect: str
-    tokens_per_image: int = Field(gt=0, description="visual tokens per crop: (image_size // patch_size) ** 2")
-    grid_pinpoints: list[tuple[int, int]]
+    tokens_per_image: int = Field(gt=0, description="patch features of one crop: (image_size // patch_size) ** 2 "
+                                                    "(llava_onevision: the processor's num_image_tokens)")
+    grid_pinpoints: list[tuple[int, int]] = Field(description="anyres grid resolutions, (height, width) each")
+    family: Literal["llava", "llava_next", "llava_onevision"] = Field(
+        "llava", description="the model family whose rule counted the visual tokens")
+    vision_feature_select_strategy: Literal["default", "full"] = "full"
+    vision_aspect_ratio: str | None = Field(None, description="llava_onevision: anyres_max_N")
+    num_additional_image_tokens: int = Field(0, ge=0)
+    num_image_tokens: int | None = Field(None, description="llava_onevision processor's num_image_tokens")
+    image_token: str = Field("<image>", description="the processor's image placeholder token")
+    exif: Literal["transpose", "none"] = Field(
+        "none", description="transpose: images were EXIF-transposed (as transformers' load_image) before counting "
+                            "and storing; none: bytes stored as found (builds before the families)")
+    image_processor: dict[str, Any] | None = Field(
+        None, description="the processor folder's image processor config verbatim (with image_processor_type)")
+    processor: dict[str, Any] | None = Field(
+        None, description="the processor folder's processor_config.json verbatim (without a nested image_processor)")
+
+    def geometry(self):
+        """The :class:`~parsit_data.format.vision.VisionGeometry` this entry describes."""
+        from parsit_data.format.vision import VisionGeometry
+
+        return VisionGeometry.from_json(self.model_dump(mode="json", exclude_unset=False)
+                                        if "family" in self.model_fields_set else
+                                        {k: v for k, v in self.model_dump(mode="json").items()
+                                         if k in self.model_fields_set})
 
 
 class SourceCounts(BaseModel):

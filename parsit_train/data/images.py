@@ -38,10 +38,10 @@ def anyres_grid(size: tuple[int, int], pinpoints: Sequence[Sequence[int]], crop:
     Uses the builder's own rule (``parsit_data.format.select_best_resolution``, LLaVA-NeXT's), so the
     number of crops always matches the visual tokens the build counted.
     """
-    best = select_best_resolution(tuple(size), pinpoints)
+    best = select_best_resolution((size[1], size[0]), pinpoints)  # (height, width), as image_grid_pinpoints
     if best is None:
         raise ParsitError("anyres needs at least one grid pinpoint in the manifest's vision.grid_pinpoints")
-    return math.ceil(best[0] / crop), math.ceil(best[1] / crop)
+    return math.ceil(best[1] / crop), math.ceil(best[0] / crop)
 
 
 class ImageProcessor:
@@ -119,7 +119,7 @@ class ImageProcessor:
     def _anyres(self, img: Image.Image, original: tuple[int, int]) -> list[Image.Image]:
         s = self.size
         cols, rows = anyres_grid(original, self.pinpoints, s)
-        tw, th = select_best_resolution(tuple(original), self.pinpoints)
+        th, tw = select_best_resolution((original[1], original[0]), self.pinpoints)  # pinpoints are (h, w)
         w, h = img.size
         scale = min(tw / w, th / h)
         nw, nh = min(tw, max(1, round(w * scale))), min(th, max(1, round(h * scale)))
