@@ -114,6 +114,35 @@ def check_model_matches(cfg, vision: dict | None, where: str = "the model") -> N
                           "the model the build was made for")
 
 
+def check_model_section(mcfg, vision: dict | None) -> None:
+    """Before any rank starts: the config's model agrees with the build (``launch``'s preflight).
+
+    ``init_from``: its config.json's family and parameters (:func:`check_model_matches`); towers (folders or
+    inline configs): their crop and patch size (the anyres family's config is made from the build's)."""
+    from transformers import AutoConfig
+
+    if vision is None:
+        return
+    g = geometry_of(vision)
+    if mcfg.init_from is not None:
+        if (mcfg.init_from / "config.json").is_file():
+            check_model_matches(AutoConfig.from_pretrained(str(mcfg.init_from)), vision, f"model.init_from {mcfg.init_from}")
+        return
+    spec = mcfg.vision_tower
+    if spec is None:
+        return
+    if spec.path is not None:
+        vc = vision_config_from(path=spec.path)
+        size, patch, where = vc.image_size, vc.patch_size, f"the vision tower {spec.path}"
+    else:
+        size, patch, where = spec.config.get("image_size"), spec.config.get("patch_size"), "the inline vision tower"
+    problems = [f"{k}: build {b}, model {m}" for k, b, m in (("crop size", g.image_size, size), ("patch size",
+                g.patch_size, patch)) if m is not None and int(m) != int(b)]
+    if problems:
+        raise ParsitError(f"{where} and the build ({describe(g)}) disagree ({'; '.join(problems)}): rebuild the data "
+                          "with this tower's processor (--processor) or use a matching tower")
+
+
 # --- towers ---------------------------------------------------------------------------------------------
 def vision_config_from(config: dict | None = None, path=None):
     """A vision tower config (SigLIP, SigLIP2 fixed-resolution, CLIP) from an inline dict or a folder."""
