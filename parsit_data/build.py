@@ -68,6 +68,7 @@ def build(config: BuildConfig, on_progress=None, on_start=None) -> Manifest:
     ``on_progress(result)`` once per partition, reused ones included.
     """
     started = time.time()
+    geometry = config.geometry  # a --processor folder that is not a LLaVA family: one error, before any work
     template = get_template(config.template, config.tokenizer)
     tok, tok_info = describe_tokenizer(config.tokenizer, config.pad_token)
     check_template(template, tok, config.label_policy, config.system_prompt)
@@ -76,6 +77,8 @@ def build(config: BuildConfig, on_progress=None, on_start=None) -> Manifest:
         check_image_root(location(config.image_root, "--image-root"))
     specs = expand_inputs(config.inputs, config.seed)
     fingerprints = {"tokenizer": tok_info.sha256, "sources": [s.sha256 for s in specs]}
+    if config.processor:  # the folder's configs decide the counts: another folder at the same path is another build
+        fingerprints["vision"] = geometry.to_json()
     chash = config_hash(config.output_config(), fingerprints)
     out = location(config.out, "--out")  # a URI opens its store here, at start: an error before any work
     _check_out_dir(out, chash, config.overwrite)

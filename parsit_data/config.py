@@ -185,10 +185,23 @@ class ValidateConfig(_Options):
     fix_missing_placeholder: FixPlaceholder = False
     template: Template = "qwen_1_5"
     label_policy: Policy = "native"
-    tokenizer: str = Field("qwen3", description=(
+    tokenizer: str | None = Field(None, description=(
         "Tokenizer whose special tokens text may not contain ('qwen3': the bundled Qwen3 tokenizer; 'none': the "
-        "template's tokens only)."))
+        "template's tokens only). Default: the --processor folder's tokenizer, else 'qwen3'."))
     seed: Seed = 0
+    processor: Processor = None
+
+    @model_validator(mode="after")
+    def _default_tokenizer(self):
+        """No --tokenizer: the --processor folder's tokenizer, else the bundled Qwen3 one."""
+        if self.tokenizer is None:
+            self.tokenizer = self.processor or "qwen3"
+        return self
+
+    @property
+    def geometry(self) -> VisionGeometry | None:
+        """The processor's geometry (read at start: a bad folder is one error line), or None."""
+        return _processor_geometry(self.processor) if self.processor else None
 
     @property
     def tokenizer_path(self) -> str | None:

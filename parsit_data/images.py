@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 from parsit_data.errors import ParsitError
 from parsit_data.format.fsio import RemotePath
@@ -54,13 +54,14 @@ class ImageOptions:
     min_side: int = 0
     max_side: int | None = None  # re-encode images whose longer side exceeds this
     check: Literal["full", "header"] = "full"
+    exif_transpose: bool = True  # the EXIF policy: images are counted and stored upright (transformers' load_image)
 
 
 @dataclass(frozen=True)
 class LoadedImage:
     rel_path: str
     data: bytes
-    width: int  # original size
+    width: int  # displayed size (after the EXIF policy): the size of the stored pixels
     height: int
 
 
@@ -179,11 +180,52 @@ def _reencode(img: Image.Image, max_side: int) -> bytes:
     return out.getvalue()
 
 
+#: EXIF orientations that transpose the image (5-8 also swap width and height); 1 and unknown values keep it.
+_TRANSPOSING = {2, 3, 4, 5, 6, 7, 8}
+#: Pillow modes a PNG holds as they are; any other (CMYK, YCbCr, ...) is stored as RGB.
+_PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1 when there is none or it cannot be read); needs only the header.
+
+    Pillow's PNG ``getexif`` decodes the pixels to look for an eXIf chunk after the image data: here a PNG's
+    EXIF is what was read so far (all of it once decoded; in ``header`` mode, a chunk before the pixels).
+    """
+    if img.format == "PNG" and "exif" not in img.info:
+        return 1
+    try:
+        value = img.getexif().get(0x0112, 1)
+    except DECODE_ERRORS:  # a broken EXIF block is treated as none, as Pillow's exif_transpose does
+        return 1
+    return value if isinstance(value, int) else 1
+
+
+def displayed_size(img: Image.Image, exif_transpose: bool = True) -> tuple[int, int]:
+    """(width, height) as shown: EXIF orientations 5-8 swap the sides (transformers' load_image does too)."""
+    w, h = img.size
+    return (h, w) if exif_transpose and exif_orientation(img) in (5, 6, 7, 8) else (w, h)
+
+
+def _transposed_png(img: Image.Image) -> tuple[bytes, Image.Image]:
+    """The image turned upright (ImageOps.exif_transpose), stored losslessly as PNG: a decoder with or
+    without an EXIF policy then sees the pixels transformers' load_image makes of the original file."""
+    img.load()
+    up = ImageOps.exif_transpose(img)
+    if up.mode not in _PNG_MODES:
+        up = up.convert("RGBA" if "A" in up.getbands() else "RGB")
+    out = io.BytesIO()
+    up.save(out, format="PNG", optimize=False)
+    return out.getvalue(), up
+
+
 def load_image(rel: str, opts: ImageOptions) -> LoadedImage:
     """Resolve, read and check one image for the shard (its bytes, re-encoded at ``max_side`` if set).
 
-    Re-encoding needs the pixels, so it decodes even in ``header`` mode; that decode too comes after
-    the pixel limit in :func:`_open_checked`.
+    The EXIF policy (``opts.exif_transpose``, transformers' ``load_image``): an image with a transposing
+    orientation tag (a phone photo taken sideways) is turned upright and stored as PNG, and its size is
+    the displayed size; any other image keeps its original bytes. Re-encoding needs the pixels, so it
+    decodes even in ``header`` mode; that decode too comes after the pixel limit in :func:`_open_checked`.
     """
     path = resolve_image_path(rel, opts.root)
     if isinstance(path, RemotePath):
@@ -191,12 +233,14 @@ def load_image(rel: str, opts: ImageOptions) -> LoadedImage:
     else:
         data = _read_file(path, rel, opts)
     img = _open_checked(io.BytesIO(data), len(data), rel, opts)
-    w, h = img.size
-    if opts.max_side and max(w, h) > opts.max_side:
-        try:
+    try:
+        if opts.exif_transpose and exif_orientation(img) in _TRANSPOSING:
+            data, img = _transposed_png(img)
+        w, h = img.size
+        if opts.max_side and max(w, h) > opts.max_side:
             data = _reencode(img, opts.max_side)
-        except DECODE_ERRORS as exc:
-            raise Reject("image_unreadable", f"image {rel!r} cannot be decoded: {exc}") from None
+    except DECODE_ERRORS as exc:
+        raise Reject("image_unreadable", f"image {rel!r} cannot be decoded: {exc}") from None
     return LoadedImage(rel_path=rel, data=data, width=w, height=h)
 
 
@@ -230,11 +274,12 @@ def inspect_image(rel: str, opts: ImageOptions) -> ImageInfo:
     if isinstance(path, RemotePath):
         data = _read_object(path, rel, opts)
         img = _open_checked(io.BytesIO(data), len(data), rel, opts)
-        return ImageInfo(rel_path=rel, width=img.size[0], height=img.size[1])
+        w, h = displayed_size(img, opts.exif_transpose)
+        return ImageInfo(rel_path=rel, width=w, height=h)
     with _open_fd(path, rel) as f:
         try:
             img = _open_checked(f, os.fstat(f.fileno()).st_size, rel, opts)
-            w, h = img.size
+            w, h = displayed_size(img, opts.exif_transpose)
         except OSError as exc:
             raise Reject("image_unreadable", f"image {rel!r} cannot be read: {exc.strerror}") from None
     return ImageInfo(rel_path=rel, width=w, height=h)

@@ -34,25 +34,28 @@ class Row:
     truncated: bool
 
 
-def truncate(tok: Tokenized, record: Record, image_tokens: list[int], max_length: int) -> tuple[Tokenized, int] | None:
+def image_counts(geometry, images: list[LoadedImage]) -> list[int]:
+    """Visual tokens of each image of one sample (the count can depend on how many images it has:
+    LLaVA-OneVision gives each image of a multi-image sample only its base crop and one newline)."""
+    return [geometry.tokens_for(im.width, im.height, len(images)) for im in images]
+
+
+def truncate(tok: Tokenized, record: Record, counts, max_length: int) -> tuple[Tokenized, int] | None:
     """Cut after the last assistant turn that fits, never inside an image. None when nothing fits.
 
-    Returns the cut tokens and how many of the record's images they keep.
+    ``counts(n)`` gives the visual tokens of the first ``n`` images when only those are kept (a cut
+    can change the others' counts: OneVision's multi-image rule). Returns the cut tokens and how many
+    of the record's images they keep.
     """
-    # Multimodal length after each turn boundary; images sit inside user turns, so a boundary never
-    # splits an image's tokens.
+    # Images sit inside user turns, so a turn boundary never splits an image's tokens.
     best = None
-    img_i = 0
-    extra = 0  # visual tokens - placeholders so far
     for t, turn in enumerate(record.turns):
         end = tok.turn_ends.get(t)
-        if end is None:
+        if end is None or turn.role != "assistant":
             continue
-        while img_i < len(image_tokens) and tok.input_ids[:end].count(IMAGE_TOKEN_INDEX) > img_i:
-            extra += image_tokens[img_i] - 1
-            img_i += 1
-        if turn.role == "assistant" and end + extra <= max_length:
-            best = (end, img_i)
+        n_img = tok.input_ids[:end].count(IMAGE_TOKEN_INDEX)
+        if end - n_img + sum(counts(n_img)) <= max_length:
+            best = (end, n_img)
     if best is None:
         return None
     end, n_img = best
@@ -64,15 +67,19 @@ def fit_length(record: Record, tok: Tokenized, images: list[LoadedImage], geomet
                overlong: str) -> Row | Rejection:
     """The length policy: a row within ``max_length`` (cut at a turn boundary with ``overlong="truncate"``),
     or an ``overlong`` rejection. ``geometry`` gives each image's visual token count."""
-    image_tokens = [geometry.tokens_for(im.width, im.height, len(images)) for im in images]
+    image_tokens = image_counts(geometry, images)
     length = len(tok.input_ids) - len(images) + sum(image_tokens)
     if max_length is None or length <= max_length:
         return Row(record, tok, images, image_tokens, length, False)
-    cut = truncate(tok, record, image_tokens, max_length) if overlong == "truncate" else None
+    cut = None
+    if overlong == "truncate":
+        cut = truncate(tok, record, lambda n: image_counts(geometry, images[:n]), max_length)
     if cut is None:
-        return Rejection(Reason.OVERLONG, f"multimodal length {length} exceeds --max-length {max_length}")
+        return Rejection(Reason.OVERLONG, f"multimodal length {length} exceeds --max-length {max_length}"
+                         + (f" (visual tokens per image: {image_tokens})" if images else ""))
     tok, n_img = cut
-    images, image_tokens = images[:n_img], image_tokens[:n_img]
+    images = images[:n_img]
+    image_tokens = image_counts(geometry, images)
     length = len(tok.input_ids) - n_img + sum(image_tokens)
     return Row(record, tok, images, image_tokens, length, True)
 

@@ -48,11 +48,15 @@ def control_tokens_of(template, tokenizer=None) -> frozenset[str]:
 
     A literal ``<|im_end|>`` in a record would otherwise either be tokenized as the control token (a
     turn boundary the author never meant) or, split by the BPE, teach the model to spell it.
+
+    The image placeholder ``<image>`` is never one: the encoder splits it out of the text before
+    tokenizing (it becomes the -200 placeholder id), even where the tokenizer has it as an added special
+    token, as every llava-hf processor's tokenizer does.
     """
     tokens = set(template.control_tokens)
     if tokenizer is not None:
         tokens |= {t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special}
-    return frozenset(t for t in tokens if t)
+    return frozenset(t for t in tokens if t and t != IMAGE_PLACEHOLDER)
 
 
 def sample_id_of(value: Any, source: str, position: int) -> str:

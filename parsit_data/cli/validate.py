@@ -37,8 +37,9 @@ def validate_command(
     fix_missing_placeholder: Annotated[bool, _opt("fix_missing_placeholder")] = V.default("fix_missing_placeholder"),
     template: Annotated[str, _opt("template")] = V.default("template"),
     label_policy: Annotated[str, _opt("label_policy")] = V.default("label_policy"),
-    tokenizer: Annotated[str, _opt("tokenizer")] = V.default("tokenizer"),
+    tokenizer: Annotated[Optional[str], _opt("tokenizer")] = V.default("tokenizer"),
     seed: Annotated[int, _opt("seed")] = V.default("seed"),
+    processor: Annotated[Optional[str], _opt("processor")] = V.default("processor"),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing; the exit code says it.")] = False,
 ) -> None:
     """Run every check that needs no tokenization (all but 'overlong') and summarise by source and reason."""
@@ -51,7 +52,8 @@ def validate_command(
         inputs=list(inputs), image_root=image_root or None, image_check=image_check,
         quarantine_out=str(quarantine_out) if quarantine_out else None, min_image_side=min_image_side,
         max_image_pixels=max_image_pixels, fix_missing_placeholder=fix_missing_placeholder, template=template,
-        label_policy=label_policy, tokenizer=tokenizer, seed=seed)
+        label_policy=label_policy, tokenizer=tokenizer, seed=seed, processor=processor)
+    cfg.geometry  # a processor folder that is not a LLaVA family, or lacks a field: one error line, before any work
     tok = load_tokenizer(cfg.tokenizer_path) if cfg.tokenizer_path else None
     tmpl = get_template(cfg.template, cfg.tokenizer_path)
     tmpl.check_policy(cfg.label_policy)

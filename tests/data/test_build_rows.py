@@ -90,13 +90,15 @@ def test_qwen3_template_has_no_default_system_prompt(tmp_path):
     assert rows[0]["input_ids"][:3] == [151644, 872, 198]
 
 
-@pytest.mark.parametrize("aspect,expected", [("pad", 729), ("square", 729), ("anyres", 729 * 3)])
+@pytest.mark.parametrize("aspect,expected", [("pad", 729), ("square", 729), ("anyres", 2214)])
 def test_visual_token_count_follows_geometry(tmp_path, aspect, expected):
     Image.new("RGB", (800, 400), (1, 2, 3)).save(tmp_path / "wide.png")
     rows = _build(tmp_path, [{"image": "wide.png", "conversations": [
         {"from": "human", "value": "<image>"}, {"from": "gpt", "value": "wide"}]}],
         image_root=str(tmp_path), aspect=aspect)
-    # anyres: 800x400 best fits the 768x384 pinpoint = 2 crops of 384, plus the base image.
+    # anyres (LLaVA-NeXT's rule, SigLIP-384, strategy full): 800x400 best fits the (384, 768) pinpoint, a 1x2 grid
+    # of 27x27-patch crops = 27 x 54 patches, nothing to unpad (same 2:1 aspect); + one newline per row (27)
+    # + the base crop (729): 1458 + 27 + 729. The old rule said (2 + 1) x 729, which no model produces.
     assert rows[0]["num_image_tokens"] == [expected]
 
 
