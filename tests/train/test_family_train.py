@@ -131,3 +131,32 @@ def test_launch_refuses_a_model_of_another_family_or_pinpoints_before_any_rank(f
         for w in words:
             assert w in str(err.value)
         assert not (tmp_path / folder / "out" / "metrics.jsonl").exists()
+
+
+@pytest.mark.timeout(600)
+def test_a_stopped_onevision_run_resumes_with_the_same_packs_and_losses(fam_builds, tmp_path):
+    import shutil
+
+    build = fam_builds["llava_onevision"]
+    cfg = family_config(build, tmp_path / "ref", lm=LMS["qwen2"],
+                        data={"builds": [str(build)], "pack_length": 220, "max_images_per_pack": 6},
+                        optim={"micro_batch_size": 1, "gradient_accumulation_steps": 2, "max_steps": 3,
+                               "schedule": "constant", "lr": {"projector": 1e-2, "vision_tower": 1e-3,
+                                                              "language_model": 1e-3}},
+                        checkpoint={"export_hf": False, "every_steps": 1})
+    ref = tmp_path / "ref"
+    assert launch(LaunchSpec(config=write_config(tmp_path / "ref.yaml", cfg), nproc=2, master_port=_port(),
+                             timeout_s=TIMEOUT)) == 0
+    stopped = tmp_path / "stopped"
+    spec = write_config(tmp_path / "stop.yaml", {**cfg, "output_dir": str(stopped)})
+    assert launch(LaunchSpec(config=spec, nproc=2, master_port=_port(), timeout_s=TIMEOUT, stop_after=1)) == 0
+    assert [r["step"] for r in _metrics(stopped)] == [1]
+    resumed = tmp_path / "resumed"
+    shutil.copytree(stopped, resumed)
+    spec = write_config(tmp_path / "resume.yaml", {**cfg, "output_dir": str(resumed)})
+    assert launch(LaunchSpec(config=spec, nproc=2, master_port=_port(), timeout_s=TIMEOUT)) == 0
+    want, got = _metrics(ref), _metrics(resumed)
+    assert [r["step"] for r in got] == [1, 2, 3]
+    for a, b in zip(got, want, strict=True):
+        assert a["sample_ids"] == b["sample_ids"] and a["tokens"] == b["tokens"], a["step"]
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6), a["step"]
