@@ -8,10 +8,7 @@ training inputs:
 - an image processor reproducing the build's geometry and aspect mode: transformers' own
   ``LlavaImageProcessor`` (PIL backend): ``pad`` = ``do_pad`` (pad to a square with the mean colour,
   centred, then a bicubic resize to ``image_size``², LLaVA's ``expand2square``), ``square`` = the bicubic
-  resize alone; mean = std = 0.5 (SigLIP). ``anyres`` is NOT reproduced: transformers' LLaVA-NeXT
-  processor belongs to ``LlavaNextForConditionalGeneration`` (an image-newline parameter, unpadded
-  features, another token count), while Parsit trains a ``LlavaForConditionalGeneration`` on base image +
-  grid crops; the folder then has no image processor and ``parsit_serving.json`` says so;
+  resize alone; mean = std = 0.5 (SigLIP) (``anyres`` is the LLaVA-NeXT / OneVision families', below);
 - ``patch_size``, ``vision_feature_select_strategy="full"`` and ``num_additional_image_tokens=0``, so the
   processor expands each image token to ``(image_size // patch_size)²`` tokens, what the collator does;
 - a Jinja chat template that renders exactly the build's template (ChatML ``qwen_1_5`` / ``parsit`` /
