@@ -61,7 +61,7 @@ def commit_partition(part: Partition, rows: PartitionRows, ctx: WorkerContext) -
     """Statistics, then shard, quarantine part and the part file (the partition's commit marker)."""
     out, cols, stats = ctx.out, rows.cols, rows.stats
     qlines = rows.quarantine_lines()
-    stats.observe_partition(part.index, part.source, cols, qlines, ctx.tokenizer.tok)  # for the report
+    stats.observe_partition(part.index, part.source, cols, qlines, ctx.tokenizer.tok, ctx.geometry)  # for the report
     for name in ("input_ids", "labels"):
         cols[name] = int32_lists(cols[name])
     table = pa.Table.from_pydict(cols, schema=SHARD_SCHEMA)

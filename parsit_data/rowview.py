@@ -37,6 +37,8 @@ class RowView:
     image_paths: list[str]
     input_ids: list[int]
     labels: list[int]
+    #: per image: {"path", "width", "height", "tokens", "grid": (rows, cols) or None, "crops": int or None}
+    images: list[dict] = field(default_factory=list)
     template: dict = field(default_factory=dict)
     tokenizer_path: str = ""  # the tokenizer the build names in its manifest
     pieces: list[Piece] = field(default_factory=list)
@@ -78,6 +80,7 @@ def load_row(build_dir: str | Path, index: int | None = None, sample_id: str | N
         num_image_tokens=row["num_image_tokens"], image_paths=row["image_paths"], input_ids=row["input_ids"],
         labels=row["labels"], template=dict(build.manifest.template), tokenizer_path=build.manifest.tokenizer.path,
     )
+    view.images = _image_views(build.manifest.vision, row)
     image_i = 0
     for run in decode_runs(row["input_ids"], row["labels"], tokenizer_decode(tok)):
         for p in run.pieces:
@@ -88,3 +91,18 @@ def load_row(build_dir: str | Path, index: int | None = None, sample_id: str | N
                 view.pieces.append(Piece("image", f"<image {image_i + 1}: {n} visual tokens>", n))
                 image_i += 1
     return view
+
+
+def _image_views(vision, row: dict) -> list[dict]:
+    """Each image of the row with its displayed size, visual tokens and crop grid (the build's geometry)."""
+    try:
+        geometry = vision.geometry()
+    except ParsitError:  # a manifest whose geometry is no longer valid (the old anyres rule): no grid shown
+        geometry = None
+    sizes, out = row["image_sizes"], []
+    for j, (path, n) in enumerate(zip(row["image_paths"], row["num_image_tokens"])):
+        w, h = int(sizes[j]["width"]), int(sizes[j]["height"])
+        grid = geometry.grid_for(w, h, len(sizes)) if geometry is not None else None
+        out.append({"path": path, "width": w, "height": h, "tokens": n, "grid": grid,
+                    "crops": 1 + grid[0] * grid[1] if grid is not None else None})
+    return out

@@ -162,7 +162,20 @@ ROW_METRICS: dict[str, str] = {
     "image_width": "int",  # per image, original size
     "image_height": "int",
     "image_tokens": "int",  # visual tokens per image
+    "image_crops": "int",  # crops the vision tower encodes per image (base + anyres grid)
 }
+
+#: How many of the images with the most visual tokens the report lists.
+TOP_IMAGES = 10
+
+
+def _top_key(im: dict) -> tuple:
+    return (-im["tokens"], im.get("source", ""), im["sample_id"], im["image"])
+
+
+def top_images(images: list[dict], n: int = TOP_IMAGES) -> list[dict]:
+    """The ``n`` images with the most visual tokens (ties by source, sample id, image index: deterministic)."""
+    return sorted(images, key=_top_key)[:n]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -196,6 +209,9 @@ class SourceDists:
     example: dict | None = None
     #: (partition index, base64 of little-endian uint64 digests of its rows, in row order)
     digests: list[tuple[int, str]] = field(default_factory=list)
+    #: The images with the most visual tokens: {"sample_id", "image", "path", "width", "height", "tokens",
+    #: "grid" [rows, cols], "crops", "row_length"}
+    top_images: list[dict] = field(default_factory=list)
 
     def merge(self, other: "SourceDists") -> None:
         for k, h in other.hists.items():
@@ -206,6 +222,7 @@ class SourceDists:
         if other.example is not None and (self.example is None or other.example["score"] > self.example["score"]):
             self.example = other.example
         self.digests.extend(other.digests)
+        self.top_images = top_images(self.top_images + other.top_images)
 
     def digest_array(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(digests, partition index, row in partition) of every kept row."""
@@ -227,6 +244,7 @@ class SourceDists:
             "reason_examples": dict(sorted(self.reason_examples.items())),
             "example": self.example,
             "digests": [list(x) for x in self.digests],
+            "top_images": self.top_images,
         }
 
     @classmethod
@@ -238,6 +256,7 @@ class SourceDists:
         s.reason_examples = dict(d.get("reason_examples", {}))
         s.example = d.get("example")
         s.digests = [(int(p), b) for p, b in d.get("digests", [])]
+        s.top_images = list(d.get("top_images", []))
         return s
 
 
@@ -317,11 +336,12 @@ class PartitionStats:
             self.dist(name).merge(d)
 
     def observe_partition(self, index: int, source: str, cols: dict[str, list], quarantine_lines: list[str],
-                          tokenizer=None) -> None:
+                          tokenizer=None, geometry=None) -> None:
         """Record the report's statistics of one finished partition: its shard columns and its
         quarantine lines (JSON of :class:`~parsit_data.records.QuarantineRecord`). One call per partition,
         after the rows are final, so what is counted is exactly what was written. ``tokenizer`` (a
-        ``tokenizers.Tokenizer``) decodes the example row; without it no example is kept."""
+        ``tokenizers.Tokenizer``) decodes the example row; without it no example is kept. ``geometry``
+        (the build's :class:`~parsit_data.format.VisionGeometry`) gives each image's crop grid."""
         d = self.dist(source)
         h = d.hists
         digests = np.zeros(len(cols["input_ids"]), dtype="<u8")
@@ -337,6 +357,8 @@ class PartitionStats:
         h["image_width"].add_many(widths)
         h["image_height"].add_many(heights)
         h["image_tokens"].add_many([vt for row in cols["num_image_tokens"] for vt in row])
+        if geometry is not None:
+            self._observe_crops(d, cols, geometry)
         d.image_sizes.update(f"{w},{ht}" for w, ht in zip(bin_indices("int", widths).tolist(),
                                                          bin_indices("int", heights).tolist()))
         for i, ids in enumerate(cols["input_ids"]):
@@ -358,6 +380,21 @@ class PartitionStats:
                     "sample_id": q.get("sample_id"), "line": q.get("line"), "index": q.get("index"),
                     "detail": detail if len(detail) <= MAX_DETAIL else detail[:MAX_DETAIL] + "...",
                 }
+
+    @staticmethod
+    def _observe_crops(d: SourceDists, cols: dict[str, list], geometry) -> None:
+        """Crops per image, and the partition's images with the most visual tokens."""
+        crops, candidates = [], []
+        for i, sizes in enumerate(cols["image_sizes"]):
+            for j, size in enumerate(sizes):
+                w, h = int(size["width"]), int(size["height"])
+                grid = geometry.grid_for(w, h, len(sizes))
+                crops.append(1 + grid[0] * grid[1])
+                candidates.append({"sample_id": cols["sample_id"][i], "image": j, "path": cols["image_paths"][i][j],
+                                   "width": w, "height": h, "tokens": int(cols["num_image_tokens"][i][j]),
+                                   "grid": list(grid), "crops": crops[-1], "row_length": int(cols["length"][i])})
+        d.hists["image_crops"].add_many(crops)
+        d.top_images = top_images(d.top_images + candidates)
 
     def to_json(self) -> dict:
         return {"sources": {k: v.to_json() for k, v in self.sources.items()},

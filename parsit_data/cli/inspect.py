@@ -35,8 +35,14 @@ def inspect_command(
     head.add_row("length", f"{view.length} multimodal = {view.num_tokens} text tokens "
                            f"- {len(view.num_image_tokens)} placeholder(s) + {sum(view.num_image_tokens)} visual")
     head.add_row("supervised", f"{view.supervised_tokens} tokens{'  (truncated)' if view.truncated else ''}")
-    if view.image_paths:
-        head.add_row("images", ", ".join(f"{p} ({n} tokens)" for p, n in zip(view.image_paths, view.num_image_tokens)))
+    for k, im in enumerate(view.images):
+        if im["grid"] is None:
+            grid = "crop grid unknown"
+        elif im["crops"] > 1:
+            grid = f"crop grid {im['grid'][0]}x{im['grid'][1]} + base = {im['crops']} crops"
+        else:
+            grid = "1 crop (base only)"
+        head.add_row(f"image {k + 1}", f"{im['path']}  {im['width']}x{im['height']}, {grid}, {im['tokens']} visual tokens")
     console.print(head)
     legend = Text("legend: ")
     legend.append("supervised", STYLES["supervised"])

@@ -16,10 +16,10 @@ from parsit_data.format import SHARDS_DIR, Manifest, map_shard, shard_name
 from parsit_data.errors import ParsitError
 from parsit_data.format.fsio import RemotePath, location
 from parsit_data.reasons import explain
-from parsit_data.stats import ROW_METRICS, Histogram, PartitionStats, SourceDists, int_bin_range
+from parsit_data.stats import ROW_METRICS, Histogram, PartitionStats, SourceDists, int_bin_range, top_images
 from parsit_data.report.model import (Bin, Check, Distribution, DuplicateGroup, Duplicates, MaskedExample,
                                       MixtureRow, Quantiles, ReasonExample, ReasonRow, Report, SizeBin,
-                                      SourceReport, Summary, TemplateReport)
+                                      SourceReport, Summary, TemplateReport, TopImage)
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ LABELS = {
     "image_width": ("image width (px, original)", "image"),
     "image_height": ("image height (px, original)", "image"),
     "image_tokens": ("visual tokens per image", "image"),
+    "image_crops": ("crops per image (base + anyres grid)", "image"),
 }
 
 PRECISION = (
@@ -181,6 +182,7 @@ def build_report(manifest: Manifest, stats: PartitionStats, out: Path | None = N
             distributions={k: distribution(k, h) for k, h in d.hists.items()},
             image_sizes=_size_bins(d.image_sizes)))
 
+    top = top_images([{**im, "source": n} for n, d in dists.items() for im in d.top_images])
     reasons = _reasons(sources, dists)
     mixture = _mixture(sources)
     tot = {k: sum(getattr(s, k) for s in sources) for k in (
@@ -211,6 +213,7 @@ def build_report(manifest: Manifest, stats: PartitionStats, out: Path | None = N
         config_hash=manifest.config_hash, build=manifest.config,
         summary=Summary(verdict=verdict, **summary), checks=checks, sources=sources,
         overall={k: distribution(k, h) for k, h in overall_h.items()}, image_sizes=_size_bins(overall_sizes),
+        top_images=[TopImage(**im) for im in top],
         reasons=reasons, duplicates=dup, mixture=mixture, template=template,
         tokenizer=manifest.tokenizer.model_dump(mode="json"), vision=manifest.vision.model_dump(mode="json"),
         image_token_index=manifest.image_token_index, ignore_index=manifest.ignore_index,

@@ -251,12 +251,23 @@ def render_html(r: Report, title: str = "") -> str:
 
     # Images
     add('<section id="images"><h2>Images</h2>')
-    add(_quantiles(r, ["images", "image_width", "image_height", "image_tokens"]))
+    add(_quantiles(r, ["images", "image_width", "image_height", "image_tokens", "image_crops"]))
     grid = hist("images", "images per sample") if s.images else "<p>No kept row has an image.</p>"
     if r.image_sizes:
         grid += _img(plots.image_sizes(r.image_sizes), "image sizes", "each point is a 2-D size bin; area ~ count")
         grid += hist("image_width") + hist("image_height")
-    add(f'<div class="grid">{grid}</div></section>')
+        grid += hist("image_tokens", f"{r.vision.get('family', 'llava')}: exact per image")
+        if r.overall["image_crops"].quantiles.n:
+            grid += hist("image_crops")
+    add(f'<div class="grid">{grid}</div>')
+    if r.top_images:
+        add("<h3>Images that dominate sequence length</h3>")
+        add(_table(["source", "sample", "image", "size", "crop grid", "crops", "visual tokens", "share of row"],
+                   [[escape(t.source), f"<code>{escape(t.sample_id)}</code>", escape(t.path),
+                     f"{t.width}x{t.height}", f"{t.grid[0]}x{t.grid[1]} + base" if t.crops > 1 else "base only",
+                     _n(t.crops), _n(t.tokens), f"{t.tokens / max(t.row_length, 1):.0%}"] for t in r.top_images],
+                   {5, 6, 7}))
+    add("</section>")
 
     # Duplicates
     d = r.duplicates

@@ -180,6 +180,21 @@ class Summary(_M):
     shard_bytes: int
 
 
+class TopImage(_M):
+    """One of the images with the most visual tokens: what dominates sequence length."""
+
+    source: str
+    sample_id: str
+    image: int = Field(description="the image's index in its row")
+    path: str
+    width: int = Field(description="displayed width (after the EXIF policy)")
+    height: int
+    tokens: int = Field(description="visual tokens of this image")
+    grid: list[int] = Field(description="[rows, columns] of anyres crops besides the base crop; [0, 0] for none")
+    crops: int = Field(description="crops the vision tower encodes: base + grid")
+    row_length: int = Field(description="multimodal length of the row the image is in")
+
+
 class Report(_M):
     report_version: int = REPORT_VERSION
     parsit_version: str
@@ -191,6 +206,8 @@ class Report(_M):
     sources: list[SourceReport]
     overall: dict[str, Distribution]
     image_sizes: list[SizeBin]
+    top_images: list[TopImage] = Field(default_factory=list, description=(
+        "the images with the most visual tokens, over all sources (most first)"))
     reasons: list[ReasonRow]
     duplicates: Duplicates
     mixture: list[MixtureRow]

@@ -153,3 +153,36 @@ def test_cli_bad_processor_folder_is_one_error_line(tmp_path, next_dir, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error:"), err
         assert "processor_config.json" in err[0] and "patch_size" in err[0]
+
+
+def test_report_and_inspect_show_crops_counts_and_the_images_that_dominate(tmp_path, ov_dir, capsys):
+    sizes = {"photo.png": (640, 480), "strip.png": (2000, 500), "dot.png": (1, 1), "page.png": (1240, 1754)}
+    for name, wh in sizes.items():
+        Image.new("RGB", wh).save(tmp_path / name, compress_level=1)
+    recs = [{"id": n, "image": n, "conversations": [{"from": "human", "value": "<image>\nwhat?"},
+                                                    {"from": "gpt", "value": "this"}]} for n in sizes]
+    recs.append({"id": "pair", "images": ["photo.png", "strip.png"], "conversations": [
+        {"from": "human", "value": "<image><image>\ncompare"}, {"from": "gpt", "value": "same"}]})
+    _build(tmp_path, recs, processor=str(ov_dir))
+    g = VisionGeometry.from_processor_dir(ov_dir)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    crops = report["overall"]["image_crops"]["quantiles"]
+    want = sorted([g.crops_for(*wh) for wh in sizes.values()] + [1, 1])  # the pair: base crops only
+    assert (crops["n"], crops["max"]) == (6, max(want))
+    top = report["top_images"]
+    assert [t["tokens"] for t in top] == sorted([g.tokens_for(*wh) for wh in sizes.values()] + [730, 730],
+                                                reverse=True)
+    assert top[0]["sample_id"] == "page.png" and top[0]["grid"] == list(g.grid_for(1240, 1754))
+    assert "Images that dominate sequence length" in (tmp_path / "out" / "report.html").read_text()
+
+    def inspect(sample_id: str) -> str:
+        with pytest.raises(SystemExit) as exc:
+            main(["inspect", str(tmp_path / "out"), "--id", sample_id])
+        assert exc.value.code in (0, None)
+        return " ".join(capsys.readouterr().out.split())  # the table wraps at the terminal width
+
+    rows, cols = g.grid_for(2000, 500)
+    assert (rows, cols) != (0, 0)
+    assert f"strip.png 2000x500, crop grid {rows}x{cols} + base = {1 + rows * cols} crops, " \
+           f"{g.tokens_for(2000, 500)} visual tokens" in inspect("strip.png")
+    assert "photo.png 640x480, 1 crop (base only), 730 visual tokens" in inspect("pair")
