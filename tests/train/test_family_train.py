@@ -160,3 +160,12 @@ def test_a_stopped_onevision_run_resumes_with_the_same_packs_and_losses(fam_buil
     for a, b in zip(got, want, strict=True):
         assert a["sample_ids"] == b["sample_ids"] and a["tokens"] == b["tokens"], a["step"]
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6), a["step"]
+
+
+@pytest.mark.timeout(60)
+def test_launch_refuses_an_image_token_id_that_is_not_the_builds_token(fam_builds, tmp_path):
+    cfg = family_config(fam_builds["llava_next"], tmp_path / "out")
+    cfg["model"]["image_token_id"] = 151646  # not <|image_pad|>, the token the build's processor expands
+    with pytest.raises(ParsitError, match=r"'<\|image_pad\|>', id 151655 .*set model.image_token_id: 151655"):
+        launch(LaunchSpec(config=write_config(tmp_path / "t.yaml", cfg), nproc=2, master_port=_port(),
+                          timeout_s=TIMEOUT))
