@@ -1,5 +1,9 @@
 """Model assembly: transformers' own LLaVA (SigLIP tower + mlp2x_gelu projector + Qwen3), parts and groups.
 
+The build's family decides the class (``LlavaForConditionalGeneration``, ``LlavaNextForConditionalGeneration``,
+``LlavaOnevisionForConditionalGeneration``; :mod:`parsit_train.families`), with SigLIP / SigLIP2 / CLIP towers
+and any causal LM as ``text_config``; what follows holds for each.
+
 Why transformers' classes rather than a hand-written architecture: the exported folder then loads with
 ``LlavaForConditionalGeneration.from_pretrained`` anywhere (vLLM, TGI, the HF hub) with no conversion.
 ``LlavaMultiModalProjector`` is exactly LLaVA's ``mlp2x_gelu`` (linear, GELU, linear).
@@ -157,7 +161,11 @@ def build_model(mcfg: ModelConfig, vision: dict | None = None) -> LlavaForCondit
         set_attn_implementation(cfg, mcfg.attn_implementation)
         model = model_class(family_name_of_config(cfg))(cfg)
         if mcfg.vision_tower.path is not None:
-            tower = SiglipVisionModel.from_pretrained(str(mcfg.vision_tower.path), dtype=torch.float32)
+            from transformers import CLIPVisionModel
+
+            clip = model.config.vision_config.model_type == "clip_vision_model"
+            tower = (CLIPVisionModel if clip else SiglipVisionModel).from_pretrained(str(mcfg.vision_tower.path),
+                                                                                   dtype=torch.float32)
             _load_part(model.model.vision_tower, tower.state_dict(), "vision tower", mcfg.vision_tower.path)
             del tower
         if mcfg.language_model.path is not None:
