@@ -75,8 +75,7 @@ def fit_length(record: Record, tok: Tokenized, images: list[LoadedImage], geomet
     if overlong == "truncate":
         cut = truncate(tok, record, lambda n: image_counts(geometry, images[:n]), max_length)
     if cut is None:
-        return Rejection(Reason.OVERLONG, f"multimodal length {length} exceeds --max-length {max_length}"
-                         + (f" (visual tokens per image: {image_tokens})" if images else ""))
+        return Rejection(Reason.OVERLONG, f"multimodal length {length} exceeds --max-length {max_length}")
     tok, n_img = cut
     images = images[:n_img]
     image_tokens = image_counts(geometry, images)

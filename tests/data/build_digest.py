@@ -19,7 +19,11 @@ What is left out, and why:
 - ``format_version`` and the whole-file ``bytes``/``sha256`` of each shard (in the manifest, its part
   files and the report), which change with the metadata;
 - ``timing`` (the only part that differs between identical builds) and ``tokenizer.path`` / the output
-  directory, which depend on where the repository and the build live.
+  directory, which depend on where the repository and the build live;
+- what issue 24 (the LLaVA-NeXT / OneVision families) added beside the unchanged shards: the vision entry's
+  new keys (manifest and report), the partitions' ``image_crops`` histogram and ``top_images``, the
+  report's ``image_crops`` distributions and ``top_images``, and the report page's "Images" and
+  "Tokenizer and vision" sections (which show them).
 """
 
 from __future__ import annotations
@@ -44,8 +48,28 @@ def shard_digest(path: Path) -> dict:
     return {"schema": _h(schema.serialize().to_pybytes()), "batches": batches}
 
 
+#: The vision entry's keys before the families (issue 24); the others are left out of the digest.
+_OLD_VISION = ("image_size", "patch_size", "aspect", "tokens_per_image", "grid_pinpoints")
+
+
+def _drop_issue24(data: dict) -> None:
+    """Leave out what the families added (see the module docstring); the rest must be byte-identical."""
+    if isinstance(data.get("vision"), dict):
+        data["vision"] = {k: v for k, v in data["vision"].items() if k in _OLD_VISION}
+    data.pop("top_images", None)
+    if isinstance(data.get("overall"), dict):
+        data["overall"].pop("image_crops", None)
+    for s in data.get("sources", []):
+        if isinstance(s, dict) and isinstance(s.get("distributions"), dict):
+            s["distributions"].pop("image_crops", None)
+    for d in ((data.get("stats") or {}).get("dists") or {}).values():
+        d.get("hists", {}).pop("image_crops", None)
+        d.pop("top_images", None)
+
+
 def _json_norm(data):
     data = json.loads(json.dumps(data))
+    _drop_issue24(data)
     data.pop("format_version", None)
     data.pop("timing", None)
     tok = data.get("tokenizer")
@@ -72,9 +96,11 @@ def build_digest(build: Path) -> dict:
     html = (build / "report.html").read_text(encoding="utf-8")
     html = html.replace(str(build), "OUT").replace(manifest["tokenizer"]["path"], "TOKENIZER")
     html = re.sub(r"format v\d+", "format vN", html)
+    html = re.sub(r'<section id="(images|tokenizer)">.*?</section>', "", html, flags=re.S)
     parts = {}
     for p in sorted((build / "_parts").glob("part-*.json")):
         meta = json.loads(p.read_text(encoding="utf-8"))
+        _drop_issue24(meta)
         meta["shard"].pop("bytes", None)
         meta["shard"].pop("sha256", None)
         parts[p.name] = _canon(meta)

@@ -75,6 +75,10 @@ def test_processor_tokenizer_alone_no_longer_quarantines_the_placeholder(tmp_pat
     root, recs = records54
     _, rows, q = _build(tmp_path, recs, image_root=root, tokenizer=str(next_dir))
     assert [x["reason"] for x in q] == [] and len(rows) == 54
+    with pytest.raises(SystemExit) as exc:  # validate, with the processor's tokenizer, agrees
+        main(["validate", str(tmp_path / "data.jsonl"), "--image-root", str(root), "--processor", str(next_dir),
+              "--quiet"])
+    assert exc.value.code == 0
 
 
 def _rotated_jpeg(path: Path, orientation: int) -> Image.Image:
