@@ -15,6 +15,11 @@ with the real kernels when installed): the last sample of the second pack has th
 trainer's forward path), next to the path before the fix (flash attention over the [2, T] rows, which let
 a pack's samples attend to each other) and sdpa, the same run's baselines.
 
+``onevision``: LLaVA-OneVision-0.5B shapes (SigLIP so400m + a Qwen2-0.5B-sized LM, random weights), on the
+demo built with ``--processor`` of a LlavaOnevisionProcessor folder (anyres_max_9, OneVision's 36 grid
+pinpoints; a 640x400 page is 3,000+ visual tokens), packed at 16,384 tokens: the family's pixels
+(``pixel_values`` per image, ``image_sizes``, ``batch_num_images``) through the real loader.
+
 ``--dry-run`` parses the arguments, writes the case configs (validated by the trainer's config model) and
 prints the plan and parameter counts (models built on the meta device): no GPU, no data needed.
 """
@@ -50,16 +55,63 @@ MODELS = {
                "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128, "tie_word_embeddings": True,
                "max_position_embeddings": 40960, "rope_theta": 1000000},
     },
+    "onevision": {  # llava-onevision-qwen2-0.5b shapes: SigLIP so400m-patch14-384 and Qwen2-0.5B
+        "family": "llava_onevision",
+        "vision": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 26, "num_attention_heads": 16,
+                   "image_size": IMAGE_SIZE, "patch_size": PATCH},
+        "lm": {"model_type": "qwen2", "vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864,
+               "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+               "tie_word_embeddings": True, "max_position_embeddings": 32768, "rope_theta": 1000000},
+    },
 }
+PACK = 16384
+
+
+def onevision_vision() -> dict:
+    """The OneVision geometry (transformers' LlavaOnevisionImageProcessor pinpoints, anyres_max_9)."""
+    from parsit_data.format import VisionGeometry
+
+    pins = tuple((IMAGE_SIZE * a, IMAGE_SIZE * b) for a in range(1, 7) for b in range(1, 7))
+    return VisionGeometry(image_size=IMAGE_SIZE, patch_size=PATCH, aspect="anyres", grid_pinpoints=pins,
+                          family="llava_onevision", vision_aspect_ratio="anyres_max_9",
+                          num_image_tokens=(IMAGE_SIZE // PATCH) ** 2, image_token="<|image_pad|>").to_json()
+
+
+def onevision_processor(root: Path) -> Path:
+    """A LlavaOnevisionProcessor folder (SigLIP normalisation, the bundled Qwen3 tokenizer, <|image_pad|>)."""
+    from transformers import AutoTokenizer, LlavaOnevisionImageProcessorPil, LlavaOnevisionProcessor
+    from transformers.models.llava_onevision.video_processing_llava_onevision import LlavaOnevisionVideoProcessor
+
+    from parsit_data.format import bundled_qwen3_tokenizer
+    from parsit_train.families import allow_onevision_processor
+
+    out = root / "processor-onevision"
+    if (out / "processor_config.json").is_file():
+        return out
+    allow_onevision_processor()
+    g = onevision_vision()
+    ip = LlavaOnevisionImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5] * 3,
+                                         image_std=[0.5] * 3, image_grid_pinpoints=g["grid_pinpoints"])
+    tok = AutoTokenizer.from_pretrained(str(bundled_qwen3_tokenizer()))
+    LlavaOnevisionProcessor(image_processor=ip, tokenizer=tok, video_processor=LlavaOnevisionVideoProcessor(),
+                            num_image_tokens=g["num_image_tokens"], vision_feature_select_strategy="full",
+                            image_token="<|image_pad|>", video_token="<|video_pad|>",
+                            vision_aspect_ratio="anyres_max_9").save_pretrained(str(out))
+    return out
+
+
+def build_name(model: str) -> str:
+    return "demo-384-onevision" if MODELS[model].get("family") == "llava_onevision" else "demo-384"
 
 
 def case_config(out: Path, build: Path, model: str, zero: int, attn: str, steps: int, batch: int, workers: int) -> dict:
+    family = MODELS[model].get("family")
     return {
         "run_name": f"gpu-{model}-z{zero}-{attn}", "output_dir": str(out), "seed": 0, "stage": "finetune",
-        "data": {"builds": [str(build)]},
+        "data": {"builds": [str(build.parent / build_name(model))], **({"pack_length": PACK} if family else {})},
         "model": {"init_from": str(out.parent / f"init-{model}"), "attn_implementation": attn,
                   "gradient_checkpointing": model == "realistic"},
-        "optim": {"micro_batch_size": batch, "max_steps": steps, "schedule": "constant"},
+        "optim": {"micro_batch_size": 1 if family else batch, "max_steps": steps, "schedule": "constant"},
         "deepspeed": {"zero_stage": zero, "bf16": True},
         "dataloader": {"num_workers": workers, "prefetch_factor": 4},
         "logging": {"tensorboard": False},
@@ -111,24 +163,26 @@ def run_pack_check(cfg_path: Path, result: Path, attns: list[str]) -> None:
 
 def param_count(model: str) -> int:
     import torch
-    from transformers import LlavaForConditionalGeneration, Qwen3Config, SiglipVisionConfig
+    from transformers import SiglipVisionConfig
 
+    from parsit_train.families import family_name_of_config, model_class, text_config_from
     from parsit_train.model import combine_configs
 
     spec = MODELS[model]
-    cfg = combine_configs(SiglipVisionConfig(**spec["vision"], vision_use_head=False), Qwen3Config(**spec["lm"]),
-                          151655, -2)
+    cfg = combine_configs(SiglipVisionConfig(**spec["vision"], vision_use_head=False), text_config_from(spec["lm"]),
+                          151655, -2, onevision_vision() if spec.get("family") else None)
     with torch.device("meta"):
-        m = LlavaForConditionalGeneration(cfg)
+        m = model_class(family_name_of_config(cfg))(cfg)
     return sum(p.numel() for p in m.parameters())
 
 
 def make_init(root: Path, model: str) -> Path:
     """Random towers of the model's shapes (built on the GPU in bf16: seconds), merged by assemble."""
     import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM, SiglipVisionConfig, SiglipVisionModel
+    from transformers import AutoModelForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
     from parsit_train.assemble import MARKER, assemble
+    from parsit_train.families import text_config_from
 
     out = root / f"init-{model}"
     if (out / MARKER).is_file():
@@ -138,21 +192,30 @@ def make_init(root: Path, model: str) -> Path:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with torch.device(device):
         SiglipVisionModel(SiglipVisionConfig(**spec["vision"])).to(torch.bfloat16).save_pretrained(root / f"vit-{model}")
-        Qwen3ForCausalLM(Qwen3Config(**spec["lm"])).to(torch.bfloat16).save_pretrained(root / f"lm-{model}")
+        AutoModelForCausalLM.from_config(text_config_from(spec["lm"])).to(torch.bfloat16).save_pretrained(
+            root / f"lm-{model}")
     torch.cuda.empty_cache()
-    return assemble(root / f"vit-{model}", root / f"lm-{model}", out)
+    vision = None
+    if spec.get("family"):
+        from parsit_data.format import load_manifest
+
+        vision = load_manifest(root / build_name(model)).vision.model_dump(mode="json")
+    return assemble(root / f"vit-{model}", root / f"lm-{model}", out, vision=vision)
 
 
-def make_build(root: Path) -> Path:
-    """The demo data built for a 384 px / patch 14 tower (real images, real shards)."""
+def make_build(root: Path, onevision: bool = False) -> Path:
+    """The demo data built for a 384 px / patch 14 tower (real images, real shards); ``onevision``: with
+    ``--processor`` of a LlavaOnevisionProcessor folder, rows up to the pack length."""
     from parsit_data.build import build
     from parsit_data.config import BuildConfig
 
-    out = root / "demo-384"
+    out = root / ("demo-384-onevision" if onevision else "demo-384")
     if not (out / "manifest.json").is_file():
         demo = REPO / "examples" / "demo"
+        extra = {"processor": str(onevision_processor(root)), "tokenizer": "qwen3", "max_length": PACK} if onevision \
+            else {"image_size": IMAGE_SIZE, "patch_size": PATCH}
         build(BuildConfig(inputs=[str(demo / "mixture.yaml")], image_root=str(demo / "images"), out=str(out),
-                          image_size=IMAGE_SIZE, patch_size=PATCH, shard_rows=16))
+                          shard_rows=16, **extra))
     return out
 
 
@@ -276,6 +339,8 @@ def main() -> None:
         raise SystemExit("no CUDA GPU: the GPU check needs one (use --dry-run to check the plan)")
     t0 = time.perf_counter()
     make_build(root)
+    if any(MODELS[m].get("family") for m in args.models):
+        make_build(root, onevision=True)
     for model in args.models:
         make_init(root, model)
     print(f"data and models ready in {time.perf_counter() - t0:.0f}s")

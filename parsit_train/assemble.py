@@ -173,8 +173,14 @@ def _dtype_name(config) -> torch.dtype:
 
 
 def _projector_entries(cfg, projector: Path | None, seed: int, dtype: torch.dtype) -> list[Entry]:
+    """The projector's tensors (and, for LLaVA-NeXT / OneVision, ``image_newline``, initialised as upstream:
+    N(0, 1/sqrt(text hidden size)), seeded), from a pretrain run's projector.safetensors or a seeded init."""
     from safetensors import safe_open
     from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+    from parsit_train.families import family_name_of_config, image_newline
+
+    anyres = family_name_of_config(cfg) != "llava"
 
     if projector is not None:
         path = Path(projector)
@@ -194,7 +200,14 @@ def _projector_entries(cfg, projector: Path | None, seed: int, dtype: torch.dtyp
         torch.manual_seed(seed)
         state = LlavaMultiModalProjector(cfg).to(dtype).state_dict()
         torch.random.set_rng_state(gen_state)
-    return [Entry("multi_modal_projector." + k, _DTYPES[v.dtype], tuple(v.shape), (lambda v=v: v))
+    newline = state.pop("image_newline", None)
+    if anyres and newline is None:
+        newline = image_newline(cfg.text_config.hidden_size, dtype, seed)
+    if not anyres and newline is not None:
+        raise ParsitError(f"{projector} holds an image_newline (a LLaVA-NeXT / OneVision projector); this model is "
+                          "plain LLaVA")
+    extra = [Entry("image_newline", _DTYPES[newline.dtype], tuple(newline.shape), (lambda v=newline: v))] if anyres else []
+    return extra + [Entry("multi_modal_projector." + k, _DTYPES[v.dtype], tuple(v.shape), (lambda v=v: v))
             for k, v in sorted(state.items())]
 
 
@@ -221,9 +234,8 @@ def assemble(
     ``vision`` / ``template``: the build's manifest blocks the serving files reproduce (default: the tower's
     own geometry with aspect ``pad``, and ``qwen_1_5`` with its default system prompt).
     """
-    from transformers import LlavaForConditionalGeneration
-
     from parsit_data.format import resolve_tokenizer_path
+    from parsit_train.families import family_name_of_config, model_class
     from parsit_train.model import combine_configs, text_config_of, vision_config_of
     from parsit_train.serving import write_serving_files
 
@@ -234,7 +246,7 @@ def assemble(
                               "Face folder (nothing is downloaded)")
     vc = vision_config_of(TowerSpec(path=vision_tower))
     tc = text_config_of(TowerSpec(path=language_model))
-    cfg = combine_configs(vc, tc, image_token_id, vision_feature_layer)
+    cfg = combine_configs(vc, tc, image_token_id, vision_feature_layer, vision)
     if image_token_id >= tc.vocab_size:
         raise ParsitError(f"image token id {image_token_id} is outside the language model's vocabulary ({tc.vocab_size})")
     tok_dir = resolve_tokenizer_path(tokenizer)
@@ -245,7 +257,7 @@ def assemble(
                           "for this tower or use a matching tower")
     # The names and shapes the LLaVA model expects, from a model built on the meta device (no memory).
     with torch.device("meta"):
-        ref = LlavaForConditionalGeneration(cfg)
+        ref = model_class(family_name_of_config(cfg))(cfg)
     tied = tied_weight_keys(ref)
     expected = {llava_disk_key(k): tuple(v.shape) for k, v in ref.state_dict().items() if k not in tied}
     del ref
@@ -336,7 +348,8 @@ def starting_folder(cfg, vision: dict, template: dict, rank: int) -> Path:
                      vision=geometry, template=template)
         else:  # an inline (tiny) config: built in memory with the run's seed, then saved
             torch.manual_seed(cfg.seed)
-            model = build_model(m.model_copy(update={"projector_weights": None, "gradient_checkpointing": False}))
+            model = build_model(m.model_copy(update={"projector_weights": None, "gradient_checkpointing": False}),
+                                geometry)
             vc = model.config.vision_config
             save_built_model(model, out, cfg.data.tokenizer,
                              geometry or {"image_size": vc.image_size, "patch_size": vc.patch_size, "aspect": "pad"},

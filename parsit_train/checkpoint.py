@@ -47,7 +47,7 @@ from parsit_train.checkpoint_files import (
 from parsit_train.compat import optimizer_group_layout, repair_zero3_universal_load
 from parsit_train.config import TrainConfig, config_to_json
 from parsit_train.faults import fail_hook, finish_before_stopping
-from parsit_train.model import PROJECTOR_FILE, projector_state, save_projector
+from parsit_train.model import PROJECTOR_FILE, projector_params, projector_state, save_projector
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,7 @@ def gathered_projector(engine) -> dict | None:
     """The projector's full weights on rank 0 (None elsewhere), gathering ZeRO-3 partitions."""
     import deepspeed
 
-    proj = engine.module.model.multi_modal_projector
-    with deepspeed.zero.GatheredParameters(list(proj.parameters()), modifier_rank=None):
+    with deepspeed.zero.GatheredParameters(projector_params(engine.module), modifier_rank=None):
         state = projector_state(engine.module) if torch.distributed.get_rank() == 0 else None
     return state
 

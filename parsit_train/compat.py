@@ -111,6 +111,7 @@ LLAVA_DISK_PREFIXES: tuple[tuple[str, str], ...] = (
     ("model.multi_modal_projector.", "multi_modal_projector."),
     ("model.language_model.", "language_model.model."),
     ("lm_head.", "language_model.lm_head."),
+    ("model.image_newline", "image_newline"),  # LLaVA-NeXT / OneVision
 )
 
 

@@ -1,5 +1,9 @@
 """Model assembly: transformers' own LLaVA (SigLIP tower + mlp2x_gelu projector + Qwen3), parts and groups.
 
+The build's family decides the class (``LlavaForConditionalGeneration``, ``LlavaNextForConditionalGeneration``,
+``LlavaOnevisionForConditionalGeneration``; :mod:`parsit_train.families`), with SigLIP / SigLIP2 / CLIP towers
+and any causal LM as ``text_config``; what follows holds for each.
+
 Why transformers' classes rather than a hand-written architecture: the exported folder then loads with
 ``LlavaForConditionalGeneration.from_pretrained`` anywhere (vLLM, TGI, the HF hub) with no conversion.
 ``LlavaMultiModalProjector`` is exactly LLaVA's ``mlp2x_gelu`` (linear, GELU, linear).
@@ -49,8 +53,15 @@ _PREFIXES = {
 }
 
 
+#: Parameters of the anyres families outside the projector module that belong to its part.
+_PROJECTOR_EXTRA = ("model.image_newline",)
+
+
 def part_of(name: str) -> str:
-    """The part a parameter belongs to: everything that is not vision or projector is the LM (lm_head too)."""
+    """The part a parameter belongs to: everything that is not vision or projector is the LM (lm_head too).
+    LLaVA-NeXT / OneVision's ``image_newline`` (separates rows of visual features) is the projector's."""
+    if name in _PROJECTOR_EXTRA:
+        return "projector"
     for part, prefix in _PREFIXES.items():
         if name.startswith(prefix):
             return part
@@ -59,24 +70,22 @@ def part_of(name: str) -> str:
 
 # --- configs --------------------------------------------------------------------------------------------
 def vision_config_of(spec) -> SiglipVisionConfig:
-    if spec.config is not None:
-        cfg = SiglipVisionConfig(**spec.config)
-    else:
-        cfg = AutoConfig.from_pretrained(str(spec.path))
-        cfg = getattr(cfg, "vision_config", cfg)  # a full SiglipModel folder carries vision_config
-        if not isinstance(cfg, SiglipVisionConfig):
-            raise ParsitError(f"{spec.path} is not a SigLIP vision tower (config type {type(cfg).__name__})")
-    cfg.vision_use_head = False
+    """SigLIP (SigLIP2 fixed-resolution checkpoints are SigLIP) or CLIP; an inline config may name its
+    ``model_type`` (default ``siglip_vision_model``)."""
+    from parsit_train.families import vision_config_from
+
+    cfg = vision_config_from(spec.config, spec.path)
+    if isinstance(cfg, SiglipVisionConfig):
+        cfg.vision_use_head = False
     return cfg
 
 
 def text_config_of(spec) -> Qwen3Config:
-    if spec.config is not None:
-        return Qwen3Config(**spec.config)
-    cfg = AutoConfig.from_pretrained(str(spec.path))
-    if not isinstance(cfg, Qwen3Config):
-        raise ParsitError(f"{spec.path} is not a Qwen3 language model (config type {type(cfg).__name__})")
-    return cfg
+    """Any causal LM transformers knows (Qwen2, Qwen2.5, Qwen3, Llama...); an inline config may name its
+    ``model_type`` (default ``qwen3``)."""
+    from parsit_train.families import text_config_from
+
+    return text_config_from(spec.config, spec.path)
 
 
 DEFAULT_VISION_FEATURE_LAYER = -2  # LLaVA's choice: the second-to-last hidden state of the vision tower
@@ -87,9 +96,9 @@ def feature_layer(mcfg: ModelConfig) -> int:
     return DEFAULT_VISION_FEATURE_LAYER if mcfg.vision_feature_layer is None else mcfg.vision_feature_layer
 
 
-def llava_config(mcfg: ModelConfig) -> LlavaConfig:
+def llava_config(mcfg: ModelConfig, vision: dict | None = None) -> LlavaConfig:
     vc, tc = vision_config_of(mcfg.vision_tower), text_config_of(mcfg.language_model)
-    return combine_configs(vc, tc, mcfg.image_token_id, feature_layer(mcfg))
+    return combine_configs(vc, tc, mcfg.image_token_id, feature_layer(mcfg), vision)
 
 
 def apply_feature_layer(config: LlavaConfig, wanted: int | None, source: Path) -> None:
@@ -111,7 +120,12 @@ def apply_feature_layer(config: LlavaConfig, wanted: int | None, source: Path) -
 
 
 def combine_configs(vc: SiglipVisionConfig, tc: Qwen3Config, image_token_id: int,
-                    vision_feature_layer: int) -> LlavaConfig:
+                    vision_feature_layer: int, vision: dict | None = None) -> LlavaConfig:
+    """The model config: plain LLaVA, or the build's anyres family (``vision``: the manifest's block)."""
+    if vision and (vision.get("family") or "llava") != "llava":
+        from parsit_train.families import geometry_of, model_config
+
+        return model_config(geometry_of(vision), vc, tc, image_token_id, vision_feature_layer)
     tokens = (vc.image_size // vc.patch_size) ** 2
     return LlavaConfig(
         vision_config=vc,
@@ -157,7 +171,7 @@ def _load_part(module: torch.nn.Module, state: dict, what: str, source: Path) ->
         log.info("%s: ignored %d weights not used by LLaVA (e.g. %s)", source, len(unexpected), unexpected[0])
 
 
-def build_model(mcfg: ModelConfig) -> LlavaForConditionalGeneration:
+def build_model(mcfg: ModelConfig, vision: dict | None = None) -> LlavaForConditionalGeneration:
     """The LLaVA model materialised in fp32 on CPU, from inline configs or the two towers' folders.
 
     Training does not call this for real models: it starts from one merged folder (:func:`load_model`),
@@ -167,11 +181,17 @@ def build_model(mcfg: ModelConfig) -> LlavaForConditionalGeneration:
     if mcfg.init_from is not None:
         model = load_model(mcfg.init_from, mcfg, torch.float32)[0]
     else:
-        cfg = llava_config(mcfg)
+        from parsit_train.families import family_name_of_config, model_class
+
+        cfg = llava_config(mcfg, vision)
         set_attn_implementation(cfg, mcfg.attn_implementation)
-        model = LlavaForConditionalGeneration(cfg)
+        model = model_class(family_name_of_config(cfg))(cfg)
         if mcfg.vision_tower.path is not None:
-            tower = SiglipVisionModel.from_pretrained(str(mcfg.vision_tower.path), dtype=torch.float32)
+            from transformers import CLIPVisionModel
+
+            clip = model.config.vision_config.model_type == "clip_vision_model"
+            tower = (CLIPVisionModel if clip else SiglipVisionModel).from_pretrained(str(mcfg.vision_tower.path),
+                                                                                   dtype=torch.float32)
             _load_part(model.model.vision_tower, tower.state_dict(), "vision tower", mcfg.vision_tower.path)
             del tower
         if mcfg.language_model.path is not None:
@@ -199,8 +219,10 @@ def load_model(folder: Path, mcfg: ModelConfig, dtype: torch.dtype, ds_config: d
     if not (folder / "config.json").is_file():
         raise ParsitError(f"{folder} has no config.json: give a LLaVA folder (parsit-train assemble writes one)")
     check_attn_implementation(mcfg.attn_implementation)
+    from parsit_train.families import family_name_of_config, model_class
+
     cfg = AutoConfig.from_pretrained(str(folder))
-    if not isinstance(cfg, LlavaConfig):
+    if family_name_of_config(cfg) is None:
         raise ParsitError(f"{folder} is not a LLaVA model (config type {type(cfg).__name__}): run parsit-train "
                           "assemble to merge a vision tower and a language model into one")
     apply_feature_layer(cfg, mcfg.vision_feature_layer, folder)
@@ -211,7 +233,7 @@ def load_model(folder: Path, mcfg: ModelConfig, dtype: torch.dtype, ds_config: d
         )
     zero3 = bool(ds_config) and int(ds_config.get("zero_optimization", {}).get("stage", 0)) == 3
     keep_alive = hf_deepspeed_config(ds_config) if zero3 else None
-    model, info = LlavaForConditionalGeneration.from_pretrained(
+    model, info = model_class(family_name_of_config(cfg)).from_pretrained(
         str(folder), config=cfg, dtype=dtype, attn_implementation=mcfg.attn_implementation, output_loading_info=True
     )
     missing = sorted(info.get("missing_keys") or [])
@@ -230,9 +252,8 @@ def finish_model(model: LlavaForConditionalGeneration, mcfg: ModelConfig) -> Lla
     if mcfg.projector_weights is not None:
         import deepspeed
 
-        proj = model.model.multi_modal_projector
         # Under ZeRO-3 the projector is partitioned: gather it, let rank 0 load, re-partition.
-        with deepspeed.zero.GatheredParameters(list(proj.parameters()), modifier_rank=0):
+        with deepspeed.zero.GatheredParameters(projector_params(model), modifier_rank=0):
             if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
                 load_projector(model, mcfg.projector_weights)
     if mcfg.gradient_checkpointing:
@@ -267,6 +288,10 @@ def check_compatibility(model: LlavaForConditionalGeneration, vision: dict, voca
             + "; ".join(problems)
             + "): rebuild the data with this tower's --image-size/--patch-size, or use a matching tower"
         )
+    if (vision or {}).get("family") not in (None, "llava") or not isinstance(model.config, LlavaConfig):
+        from parsit_train.families import check_model_matches
+
+        check_model_matches(model.config, vision)
     lm_vocab = model.config.text_config.vocab_size
     if lm_vocab < vocab_size:
         raise ParsitError(
@@ -337,8 +362,19 @@ def param_groups(model: torch.nn.Module, lrs: dict[str, float], weight_decay: fl
 
 
 # --- projector export -----------------------------------------------------------------------------------
+def projector_params(model) -> list[torch.nn.Parameter]:
+    """The projector part's parameters: the projector module, and ``image_newline`` in the anyres families."""
+    params = list(model.model.multi_modal_projector.parameters())
+    newline = getattr(model.model, "image_newline", None)
+    return params + ([newline] if newline is not None else [])
+
+
 def projector_state(model: LlavaForConditionalGeneration) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in model.model.multi_modal_projector.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.model.multi_modal_projector.state_dict().items()}
+    newline = getattr(model.model, "image_newline", None)
+    if newline is not None:
+        state["image_newline"] = newline.detach().cpu().contiguous()
+    return state
 
 
 def save_projector(state: dict[str, torch.Tensor], config: LlavaConfig, path: Path) -> Path:
@@ -374,6 +410,13 @@ def load_projector(model: LlavaForConditionalGeneration, path: Path) -> None:
     if have != want:
         raise ParsitError(f"{path} is a projector for hidden sizes {have}, this model needs {want}")
     state = load_file(str(path))
+    newline = getattr(model.model, "image_newline", None)
+    if (newline is not None) != ("image_newline" in state):
+        raise ParsitError(f"{path} is a projector {'with' if 'image_newline' in state else 'without'} an image_newline, "
+                          f"this model ({type(model).__name__}) {'has' if newline is not None else 'has none'}")
+    if newline is not None:
+        with torch.no_grad():
+            newline.copy_(state.pop("image_newline").to(newline.dtype))
     proj = model.model.multi_modal_projector
     ref = proj.state_dict()
     state = {k: v.to(ref[k].dtype) if k in ref else v for k, v in state.items()}

@@ -117,6 +117,10 @@ def check_data(cfg: TrainConfig, verify_checksums: bool = True) -> None:
     if vocab and not 0 <= token < vocab:
         raise ParsitError(f"model.image_token_id {token} is outside the tokenizer's {vocab} ids: use the model's "
                           "image token id (Qwen3: 151655, <|image_pad|>)")
+    from parsit_train.families import check_image_token, check_model_section
+
+    check_image_token(token, dataset.vision, cfg.data.tokenizer)
+    check_model_section(cfg.model, dataset.vision)  # a model of another family / geometry: refused here, once
 
 
 def verify_before_launch(cfg: TrainConfig, folder: Path) -> float:

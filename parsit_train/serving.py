@@ -8,10 +8,7 @@ training inputs:
 - an image processor reproducing the build's geometry and aspect mode: transformers' own
   ``LlavaImageProcessor`` (PIL backend): ``pad`` = ``do_pad`` (pad to a square with the mean colour,
   centred, then a bicubic resize to ``image_size``², LLaVA's ``expand2square``), ``square`` = the bicubic
-  resize alone; mean = std = 0.5 (SigLIP). ``anyres`` is NOT reproduced: transformers' LLaVA-NeXT
-  processor belongs to ``LlavaNextForConditionalGeneration`` (an image-newline parameter, unpadded
-  features, another token count), while Parsit trains a ``LlavaForConditionalGeneration`` on base image +
-  grid crops; the folder then has no image processor and ``parsit_serving.json`` says so;
+  resize alone; mean = std = 0.5 (SigLIP) (``anyres`` is the LLaVA-NeXT / OneVision families', below);
 - ``patch_size``, ``vision_feature_select_strategy="full"`` and ``num_additional_image_tokens=0``, so the
   processor expands each image token to ``(image_size // patch_size)²`` tokens, what the collator does;
 - a Jinja chat template that renders exactly the build's template (ChatML ``qwen_1_5`` / ``parsit`` /
@@ -22,6 +19,14 @@ training inputs:
   content parts or the literal ``<image>`` in a string, both rendered as the image token. Other templates
   (vicuna, llama3, plain, the tokenizer's own) get no chat template; ``parsit_serving.json`` says why;
 - ``generation_config.json`` stopping at the template's end-of-turn token (``<|im_end|>``).
+
+LLaVA-NeXT and OneVision builds (``vision.family``) get their family's processor instead
+(:func:`family_processor`): ``LlavaNextProcessor`` / ``LlavaOnevisionProcessor`` with the image processor
+config the build stored (or, for a build without ``--processor``, the geometry's: SigLIP normalisation,
+bicubic, no centre crop), the build's grid pinpoints, feature strategy, ``anyres_max_N`` and image token, so
+``AutoProcessor.from_pretrained`` expands each image to the count the build stored and makes the pixels
+the trainer fed (``anyres`` is reproduced: the old base-image-plus-crops scheme is gone). Loading a OneVision
+processor without torchvision needs :func:`parsit_train.families.allow_onevision_processor` first.
 """
 
 from __future__ import annotations
@@ -105,14 +110,14 @@ def llava_next_jinja(system_prompt: str, image_token: str = IMAGE_TOKEN) -> str:
     )
 
 
-def chat_template_for(template: dict) -> tuple[str | None, str]:
+def chat_template_for(template: dict, image_token: str = IMAGE_TOKEN) -> tuple[str | None, str]:
     """(Jinja source or None, a sentence saying what is reproduced) for a manifest's ``template`` block."""
     name = template.get("name")
     policy = template.get("label_policy", "native")
     if name in CHATML_TEMPLATES and policy == "native":
-        return chatml_jinja(template.get("system_prompt")), f"chat template {name!r} reproduced exactly"
+        return chatml_jinja(template.get("system_prompt"), image_token), f"chat template {name!r} reproduced exactly"
     if name == "qwen_1_5" and policy == "llava-next":
-        return (llava_next_jinja(template.get("system_prompt") or "You are a helpful assistant."),
+        return (llava_next_jinja(template.get("system_prompt") or "You are a helpful assistant.", image_token),
                 "chat template qwen_1_5 with label policy llava-next (LLaVA-NeXT preprocess_qwen) reproduced")
     return None, (f"no chat template: the build's template {name!r} with label policy {policy!r} is not "
                   "reproduced by the export (the ChatML templates qwen_1_5, parsit, qwen3 with policy native, and "
@@ -126,10 +131,9 @@ def image_processor_for(vision: dict):
 
     aspect = vision.get("aspect", "pad")
     size = int(vision["image_size"])
-    if aspect == "anyres":
-        return None, ("no image processor: aspect 'anyres' (base image + grid crops fed to "
-                      "LlavaForConditionalGeneration) has no transformers equivalent; LlavaNextImageProcessor "
-                      "belongs to LLaVA-NeXT's model (image newline, unpadding) and would not match the training inputs")
+    if aspect == "anyres":  # a build of the family era is llava_next / llava_onevision (family_processor)
+        raise ParsitError("this build counted 'anyres' images with Parsit's old rule (base image + grid crops), which "
+                          "no model reproduces: rebuild it (parsit-data build --processor DIR, or --aspect anyres)")
     if aspect not in ("pad", "square"):
         raise ParsitError(f"unknown aspect mode {aspect!r} in the build's vision block")
     proc = LlavaImageProcessorPil(
@@ -140,6 +144,34 @@ def image_processor_for(vision: dict):
     return proc, f"image processor: LlavaImageProcessor, aspect {aspect!r}, {size}x{size}"
 
 
+def family_processor(vision: dict, tok, chat: str | None, image_token: str):
+    """(processor, sentence) of a LLaVA-NeXT / OneVision build: transformers' own processor class, configured
+    exactly as the build counted (the trainer's pixels come from the same image processor)."""
+    from transformers import LlavaNextProcessor, LlavaOnevisionProcessor
+
+    from parsit_train.families import allow_onevision_processor, describe, geometry_of, image_processor
+
+    g = geometry_of(vision)
+    ip = image_processor(g)
+    if g.family == "llava_next":
+        proc = LlavaNextProcessor(image_processor=ip, tokenizer=tok, patch_size=g.patch_size,
+                                  vision_feature_select_strategy=g.vision_feature_select_strategy, chat_template=chat,
+                                  image_token=image_token, num_additional_image_tokens=g.num_additional_image_tokens)
+    else:
+        from transformers.models.llava_onevision.video_processing_llava_onevision import LlavaOnevisionVideoProcessor
+
+        allow_onevision_processor()
+        video_token = (g.processor or {}).get("video_token") or "<|video_pad|>"
+        if tok.convert_tokens_to_ids(video_token) in (None, tok.unk_token_id):
+            video_token = "<video>"
+        proc = LlavaOnevisionProcessor(image_processor=ip, tokenizer=tok, video_processor=LlavaOnevisionVideoProcessor(),
+                                       num_image_tokens=g.tokens_per_crop,
+                                       vision_feature_select_strategy=g.vision_feature_select_strategy,
+                                       chat_template=chat, image_token=image_token, video_token=video_token,
+                                       vision_aspect_ratio=g.vision_aspect_ratio)
+    return proc, f"image processor: {type(proc).__name__} ({describe(g)})"
+
+
 def write_serving_files(out: Path, tokenizer_dir: Path, vision: dict, template: dict, image_token_id: int,
                         patch_size: int | None = None) -> dict:
     """Processor, chat template and generation config into ``out``; returns what was written (also saved
@@ -148,11 +180,20 @@ def write_serving_files(out: Path, tokenizer_dir: Path, vision: dict, template: 
 
     out = Path(out)
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    if tok.convert_tokens_to_ids(IMAGE_TOKEN) != image_token_id:
-        raise ParsitError(f"the tokenizer's {IMAGE_TOKEN} is id {tok.convert_tokens_to_ids(IMAGE_TOKEN)}, the model's "
+    family = (vision or {}).get("family") or "llava"
+    token = IMAGE_TOKEN
+    if family != "llava" and vision.get("image_token") and tok.convert_tokens_to_ids(vision["image_token"]) == image_token_id:
+        token = vision["image_token"]  # the processor's own placeholder (e.g. <image> of llava-hf models)
+    if tok.convert_tokens_to_ids(token) != image_token_id:
+        raise ParsitError(f"the tokenizer's {token} is id {tok.convert_tokens_to_ids(token)}, the model's "
                           f"image token id is {image_token_id}: they must be the same token")
-    chat, chat_note = chat_template_for(template)
-    image_proc, image_note = image_processor_for(vision)
+    chat, chat_note = chat_template_for(template, token)
+    if family != "llava":
+        processor, image_note = family_processor(vision, tok, chat, token)
+        image_proc = None
+    else:
+        processor = None
+        image_proc, image_note = image_processor_for(vision)
     patch = int(patch_size or vision["patch_size"])
     if chat is not None:
         tok.chat_template = chat
@@ -161,13 +202,15 @@ def write_serving_files(out: Path, tokenizer_dir: Path, vision: dict, template: 
                                    vision_feature_select_strategy="full", chat_template=chat,
                                    image_token=IMAGE_TOKEN, num_additional_image_tokens=0)
         processor.save_pretrained(str(out))
+    elif processor is not None:
+        processor.save_pretrained(str(out))
     else:
         tok.save_pretrained(str(out))
     eot = tok.convert_tokens_to_ids("<|im_end|>")
     gen = GenerationConfig(eos_token_id=eot, pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else eot)
     gen.save_pretrained(str(out))
-    note = {"format": "parsit.serving.v1", "image_token": IMAGE_TOKEN, "image_token_id": image_token_id,
-            "tokens_per_image": (int(vision["image_size"]) // patch) ** 2, "vision": vision,
+    note = {"format": "parsit.serving.v1", "image_token": token, "image_token_id": image_token_id,
+            "family": family, "tokens_per_image": (int(vision["image_size"]) // patch) ** 2, "vision": vision,
             "template": {k: template.get(k) for k in ("name", "system_prompt", "label_policy")},
             "chat_template": chat_note, "image_processor": image_note, "eos_token": "<|im_end|>"}
     (out / SERVING_FILE).write_text(json.dumps(note, indent=2) + "\n", encoding="utf-8")

@@ -294,6 +294,16 @@ class TrainResult:
     stopped_early: bool = False
 
 
+def family_inputs(batch: dict, device) -> dict:
+    """LLaVA-NeXT / OneVision's extra image inputs (``image_sizes``; OneVision's ``batch_num_images``), when the
+    collator made them (:mod:`parsit_train.data.pixels`); nothing for plain LLaVA."""
+    extra = {}
+    for key in ("image_sizes", "batch_num_images"):
+        if batch.get(key) is not None:
+            extra[key] = batch[key].to(device) if key == "image_sizes" else batch[key]
+    return extra
+
+
 def forward_loss(model, batch: dict, device, dtype) -> torch.Tensor:
     """SUM of the next-token cross-entropies over the batch's targets (weighted by ``target_weights`` when
     the collator gives them), projecting only the supervised positions onto the vocabulary.
@@ -328,6 +338,7 @@ def forward_loss(model, batch: dict, device, dtype) -> torch.Tensor:
         pixel_values=None if pixels is None else pixels.to(device, dtype),
         logits_to_keep=keep,
         use_cache=False,
+        **family_inputs(batch, device),
     )
     logits = out.logits.float().reshape(-1, out.logits.shape[-1])
     if empty:

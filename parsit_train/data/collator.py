@@ -28,6 +28,12 @@ from ``position_ids`` only when the batch has one row.
 Blank image: with ``blank_image=(size, tokens)``, a batch without any image gets one blank image after
 its padding (masked out / its own segment, labels -100), so the vision tower runs on every rank.
 
+Anyres families (LLaVA-NeXT, OneVision): with a :class:`parsit_train.data.pixels.FamilyPixels` as image
+processor, every stored count is checked against the family's rule for the image's displayed size (and
+the sample's image count), and the batch carries ``pixel_values`` ``[images, max patches, 3, S, S]``
+(zeros after an image's own patches), ``image_sizes`` ``[images, 2]`` (height, width) and, for
+OneVision, ``batch_num_images`` (images per sample, in order), as the family's processor makes them.
+
 Example (pad 151643, image token 151655, 2 tokens per image)::
 
     row    input_ids [151644, -200, 198, 9707, 151645]  labels [-100, -100, -100, 9707, 151645]
@@ -140,12 +146,31 @@ class Collator:
             k += c.shape[0]
         return out
 
+    def _family_pixels(self, samples: list[dict]):
+        """(pixel_values [images, max patches, 3, S, S], image_sizes [images, 2], batch_num_images or None)."""
+        if not samples:
+            return None, None, None
+        images = [p for s in samples for p in s["pixels"]]
+        most = max(p.shape[0] for p in images)
+        _, c, h, w = images[0].shape
+        out = _empty_pixels((len(images), most, c, h, w))
+        view = out.numpy()
+        for j, p in enumerate(images):
+            view[j, : p.shape[0]] = p
+            view[j, p.shape[0]:] = 0.0
+        sizes = torch.tensor([hw for s in samples for hw in s["sizes"]], dtype=torch.long)
+        onevision = self.image_processor.geometry.family == "llava_onevision"
+        counts = torch.tensor([len(s["pixels"]) for s in samples], dtype=torch.long) if onevision else None
+        return out, sizes, counts
+
     def _sequence(self, item: dict) -> tuple[np.ndarray, np.ndarray]:
         sid = item["sample_id"]
         if item["num_image_tokens"] and (item.get("image_crops") is None or self.image_processor is None):
             raise ParsitError(f"sample {sid!r} has images but no pixels: give the dataset and the collator the "
                               "run's ImageProcessor")
         self._check_crops(item)
+        if getattr(self.image_processor, "check_counts", None) is not None and item["num_image_tokens"]:
+            self.image_processor.check_counts(item)  # anyres families: the family's count for each image
         ids, labels = expand_images(
             np.asarray(item["input_ids"]), np.asarray(item["labels"]), item["num_image_tokens"],
             self.image_token_id, sid,
@@ -181,7 +206,11 @@ class Collator:
             m = self.pad_to_multiple_of
             width = min(self.pack_length or self.max_length, -(-width // m) * m)
         blank = self.blank_image is not None and not crops
-        extra = self.blank_image[1] if blank else 0
+        family = getattr(self.image_processor, "geometry", None) is not None
+        if blank and family:  # the family's own blank image (its token count is the family's)
+            blank_pixels, blank_size, blank_tokens = self.image_processor.blank()
+            crops = [{"pixels": [blank_pixels], "sizes": [blank_size]}]
+        extra = (blank_tokens if family else self.blank_image[1]) if blank else 0
         bsz, total = len(rows), width + extra
         input_ids = torch.full((bsz, total), self.pad_token_id, dtype=torch.long)
         labels = torch.full((bsz, total), IGNORE_INDEX, dtype=torch.long)
@@ -210,8 +239,14 @@ class Collator:
                 at += n
             # Padding (and a blank image) is one trailing segment of its own: positions restart at 0.
             position_ids[b, at:] = torch.arange(total - at)
-        pixels = self._pixels(crops)
-        if blank:
+        image_sizes = batch_num_images = None
+        if family:
+            pixels, image_sizes, batch_num_images = self._family_pixels(crops)
+        else:
+            pixels = self._pixels(crops)
+        if blank and family:
+            input_ids[0, width:] = self.image_token_id
+        elif blank:
             input_ids[0, width:] = self.image_token_id
             pixels = torch.zeros((1, 3, self.blank_image[0], self.blank_image[0]), dtype=torch.float32)
         real = int(attention.sum())
@@ -225,6 +260,8 @@ class Collator:
             "attention_mask": None if packed else attention,
             "position_ids": position_ids if packed else None,
             "pixel_values": pixels,
+            "image_sizes": image_sizes,
+            "batch_num_images": batch_num_images,
             "sample_ids": [it["sample_id"] for it in items],
             "num_tokens": real,
             "num_padded": int(input_ids.numel()),

@@ -81,6 +81,10 @@ def _vision_key(vision: dict | None) -> Any:
         vision.get("patch_size"),
         vision.get("aspect"),
         tuple(map(tuple, pins)) if pins and vision.get("aspect") == "anyres" else None,
+        vision.get("family") or "llava",
+        vision.get("vision_feature_select_strategy"),
+        vision.get("vision_aspect_ratio"),
+        vision.get("num_additional_image_tokens"),
     )
 
 

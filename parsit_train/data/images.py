@@ -5,10 +5,9 @@ tokens the build counted for each image:
 
 - ``square``: resize to ``image_size``²; one crop.
 - ``pad``: pad to a square with the mean colour (LLaVA's ``expand2square``), then resize; one crop.
-- ``anyres``: LLaVA-NeXT's scheme: a base image resized to ``image_size``², then the image resized and
-  padded into the best grid resolution from ``grid_pinpoints`` (chosen from the ORIGINAL width/height
-  recorded in the row, so a copy re-encoded at build time picks the same grid) and cut into
-  ``image_size`` crops, row by row. Each crop gives ``tokens_per_image`` tokens.
+
+``anyres`` is the LLaVA-NeXT / OneVision families' (``parsit_train.data.pixels``: the family's own image
+processor, the model's own feature count); this module is plain LLaVA's one crop per image.
 
 Normalisation is ``(x / 255 - mean) / std`` per channel; SigLIP uses mean = std = 0.5. Decoding keeps
 Pillow's decompression-bomb limit and never loads truncated files.
@@ -17,31 +16,17 @@ Pillow's decompression-bomb limit and never loads truncated files.
 from __future__ import annotations
 
 import io
-import math
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from parsit_data.errors import ParsitError
-from parsit_data.format import select_best_resolution
 
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
 #: Refuse images with more pixels than this (Pillow's own default limit).
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
-
-
-def anyres_grid(size: tuple[int, int], pinpoints: Sequence[Sequence[int]], crop: int) -> tuple[int, int]:
-    """(columns, rows) of crops for an image of ORIGINAL ``size`` = (width, height).
-
-    Uses the builder's own rule (``parsit_data.format.select_best_resolution``, LLaVA-NeXT's), so the
-    number of crops always matches the visual tokens the build counted.
-    """
-    best = select_best_resolution((size[1], size[0]), pinpoints)  # (height, width), as image_grid_pinpoints
-    if best is None:
-        raise ParsitError("anyres needs at least one grid pinpoint in the manifest's vision.grid_pinpoints")
-    return math.ceil(best[1] / crop), math.ceil(best[0] / crop)
 
 
 class ImageProcessor:
@@ -59,11 +44,11 @@ class ImageProcessor:
             raise ParsitError("the manifest has no vision.image_size: rebuild with the vision tower's geometry")
         self.size = int(vision["image_size"])
         self.aspect = vision.get("aspect", "pad")
-        if self.aspect not in {"pad", "square", "anyres"}:
-            raise ParsitError(f"unknown aspect mode {self.aspect!r} in the manifest: expected pad, square or anyres")
-        self.pinpoints = [tuple(p) for p in vision.get("grid_pinpoints") or []]
-        if self.aspect == "anyres" and not self.pinpoints:
-            raise ParsitError("aspect 'anyres' needs vision.grid_pinpoints in the manifest")
+        if self.aspect == "anyres":
+            raise ParsitError("aspect 'anyres' belongs to the llava_next / llava_onevision families "
+                              "(parsit_train.data.pixels.FamilyPixels), not to plain LLaVA's one crop")
+        if self.aspect not in {"pad", "square"}:
+            raise ParsitError(f"unknown aspect mode {self.aspect!r} in the manifest: expected pad or square")
         self.tokens_per_image = int(vision.get("tokens_per_image") or (self.size // int(vision["patch_size"])) ** 2)
         self.mean = np.asarray(mean, dtype=np.float32) * 255.0
         self.inv_std = 1.0 / (np.asarray(std, dtype=np.float32) * 255.0)
@@ -116,31 +101,15 @@ class ImageProcessor:
             img = canvas
         return self._square(img)
 
-    def _anyres(self, img: Image.Image, original: tuple[int, int]) -> list[Image.Image]:
-        s = self.size
-        cols, rows = anyres_grid(original, self.pinpoints, s)
-        th, tw = select_best_resolution((original[1], original[0]), self.pinpoints)  # pinpoints are (h, w)
-        w, h = img.size
-        scale = min(tw / w, th / h)
-        nw, nh = min(tw, max(1, round(w * scale))), min(th, max(1, round(h * scale)))
-        # Resized into the pinpoint, centred on black, cut row by row (a crop past the edge is black).
-        canvas = Image.new("RGB", (cols * s, rows * s), (0, 0, 0))
-        canvas.paste(img.resize((nw, nh), self.resample), ((tw - nw) // 2, (th - nh) // 2))
-        crops = [canvas.crop((x * s, y * s, (x + 1) * s, (y + 1) * s)) for y in range(rows) for x in range(cols)]
-        return [self._square(img)] + crops
-
     def crops(self, img: Image.Image, original: tuple[int, int] | None = None) -> list[Image.Image]:
         if self.aspect == "square":
             return [self._square(img)]
         if self.aspect == "pad":
             return [self._pad_square(img)]
-        return self._anyres(img, original or img.size)
+        raise ParsitError(f"unknown aspect mode {self.aspect!r}")
 
     def num_crops(self, original: tuple[int, int]) -> int:
-        if self.aspect != "anyres":
-            return 1
-        cols, rows = anyres_grid(original, self.pinpoints, self.size)
-        return 1 + cols * rows
+        return 1
 
     def decode_crops(
         self, images: Sequence[bytes], sizes: Sequence[tuple[int, int]], sample_id: str = "?"

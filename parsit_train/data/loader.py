@@ -111,6 +111,15 @@ class ParsitLoader:
             self.fetcher.notify()
 
 
+def image_processor_for(vision: dict, mean: Sequence[float] = SIGLIP_MEAN, std: Sequence[float] = SIGLIP_STD):
+    """The pixel maker of a build's family: LLaVA's crops, or the anyres family's own image processor."""
+    if (vision.get("family") or "llava") != "llava":
+        from parsit_train.data.pixels import FamilyPixels
+
+        return FamilyPixels(vision)
+    return ImageProcessor(vision, mean=mean, std=std)
+
+
 def build_dataloader(
     build_dirs: Sequence[str | Path] | str | Path,
     weights: Sequence[float] | None = None,
@@ -167,7 +176,7 @@ def build_dataloader(
     if vocab and not 0 <= image_token_id < vocab:
         raise ParsitError(f"image_token_id {image_token_id} is outside the tokenizer's {vocab} ids: pass the model's "
                           "image token id (Qwen3: 151655, <|image_pad|>)")
-    processor = ImageProcessor(probe.vision, mean=image_mean, std=image_std) if probe.vision else None
+    processor = image_processor_for(probe.vision, image_mean, image_std) if probe.vision else None
     probe.image_processor = processor
     dataset = probe
     if pack_length is not None and max_length > pack_length:

@@ -9,7 +9,6 @@ import pytest
 from PIL import Image
 
 from parsit_data.errors import ParsitError
-from parsit_data.format import VisionGeometry
 from parsit_train.data import ImageProcessor
 
 
@@ -35,18 +34,9 @@ def test_square_mode_stretches_and_black_is_minus_one():
     assert np.allclose(pixels, -1.0)
 
 
-@pytest.mark.parametrize("size", [(40, 30), (30, 90), (100, 100), (200, 20)])
-def test_anyres_crops_match_the_builders_token_count(size):
-    pins = ((28, 56), (56, 28), (56, 56), (84, 28))
-    geom = VisionGeometry(28, 14, "anyres", pins, family="llava_next")
-    proc = ImageProcessor(geom.to_json())
-    # the shard may hold a copy re-encoded smaller: the grid is chosen from the ORIGINAL size
-    small = (max(1, size[0] // 2), max(1, size[1] // 2))
-    pixels, crops = proc.process_sample([_png(*small, (10, 200, 30))], [size])
-    # (the token count is no longer crops x tokens per crop: LLaVA-NeXT unpads the grid and adds newlines)
-    assert crops[0] == geom.crops_for(*size)
-    assert pixels.shape == (crops[0], 3, 28, 28)
-    assert crops[0] == proc.num_crops(size) > 1
+def test_anyres_is_the_families_not_plain_llavas():
+    with pytest.raises(ParsitError, match="llava_next / llava_onevision"):
+        ImageProcessor({"image_size": 28, "patch_size": 14, "aspect": "anyres", "grid_pinpoints": [[28, 56]]})
 
 
 def test_undecodable_and_oversized_images_are_refused():

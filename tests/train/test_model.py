@@ -151,7 +151,7 @@ def test_pretrained_towers_load_from_folders(tmp_path):
     assert torch.equal(model.lm_head.weight, lm.lm_head.weight)
     assert torch.equal(model.model.language_model.embed_tokens.weight, lm.model.embed_tokens.weight)
     bad = _cfg(tmp_path, model={"vision_tower": {"path": "lm"}, "language_model": {"path": "lm"}})
-    with pytest.raises(ParsitError, match="not a SigLIP vision tower"):
+    with pytest.raises(ParsitError, match="not a SigLIP/SigLIP2/CLIP vision tower"):
         build_model(bad.model)
 
 
