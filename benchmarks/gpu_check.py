@@ -126,6 +126,7 @@ def pack_config(root: Path, build: Path, pack_length: int) -> dict:
     """The packed-attention check's config: the tiny model, 2 packs per micro-batch, no loader workers."""
     cfg = case_config(root / PACK_DIR, build, "tiny", 2, "sdpa", 1, 2, 0)
     cfg["run_name"] = "gpu-pack-isolation"
+    cfg["data"]["builds"] = [str(build)]  # the build given (case_config names the model's own demo build)
     cfg["data"]["pack_length"] = pack_length
     return cfg
 

@@ -144,7 +144,8 @@ def _resume_rank(rank: int, world: int, root: str, port: int) -> None:
         for pre_seed in PRE_SEEDS:
             seed_everything(pre_seed)  # what train() does before resume: the same stream on every rank
             sampler = ResumableBatchSampler([16], batch_size=1, seed=7, rank=rank, world_size=world)
-            step = checkpoint.resume(None, cfg, sampler, rank, Path(root) / "out" / "metrics.jsonl")
+            step, run_id = checkpoint.resume(None, cfg, sampler, rank, Path(root) / "out" / "metrics.jsonl")
+            assert run_id == "run-a"  # a resume continues the checkpoint's run
             runs.append({"step": step, "consumed": sampler.consumed, "python": [random.random() for _ in range(3)],
                          "numpy": np.random.rand(3).tolist(), "torch": torch.rand(3).tolist()})
         Path(root, f"draws-{rank}.json").write_text(_json.dumps(runs))
@@ -170,7 +171,7 @@ def test_a_resume_at_another_world_size_gives_ranks_distinct_deterministic_strea
     saved.advance(STEP)
     torch.save({"step": STEP, "world_size": 1, "sampler": saved.state_dict(), "rng": rng_state()},
                path / RANK_STATE.format(rank=0))
-    write_complete_marker(path, STEP, 1)
+    write_complete_marker(path, STEP, 1, "run-a")
     mp.spawn(_resume_rank, args=(2, str(tmp_path), _port()), nprocs=2, join=True)
     ranks = [_json.loads((tmp_path / f"draws-{r}.json").read_text()) for r in (0, 1)]
     for first, second in ranks:
