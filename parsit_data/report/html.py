@@ -268,6 +268,11 @@ def render_html(r: Report, title: str = "") -> str:
                    [[f"<code>{x.digest}</code>", _n(x.count), escape(", ".join(x.samples))] for x in d.examples], {1}))
     add(f'<p class="muted">{escape(d.method)}</p></section>')
 
+    if r.near_duplicates is not None:
+        from parsit_data.dedup.html import render as render_near_duplicates
+
+        add(render_near_duplicates(r.near_duplicates))
+
     # Mixture
     add('<section id="mixture"><h2>Mixture</h2>')
     add(_table(["source", "sampling", "requested (records)", "requested share", "kept", "kept share", "drift",

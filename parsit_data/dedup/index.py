@@ -1,0 +1,133 @@
+"""Candidate pairs without comparing all pairs: LSH banding over MinHash signatures, bit-sampling tables
+over the 256-bit image hashes; then each candidate verified exactly (estimated Jaccard, Hamming distance).
+
+Every function is a pure function of its arrays: the same rows in the same order give the same pairs,
+whatever built them (worker count, engine, a resume).
+
+Grouping: within one band (or table) the items sharing a key form a group; a group of up to
+:data:`ALL_PAIRS_MAX` items yields all its pairs, a larger one (thousands of copies of one caption) yields
+each member with the group's first items and its predecessor: linear, and every member of a cluster of
+copies still meets the earliest one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: LSH banding of a 128-permutation MinHash: 32 bands of 4 rows. A pair at Jaccard 0.7 is a candidate
+#: with probability 1 - (1 - 0.7^4)^32 > 0.9999; at 0.3, 0.23 (then refused by verification).
+BANDS, ROWS = 32, 4
+#: Image tables: 24 tables of 20 bits sampled (seeded) from the 256. A pair 20 bits apart collides in a
+#: table with probability (236/256)^20 = 0.197, in at least one with 0.995; two unrelated hashes
+#: (~128 bits apart) with 24 * 2^-20.
+TABLES, TABLE_BITS = 24, 20
+ALL_PAIRS_MAX = 32
+FIRST_K = 8
+
+_M1, _M2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9)
+
+
+def group_pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i < j, item positions) of items whose keys are equal (see the module note on large groups)."""
+    n = len(keys)
+    if n < 2:
+        e = np.zeros(0, np.int64)
+        return e, e
+    order = np.argsort(keys, kind="stable")  # stable: equal keys stay in item order
+    k = keys[order]
+    starts = np.flatnonzero(np.concatenate(([True], k[1:] != k[:-1])))
+    sizes = np.diff(np.concatenate((starts, [n])))
+    multi = sizes > 1
+    if not multi.any():
+        e = np.zeros(0, np.int64)
+        return e, e
+    ii, jj = [], []
+    # Groups of two (the common case), vectorised.
+    two = starts[sizes == 2]
+    ii.append(order[two])
+    jj.append(order[two + 1])
+    for s, g in zip(starts[multi & (sizes > 2)], sizes[multi & (sizes > 2)]):
+        members = order[s:s + g]
+        if g <= ALL_PAIRS_MAX:
+            a, b = np.triu_indices(g, 1)
+        else:
+            a = np.concatenate([np.repeat(np.arange(FIRST_K), g), np.arange(g - 1)])
+            b = np.concatenate([np.tile(np.arange(g), FIRST_K), np.arange(1, g)])
+            keep = a < b
+            a, b = a[keep], b[keep]
+        ii.append(members[a])
+        jj.append(members[b])
+    i, j = np.concatenate(ii), np.concatenate(jj)
+    lo, hi = np.minimum(i, j), np.maximum(i, j)
+    return lo.astype(np.int64), hi.astype(np.int64)
+
+
+def unique_pairs(i: np.ndarray, j: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted, without repeats."""
+    if len(i) == 0:
+        return i, j
+    code = np.unique(i.astype(np.int64) * n + j.astype(np.int64))
+    return code // n, code % n
+
+
+def _mix(cols: np.ndarray) -> np.ndarray:
+    """One uint64 key from a few uint32 columns (a collision costs one verification, no more)."""
+    h = np.zeros(len(cols), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for c in range(cols.shape[1]):
+            h = (h ^ cols[:, c].astype(np.uint64)) * _M1
+            h ^= h >> np.uint64(31)
+            h *= _M2
+    return h
+
+
+def minhash_candidates(sigs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate pairs of rows of ``sigs`` (N, 128) uint32 by LSH banding. Empty signatures never pair."""
+    n = len(sigs)
+    empty = (sigs == 0xFFFFFFFF).all(axis=1)
+    ii, jj = [], []
+    for b in range(BANDS):
+        keys = _mix(sigs[:, b * ROWS:(b + 1) * ROWS])
+        i, j = group_pairs(keys)
+        ii.append(i)
+        jj.append(j)
+    i, j = unique_pairs(np.concatenate(ii), np.concatenate(jj), max(n, 1))
+    keep = ~(empty[i] | empty[j])
+    return i[keep], j[keep]
+
+
+def jaccard(sigs_a: np.ndarray, sigs_b: np.ndarray) -> np.ndarray:
+    """Estimated Jaccard of row pairs (both (P, 128))."""
+    return (sigs_a == sigs_b).mean(axis=1)
+
+
+def _sample_bits(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.stack([np.sort(rng.choice(256, TABLE_BITS, replace=False)) for _ in range(TABLES)])
+
+
+_BITS = _sample_bits()
+_WEIGHTS = (np.uint64(1) << np.arange(TABLE_BITS, dtype=np.uint64))
+
+
+def hash_bits(hashes: np.ndarray) -> np.ndarray:
+    """(N, 32) uint8 packed hashes -> (N, 256) bits."""
+    return np.unpackbits(hashes, axis=1)
+
+
+def image_candidates(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate pairs of image hashes ((N, 32) uint8) by bit-sampling tables."""
+    n = len(hashes)
+    bits = hash_bits(hashes)
+    ii, jj = [], []
+    for t in range(TABLES):
+        keys = (bits[:, _BITS[t]].astype(np.uint64) * _WEIGHTS).sum(axis=1, dtype=np.uint64)
+        i, j = group_pairs(keys)
+        ii.append(i)
+        jj.append(j)
+    return unique_pairs(np.concatenate(ii), np.concatenate(jj), max(n, 1))
+
+
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Bit distance of packed hash pairs (both (P, 32) uint8)."""
+    return np.unpackbits(a ^ b, axis=1).sum(axis=1)

@@ -1,0 +1,162 @@
+"""Per-row signatures for near-duplicate and contamination checks, computed where the build already has
+the decoded image and the validated text.
+
+- image: a 256-bit DCT perceptual hash (:func:`phash`: 64x64 grey, 2-D DCT, the 16x16 lowest frequencies
+  against their median) and an exact hash of the stored bytes (:func:`exact_hash`). 256 bits rather than
+  pHash's usual 64: documents and charts drawn from one template share their low frequencies, and the 64-bit
+  hash cannot tell them apart (benchmarks/dedup.py measures both);
+- text: a MinHash (rensa, Rust) over character 5-grams of the normalised conversation, and one per user turn
+  (an eval question is compared with user turns). Character shingles, not word shingles: most VLM turns are a
+  few words long, and one edited word removes up to three of a short text's few word 3-grams (Jaccard falls
+  under any usable threshold) but only ~9 of its character 5-grams (benchmarks/dedup.py measures both).
+
+A partition's signatures are stored next to its part file (``_parts/sig-NNNNN.arrow``, see
+:func:`write_signatures`): every row the partition kept before the global pass, in row order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+from rensa import RMinHash
+
+#: MinHash permutations (and rensa's seed: fixed, part of the format of the signature files).
+NUM_PERM = 128
+MINHASH_SEED = 1
+#: Character shingle length.
+SHINGLE = 5
+#: pHash: side of the grey thumbnail and of the low-frequency block kept (16x16 = 256 bits).
+PHASH_SIDE = 64
+PHASH_LOW = 16
+PHASH_BYTES = PHASH_LOW * PHASH_LOW // 8
+
+_SPACES = re.compile(r"\s+")
+_PLACEHOLDER = "<image>"
+
+
+@lru_cache(maxsize=4)
+def _dct_matrix(n: int) -> np.ndarray:
+    """Orthonormal DCT-II matrix: ``D @ x`` is the DCT of ``x``."""
+    k = np.arange(n)[:, None]
+    i = np.arange(n)[None, :]
+    d = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+    d[0] /= np.sqrt(2.0)
+    return d.astype(np.float64)
+
+
+def phash(img: Image.Image, side: int = PHASH_SIDE, low: int = PHASH_LOW) -> bytes:
+    """Perceptual hash of a decoded image: ``low*low`` bits, big-endian packed."""
+    if img.mode not in ("L", "RGB"):
+        img = img.convert("RGBA").convert("RGB") if "A" in img.mode or img.mode == "P" else img.convert("RGB")
+    # Reduce in the image's own mode first (cheap box filter), then grey: never a full-size conversion.
+    small = img.resize((side, side), Image.Resampling.BOX, reducing_gap=2.0).convert("L")
+    x = np.asarray(small, dtype=np.float64)
+    d = _dct_matrix(side)
+    block = (d @ x @ d.T)[:low, :low].ravel()
+    med = np.median(block[1:])  # the DC term is the mean brightness: not part of the threshold
+    return np.packbits(block > med).tobytes()
+
+
+def exact_hash(data: bytes) -> int:
+    """64-bit hash of an image's stored bytes (signed, to fit Arrow's int64)."""
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
+
+
+def normalize(text: str) -> str:
+    """What a text signature sees: no image placeholders, lower case, single spaces."""
+    return _SPACES.sub(" ", text.replace(_PLACEHOLDER, " ").lower()).strip()
+
+
+def shingles(text: str, k: int = SHINGLE) -> list[str]:
+    """Character k-grams of normalised text (the whole text when it is shorter than k)."""
+    if len(text) <= k:
+        return [text] if text else []
+    return [text[i:i + k] for i in range(len(text) - k + 1)]
+
+
+def word_shingles(text: str, k: int = 3) -> list[str]:
+    """Word k-grams (the alternative measured in benchmarks/dedup.py)."""
+    w = text.split()
+    if len(w) <= k:
+        return [" ".join(w)] if w else []
+    return [" ".join(w[i:i + k]) for i in range(len(w) - k + 1)]
+
+
+def minhash(tokens: list[str]) -> np.ndarray:
+    """MinHash of a token set: NUM_PERM uint32 (all 0xFFFFFFFF for an empty set)."""
+    if not tokens:
+        return np.full(NUM_PERM, 0xFFFFFFFF, dtype=np.uint32)
+    m = RMinHash(num_perm=NUM_PERM, seed=MINHASH_SEED)
+    m.update(tokens)
+    return np.asarray(m.digest(), dtype=np.uint32)
+
+
+def text_signature(text: str) -> np.ndarray:
+    return minhash(shingles(normalize(text)))
+
+
+@dataclass
+class SignatureRows:
+    """A partition's signatures, row by row (one call of :meth:`add` per kept row)."""
+
+    sample_ids: list[str] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)  # the record's line or index in its source
+    phashes: list[list[bytes]] = field(default_factory=list)
+    exact: list[list[int]] = field(default_factory=list)
+    text: list[np.ndarray] = field(default_factory=list)
+    user: list[list[np.ndarray]] = field(default_factory=list)
+    user_chars: list[list[int]] = field(default_factory=list)  # normalised length of each user turn
+
+    def add(self, sample_id: str, position: int, turns, images) -> None:
+        """``turns``: :class:`~parsit_data.records.Turn`; ``images``: :class:`~parsit_data.images.LoadedImage`."""
+        self.sample_ids.append(sample_id)
+        self.positions.append(position)
+        self.phashes.append([im.phash or b"" for im in images])
+        self.exact.append([exact_hash(im.data) for im in images])
+        self.text.append(text_signature("\n".join(t.content for t in turns)))
+        user = [normalize(t.content) for t in turns if t.role == "user"]
+        self.user.append([minhash(shingles(u)) for u in user])
+        self.user_chars.append([len(u) for u in user])
+
+    def to_table(self) -> pa.Table:
+        n = len(self.sample_ids)
+        text = np.stack(self.text) if n else np.zeros((0, NUM_PERM), np.uint32)
+        user_flat = [u for row in self.user for u in row]
+        user = np.stack(user_flat) if user_flat else np.zeros((0, NUM_PERM), np.uint32)
+        fixed = pa.list_(pa.uint32(), NUM_PERM)
+        return pa.table({
+            "sample_id": pa.array(self.sample_ids, pa.string()),
+            "position": pa.array(self.positions, pa.int64()),
+            "phash": pa.array(self.phashes, pa.list_(pa.binary())),
+            "exact": pa.array(self.exact, pa.list_(pa.int64())),
+            "text": pa.FixedSizeListArray.from_arrays(pa.array(text.ravel(), pa.uint32()), NUM_PERM).cast(fixed),
+            "user": pa.ListArray.from_arrays(
+                pa.array(np.concatenate([[0], np.cumsum([len(r) for r in self.user], dtype=np.int64)]).astype(np.int32)),
+                pa.FixedSizeListArray.from_arrays(pa.array(user.ravel(), pa.uint32()), NUM_PERM)),
+            "user_chars": pa.array(self.user_chars, pa.list_(pa.int32())),
+        })
+
+
+def sig_path(out, index: int):
+    """A partition's signatures: every row it kept before the global pass (never rewritten by it)."""
+    from parsit_data.format import PARTS_DIR
+
+    return out / PARTS_DIR / f"sig-{index:05d}.arrow"
+
+
+def table_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    with pa.ipc.new_file(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue()
+
+
+def table_from_bytes(data: bytes) -> pa.Table:
+    return pa.ipc.open_file(pa.py_buffer(data)).read_all()
