@@ -115,8 +115,8 @@ class BuildConfig(_Options):
     near_duplicates: Literal["off", "report", "quarantine"] = Field("report", description=(
         "Near copies of an earlier sample (images within --dup-image-bits each, text above --dup-text-jaccard): "
         "'report' them, 'quarantine' the later copies (reason near_duplicate), or 'off' (no signatures)."))
-    dup_image_bits: int = Field(20, ge=0, le=256, description=(
-        "Two images are near copies when their 256-bit perceptual hashes differ in at most N bits."))
+    dup_image_bits: int = Field(28, ge=0, le=256, description=(
+        "Two images are near copies when their 256-bit perceptual hashes (the closest of their views: whole and centred crops) differ in at most N bits."))
     dup_text_jaccard: float = Field(0.7, gt=0, le=1, description=(
         "Two texts are near copies when the estimated Jaccard of their character 5-grams is at least this."))
     eval_set: list[str] = Field(default_factory=list, description=(

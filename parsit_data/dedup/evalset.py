@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from parsit_data.dedup.global_pass import EvalSignatures
-from parsit_data.dedup.signatures import NUM_PERM, PHASH_BYTES, minhash, normalize, shingles
+from parsit_data.dedup.signatures import NUM_PERM, PHASH_BYTES, VIEWS, minhash, normalize, shingles
 from parsit_data.format.fsio import location
 from parsit_data.images import ImageOptions, load_image
 from parsit_data.records import Reject
@@ -73,7 +73,7 @@ def load_eval_sets(paths: list[str], image_root: str | None, seed: int = 0) -> E
         if bad:
             ev.problems[spec.name] = bad
     if hashes:
-        ev.img_hash = np.frombuffer(b"".join(hashes), np.uint8).reshape(-1, PHASH_BYTES)
+        ev.img_hash = np.frombuffer(b"".join(hashes), np.uint8).reshape(-1, VIEWS, PHASH_BYTES)
         ev.img_item = np.asarray(img_item, np.int64)
     if qs:
         ev.question = np.stack(qs).astype(np.uint32).reshape(-1, NUM_PERM)

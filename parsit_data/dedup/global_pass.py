@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from parsit_data.dedup.index import hamming, image_candidates, jaccard, minhash_candidates
-from parsit_data.dedup.signatures import NUM_PERM, PHASH_BYTES, sig_path, table_from_bytes
+from parsit_data.dedup.signatures import NUM_PERM, PHASH_BYTES, VIEWS, sig_path, table_from_bytes
 
 #: Pairs of each kind kept as examples for the report (the counts are complete).
 MAX_EXAMPLES = 50
@@ -31,7 +31,7 @@ MAX_EXAMPLES = 50
 
 @dataclass(frozen=True)
 class Thresholds:
-    image_bits: int = 20
+    image_bits: int = 28
     text_jaccard: float = 0.7
     eval_text_jaccard: float = 0.7
     eval_min_chars: int = 40
@@ -51,7 +51,7 @@ class Signatures:
     sample_id: list[str]
     position: np.ndarray
     text: np.ndarray  # (N, NUM_PERM) uint32
-    img_hash: np.ndarray  # (M, PHASH_BYTES) uint8
+    img_hash: np.ndarray  # (M, VIEWS, PHASH_BYTES) uint8
     img_off: np.ndarray  # (N + 1,) row -> its images
     user: np.ndarray  # (U, NUM_PERM) uint32
     user_chars: np.ndarray  # (U,)
@@ -80,8 +80,9 @@ class Signatures:
             text.append(tx.flatten().to_numpy(zero_copy_only=False).reshape(n, NUM_PERM))
             ph = t.column("phash").combine_chunks()
             flat = ph.flatten().to_pylist()
-            hashes.append(np.frombuffer(b"".join(h if len(h) == PHASH_BYTES else bytes(PHASH_BYTES) for h in flat),
-                                        np.uint8).reshape(len(flat), PHASH_BYTES))
+            size = VIEWS * PHASH_BYTES
+            hashes.append(np.frombuffer(b"".join(h if len(h) == size else bytes(size) for h in flat),
+                                        np.uint8).reshape(len(flat), VIEWS, PHASH_BYTES))
             counts.append(np.diff(ph.offsets.to_numpy()))
             us = t.column("user").combine_chunks()
             uoff = us.offsets.to_numpy()
@@ -92,7 +93,7 @@ class Signatures:
         cat = (lambda xs, shape, dt: np.concatenate(xs) if xs else np.zeros(shape, dt))
         c = cat(counts, (0,), np.int64)
         return cls(cat(parts, (0,), np.int64), cat(rows, (0,), np.int64), sources, ids, cat(pos, (0,), np.int64),
-                   cat(text, (0, NUM_PERM), np.uint32), cat(hashes, (0, PHASH_BYTES), np.uint8),
+                   cat(text, (0, NUM_PERM), np.uint32), cat(hashes, (0, VIEWS, PHASH_BYTES), np.uint8),
                    np.concatenate([[0], np.cumsum(c)]).astype(np.int64), cat(user, (0, NUM_PERM), np.uint32),
                    cat(uchars, (0,), np.int64), cat(urow, (0,), np.int64))
 
@@ -107,7 +108,7 @@ class EvalSignatures:
     """What the eval sets hold: their images' hashes and their questions' MinHashes, item by item."""
 
     items: list[dict] = field(default_factory=list)  # {"eval_set", "item", "question", "images"}
-    img_hash: np.ndarray = field(default_factory=lambda: np.zeros((0, PHASH_BYTES), np.uint8))
+    img_hash: np.ndarray = field(default_factory=lambda: np.zeros((0, VIEWS, PHASH_BYTES), np.uint8))
     img_item: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     question: np.ndarray = field(default_factory=lambda: np.zeros((0, NUM_PERM), np.uint32))
     question_chars: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))

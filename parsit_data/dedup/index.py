@@ -17,10 +17,10 @@ import numpy as np
 #: LSH banding of a 128-permutation MinHash: 32 bands of 4 rows. A pair at Jaccard 0.7 is a candidate
 #: with probability 1 - (1 - 0.7^4)^32 > 0.9999; at 0.3, 0.23 (then refused by verification).
 BANDS, ROWS = 32, 4
-#: Image tables: 24 tables of 20 bits sampled (seeded) from the 256. A pair 20 bits apart collides in a
-#: table with probability (236/256)^20 = 0.197, in at least one with 0.995; two unrelated hashes
-#: (~128 bits apart) with 24 * 2^-20.
-TABLES, TABLE_BITS = 24, 20
+#: Image tables: 32 tables of 24 bits sampled (seeded) from the 256. Two views 20 bits apart collide in a
+#: table with probability (236/256)^24 = 0.14, in at least one with 0.993 (28 bits apart: 0.87); two
+#: unrelated ones (~128 bits apart) with 32 * 2^-24 per pair of views.
+TABLES, TABLE_BITS = 32, 24
 ALL_PAIRS_MAX = 32
 FIRST_K = 8
 
@@ -107,27 +107,33 @@ def _sample_bits(seed: int = 0) -> np.ndarray:
 
 
 _BITS = _sample_bits()
-_WEIGHTS = (np.uint64(1) << np.arange(TABLE_BITS, dtype=np.uint64))
-
-
-def hash_bits(hashes: np.ndarray) -> np.ndarray:
-    """(N, 32) uint8 packed hashes -> (N, 256) bits."""
-    return np.unpackbits(hashes, axis=1)
 
 
 def image_candidates(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Candidate pairs of image hashes ((N, 32) uint8) by bit-sampling tables."""
-    n = len(hashes)
-    bits = hash_bits(hashes)
+    """Candidate pairs of images (i < j) from their hashes ((N, VIEWS, 32) uint8): every view of every
+    image goes into bit-sampling tables; views of one image never pair with each other."""
+    n, views = hashes.shape[0], hashes.shape[1]
+    if n < 2:
+        e = np.zeros(0, np.int64)
+        return e, e
+    flat = hashes.reshape(n * views, -1)
     ii, jj = [], []
     for t in range(TABLES):
-        keys = (bits[:, _BITS[t]].astype(np.uint64) * _WEIGHTS).sum(axis=1, dtype=np.uint64)
+        keys = np.zeros(len(flat), np.uint64)
+        for k, b in enumerate(_BITS[t].tolist()):  # bit b of the packed hash (big-endian within a byte)
+            keys |= (((flat[:, b >> 3] >> (7 - (b & 7))) & 1).astype(np.uint64)) << np.uint64(k)
         i, j = group_pairs(keys)
-        ii.append(i)
-        jj.append(j)
-    return unique_pairs(np.concatenate(ii), np.concatenate(jj), max(n, 1))
+        i, j = i // views, j // views
+        keep = i != j
+        ii.append(np.minimum(i[keep], j[keep]))
+        jj.append(np.maximum(i[keep], j[keep]))
+    return unique_pairs(np.concatenate(ii), np.concatenate(jj), n)
 
 
-def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Bit distance of packed hash pairs (both (P, 32) uint8)."""
-    return np.unpackbits(a ^ b, axis=1).sum(axis=1)
+def hamming(a: np.ndarray, b: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
+    """Distance of image pairs (both (P, VIEWS, 32) uint8): the smallest over every pair of views."""
+    out = np.empty(len(a), np.int64)
+    for s in range(0, len(a), chunk):
+        x = a[s:s + chunk, :, None, :] ^ b[s:s + chunk, None, :, :]
+        out[s:s + chunk] = np.bitwise_count(x).sum(axis=-1, dtype=np.int64).min(axis=(1, 2))
+    return out
