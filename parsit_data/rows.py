@@ -91,10 +91,10 @@ class PartitionRows:
     returns them in input order.
     """
 
-    def __init__(self, source: str, signatures: bool = False):
+    def __init__(self, source: str, signatures: bool = False, user_turns: bool = False):
         self.stats = PartitionStats()
         #: Near-duplicate signatures of the rows (parsit_data.dedup), when the build asks for them.
-        self.sigs = SignatureRows() if signatures else None
+        self.sigs = SignatureRows(user_turns=user_turns) if signatures else None
         self._counts = self.stats.source(source)
         self.cols: dict[str, list] = {f: [] for f in COLUMNS}
         self._qlines: list[tuple[int, str]] = []  # (position in the partition, line)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from parsit_data.dedup.global_pass import EvalSignatures
-from parsit_data.dedup.signatures import NUM_PERM, PHASH_BYTES, VIEWS, minhash, normalize, shingles
+from parsit_data.dedup.signatures import NUM_PERM, PHASH_BYTES, VIEWS, normalize, text_signatures
 from parsit_data.format.fsio import location
 from parsit_data.images import ImageOptions, load_image
 from parsit_data.records import Reject
@@ -66,9 +66,8 @@ def load_eval_sets(paths: list[str], image_root: str | None, seed: int = 0) -> E
                 except Reject:
                     bad += 1
             for q in questions:
-                n = normalize(q)
-                qs.append(minhash(shingles(n)))
-                qchars.append(len(n))
+                qs.append(q)
+                qchars.append(len(normalize(q)))
                 q_item.append(k)
         if bad:
             ev.problems[spec.name] = bad
@@ -76,7 +75,7 @@ def load_eval_sets(paths: list[str], image_root: str | None, seed: int = 0) -> E
         ev.img_hash = np.frombuffer(b"".join(hashes), np.uint8).reshape(-1, VIEWS, PHASH_BYTES)
         ev.img_item = np.asarray(img_item, np.int64)
     if qs:
-        ev.question = np.stack(qs).astype(np.uint32).reshape(-1, NUM_PERM)
+        ev.question = text_signatures(qs).reshape(-1, NUM_PERM)
         ev.question_chars = np.asarray(qchars, np.int64)
         ev.question_item = np.asarray(q_item, np.int64)
     return ev

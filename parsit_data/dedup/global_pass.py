@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from parsit_data.dedup.index import hamming, image_candidates, jaccard, minhash_candidates
+from parsit_data.dedup.index import hamming, image_candidates, jaccard, minhash_candidates, sorted_unique
 from parsit_data.dedup.signatures import NUM_PERM, PHASH_BYTES, VIEWS, sig_path, table_from_bytes
 
 #: Pairs of each kind kept as examples for the report (the counts are complete).
@@ -182,7 +182,7 @@ def near_duplicates(sig: Signatures, th: Thresholds, exclude: set[int] = frozens
         row = sig.img_row
         ri, rj = row[ii[keep]], row[ij[keep]]
         cross = ri != rj
-        code = np.unique(np.minimum(ri[cross], rj[cross]) * sig.n + np.maximum(ri[cross], rj[cross]))
+        code = sorted_unique(np.minimum(ri[cross], rj[cross]) * sig.n + np.maximum(ri[cross], rj[cross]))
         ri, rj = code // sig.n, code % sig.n
         ok, _ = _positional_match(sig, ri, rj, th.image_bits)
         ri, rj = ri[ok], rj[ok]
