@@ -144,8 +144,9 @@ def synthetic(n: int, seed: int = 0) -> Signatures:
     rng = np.random.default_rng(seed)
     text = rng.integers(0, 2**32, size=(n, NUM_PERM), dtype=np.uint32)
     img = rng.integers(0, 256, size=(n, VIEWS, PHASH_BYTES), dtype=np.uint8)
-    copies = rng.choice(np.arange(1, n), size=n // 100, replace=False)
-    src = (copies * rng.random(len(copies))).astype(np.int64)
+    copies = np.sort(rng.choice(np.arange(1, n), size=n // 100, replace=False))
+    originals = np.setdiff1d(np.arange(n), copies)  # a copy's source is an original row before it
+    src = originals[(np.searchsorted(originals, copies) * rng.random(len(copies))).astype(np.int64)]
     text[copies] = text[src]
     slots = rng.integers(0, NUM_PERM, size=(len(copies), 20))
     text[copies[:, None], slots] = rng.integers(0, 2**32, size=slots.shape, dtype=np.uint32)  # J ~ 0.85
@@ -203,7 +204,8 @@ def build_overhead(records: int, repeats: int) -> float:
         r = random.Random(0)
         for s in range(200):
             (root / f"{s}.jpg").write_bytes(jpeg(KINDS[list(KINDS)[s % 4]](s, size=(640, 480))))
-        words = "the report shows revenue growth in the third quarter while costs fell and margins rose".split()
+        # A realistic vocabulary: with a dozen words every text shares most 5-byte shingles with every other.
+        words = ["".join(r.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(r.randint(2, 9))) for _ in range(5000)]
         lines = []
         for i in range(records):
             q = " ".join(r.choices(words, k=12)) + "?"
