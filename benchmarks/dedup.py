@@ -19,7 +19,6 @@ Last line: ``dedup: +X% build time, I img/s/core, T texts/s/core, global pass G 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import random
 import shutil

@@ -23,8 +23,8 @@ MAX_PAIRS = 12
 THUMB = 112
 METHOD = ("images: 256-bit DCT perceptual hash (64x64 grey, 16x16 lowest frequencies against their median) of the "
           "whole image and of centred crops at 97/94/91%, distance the closest pair of views, candidates from 32 "
-          "tables of 24 sampled bits; text: MinHash (128 permutations, rensa) of character "
-          "5-grams of the lower-cased conversation without <image>, candidates from LSH banding (32 bands x 4); "
+          "tables of 3 sampled bytes; text: MinHash (128 permutations, rensa) of 5-byte "
+          "shingles of the lower-cased conversation without <image>, candidates from LSH banding (32 bands x 4); "
           "every candidate verified. A copy matches an earlier sample on every image (same count, in order) and "
           "on text; clusters keep their earliest sample.")
 

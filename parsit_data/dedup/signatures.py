@@ -5,10 +5,11 @@ the decoded image and the validated text.
   against their median) and an exact hash of the stored bytes (:func:`exact_hash`). 256 bits rather than
   pHash's usual 64: documents and charts drawn from one template share their low frequencies, and the 64-bit
   hash cannot tell them apart (benchmarks/dedup.py measures both);
-- text: a MinHash (rensa, Rust) over character 5-grams of the normalised conversation, and one per user turn
-  (an eval question is compared with user turns). Character shingles, not word shingles: most VLM turns are a
-  few words long, and one edited word removes up to three of a short text's few word 3-grams (Jaccard falls
-  under any usable threshold) but only ~9 of its character 5-grams (benchmarks/dedup.py measures both).
+- text: a MinHash (rensa, Rust) over 5-byte shingles of the normalised conversation, and, with eval sets, one
+  per user turn (an eval question is compared with user turns). Character (byte) shingles, not word
+  shingles: most VLM turns are a few words long, and one edited word removes up to three of a short text's
+  few word 3-grams (Jaccard falls under any usable threshold) but only ~9 of its 5-grams
+  (benchmarks/dedup.py measures both).
 
 A partition's signatures are stored next to its part file (``_parts/sig-NNNNN.arrow``, see
 :func:`write_signatures`): every row the partition kept before the global pass, in row order.
