@@ -246,6 +246,7 @@ def main() -> None:
     image_quality()
     text_quality()
     ips = image_rate(args.images)
+    text_rate(500, True)  # warm-up: first-call costs (allocations, lazy imports) are not the rate
     tps = text_rate(args.texts, False)
     tps_eval = text_rate(args.texts, True)
     print(f"\n## signatures (CPU time, one core)\nimages hashed: {ips:,.0f}/s/core\ntexts signed: {tps:,.0f}/s/core "

@@ -187,3 +187,23 @@ def test_killed_build_and_interrupted_global_pass_resume_to_the_same_bytes(data,
     (out / "manifest.json").unlink()
     build(cfg)
     assert _snapshot(out) == want
+
+
+def test_eval_sets_read_leniently_in_any_input_format(tmp_path):
+    """A JSON list with chat messages and no answers, and a JSONL with a question field: every item's images
+    and questions are read; a missing image and a non-object are counted, never fatal."""
+    from parsit_data.dedup.evalset import load_eval_sets
+    from dedup_support import png, photo
+
+    (tmp_path / "im").mkdir()
+    (tmp_path / "im" / "q1.png").write_bytes(png(photo(1)))
+    (tmp_path / "a.json").write_text(json.dumps([
+        {"id": "x1", "images": ["q1.png"], "messages": [{"role": "user", "content": [
+            {"type": "image"}, {"type": "text", "text": "Which country is shown on this map of Europe?"}]}]},
+        {"id": "x2", "image": "missing.png", "question": "How many people stand in the queue in front?"},
+        "not an object"]))
+    (tmp_path / "b.jsonl").write_text(json.dumps({"question": "What is the capital of the country shown?"}) + "\n")
+    ev = load_eval_sets([str(tmp_path / "a.json"), str(tmp_path / "b.jsonl")], str(tmp_path / "im"))
+    assert [(it["eval_set"], it["item"]) for it in ev.items] == [("a", "x1"), ("a", "x2"), ("b", "b:1")]
+    assert ev.img_item.tolist() == [0] and ev.question_item.tolist() == [0, 1, 2]
+    assert ev.problems == {"a": 2}  # the missing image and the string
