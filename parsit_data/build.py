@@ -21,7 +21,10 @@ from parsit_data.format import (FORMAT_VERSION, IGNORE_INDEX, IMAGE_TOKEN_INDEX,
                                 QUARANTINE_NAME, SHARDS_DIR, Manifest, ShardEntry, ShardMeta, SourceEntry, Timing,
                                 TokenizerEntry, Totals, VisionEntry, atomic_write_bytes, load_manifest,
                                 quarantine_part_path)
+from parsit_data import dedup
 from parsit_data.commit import PartitionResult, reuse_finished
+from parsit_data.dedup.section import DEDUP_NAME
+from parsit_data.dedup.signatures import sig_path
 from parsit_data.engines.choose import choose_engine
 from parsit_data.partition import Partition, iter_partitions
 from parsit_data.format.fsio import RETRIES, RemotePath, location, rmtree
@@ -79,6 +82,8 @@ def build(config: BuildConfig, on_progress=None, on_start=None) -> Manifest:
     fingerprints = {"tokenizer": tok_info.sha256, "sources": [s.sha256 for s in specs]}
     if config.processor:  # the folder's configs decide the counts: another folder at the same path is another build
         fingerprints["vision"] = geometry.to_json()
+    if config.eval_set:  # the eval sets decide contamination: their bytes are part of the build
+        fingerprints["eval_sets"] = [s.sha256 for s in expand_inputs(config.eval_set, config.seed)]
     chash = config_hash(config.output_config(), fingerprints)
     out = location(config.out, "--out")  # a URI opens its store here, at start: an error before any work
     _check_out_dir(out, chash, config.overwrite)
@@ -103,6 +108,8 @@ def build(config: BuildConfig, on_progress=None, on_start=None) -> Manifest:
     def todo() -> Iterator[Partition]:
         for part in iter_partitions(specs, config.shard_rows):
             done = reuse_finished(out, part.index, shard_meta)
+            if done is not None and config.dedup_enabled and not sig_path(out, part.index).is_file():
+                done = None  # committed without signatures: rebuilt to have them
             if done is not None:
                 log.info("partition %d reused (checksum verified)", part.index)
                 on_result(done)
@@ -112,6 +119,10 @@ def build(config: BuildConfig, on_progress=None, on_start=None) -> Manifest:
     engine.load()(todo(), WorkerSpec(config, chash, control, out), on_result)
     if RETRIES:  # this process's (the driver's, and the local engine's) retries; Ray workers log their own
         log.warning("object store: retried %s (throttling or lost connections; see the warnings above)", dict(RETRIES))
+    if config.dedup_enabled:  # after every partition, in the driver: the same at any worker count
+        dedup.run_and_record(out, config, specs, results, shard_meta, tok)
+    elif (out / DEDUP_NAME).is_file():  # of an earlier build in this directory
+        (out / DEDUP_NAME).unlink()
     return _finalize(out, config, chash, tok_info, template_block, specs, results, started)
 
 

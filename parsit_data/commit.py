@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from parsit_data.dedup.signatures import sig_path, table_bytes
 from parsit_data.errors import ParsitError
 from parsit_data.format import (SHARD_SCHEMA, SHARDS_DIR, ShardMeta, atomic_write_bytes, part_path,
                                 quarantine_part_path, read_part, read_shard_meta, sha256_file, shard_name,
@@ -68,6 +69,8 @@ def commit_partition(part: Partition, rows: PartitionRows, ctx: WorkerContext) -
     rel = f"{SHARDS_DIR}/{shard_name(part.index)}"
     nbytes, digest = write_shard(out / rel, table, ctx.shard_meta)
     atomic_write_bytes(quarantine_part_path(out, part.index), "".join(q + "\n" for q in qlines).encode())
+    if rows.sigs is not None:  # before the part file: a committed partition has its signatures
+        atomic_write_bytes(sig_path(out, part.index), table_bytes(rows.sigs.to_table()))
     shard = {"path": rel, "rows": table.num_rows, "bytes": nbytes, "sha256": digest}
     meta = {"config_hash": ctx.config_hash, "index": part.index, "source": part.source, "shard": shard,
             "quarantined": len(qlines), "stats": stats.to_json()}

@@ -119,6 +119,25 @@ class BuildConfig(_Options):
     grid_pinpoints: list[tuple[int, int]] = Field(
         default_factory=lambda: [(384, 768), (768, 384), (768, 768), (1152, 384), (384, 1152)],
         description="anyres: the grid resolutions (height, width), as transformers' image_grid_pinpoints.")
+    # near duplicates and benchmark contamination (parsit_data/dedup; thresholds measured in benchmarks/dedup.py)
+    near_duplicates: Literal["off", "report", "quarantine"] = Field("report", description=(
+        "Near copies of an earlier sample (images within --dup-image-bits each, text above --dup-text-jaccard): "
+        "'report' them, 'quarantine' the later copies (reason near_duplicate), or 'off' (no signatures)."))
+    dup_image_bits: int = Field(28, ge=0, le=256, description=(
+        "Two images are near copies when their 256-bit perceptual hashes (the closest of their views: whole and centred crops) differ in at most N bits."))
+    dup_text_jaccard: float = Field(0.7, gt=0, le=1, description=(
+        "Two texts are near copies when the estimated Jaccard of their character 5-grams is at least this."))
+    eval_set: list[str] = Field(default_factory=list, description=(
+        "Benchmark items (any accepted input format; repeatable): training samples with a near copy of one of "
+        "their images or questions are contaminated."))
+    eval_image_root: str | None = Field(None, description="Folder that the --eval-set image paths are relative to.")
+    contamination: Literal["report", "quarantine"] = Field("report", description=(
+        "Contaminated samples: 'report' them, or 'quarantine' them (reason eval_contamination)."))
+    eval_text_jaccard: float = Field(0.7, gt=0, le=1, description=(
+        "A user turn is a near copy of an eval question when their estimated Jaccard is at least this."))
+    eval_min_chars: int = Field(40, ge=1, description=(
+        "Eval questions shorter than this (normalised) are not matched by text ('What is the title?' is not a "
+        "leak); their images still are."))
     # runtime only
     engine: Literal["local", "ray", "auto"] = Field("auto", description=(
         "local (in-process), ray, or auto: ray when --ray-address or RAY_ADDRESS names a cluster or the inputs "
@@ -158,17 +177,32 @@ class BuildConfig(_Options):
             min_side=self.min_image_side,
             max_side=self.image_max_side,
             check=self.image_check,
+            signatures=self.dedup_enabled,
         )
+
+    DEDUP_FIELDS: ClassVar[tuple[str, ...]] = (
+        "near_duplicates", "dup_image_bits", "dup_text_jaccard", "eval_set", "eval_image_root", "contamination",
+        "eval_text_jaccard", "eval_min_chars")
+
+    @property
+    def dedup_enabled(self) -> bool:
+        """Signatures are computed and the global pass runs (near duplicates, or eval sets to check)."""
+        return self.near_duplicates != "off" or bool(self.eval_set)
 
     def output_config(self) -> dict:
         """The options that decide the output bytes (what goes into the manifest and its hash).
 
-        ``processor`` appears only when set, so builds without one keep their config hash."""
+        ``processor`` appears only when set, so builds without one keep their config hash. With near duplicates
+        off and no eval set the dedup options are left out: such a build is byte for byte the build of a Parsit
+        without them (tests/data/test_format_bytes.py), and its finished partitions stay reusable."""
         data = self.model_dump(mode="json")
         for k in self.RUNTIME_FIELDS:
             data.pop(k, None)
         if data.get("processor") is None:
             data.pop("processor", None)
+        if not self.dedup_enabled:
+            for k in self.DEDUP_FIELDS:
+                data.pop(k, None)
         return data
 
 

@@ -55,6 +55,7 @@ class ImageOptions:
     max_side: int | None = None  # re-encode images whose longer side exceeds this
     check: Literal["full", "header"] = "full"
     exif_transpose: bool = True  # the EXIF policy: images are counted and stored upright (transformers' load_image)
+    signatures: bool = False  # compute each image's perceptual hash (near-duplicate checks)
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class LoadedImage:
     data: bytes
     width: int  # displayed size (after the EXIF policy): the size of the stored pixels
     height: int
+    phash: bytes | None = None  # perceptual hash (parsit_data.dedup.signatures.phash), when asked for
 
 
 @dataclass(frozen=True)
@@ -241,7 +243,15 @@ def load_image(rel: str, opts: ImageOptions) -> LoadedImage:
             data = _reencode(img, opts.max_side)
     except DECODE_ERRORS as exc:
         raise Reject("image_unreadable", f"image {rel!r} cannot be decoded: {exc}") from None
-    return LoadedImage(rel_path=rel, data=data, width=w, height=h)
+    ph = None
+    if opts.signatures:  # from the pixels decoded above (upright; decoded here in header mode)
+        from parsit_data.dedup.signatures import phash
+
+        try:
+            ph = phash(img)
+        except DECODE_ERRORS as exc:
+            raise Reject("image_unreadable", f"image {rel!r} cannot be decoded: {exc}") from None
+    return LoadedImage(rel_path=rel, data=data, width=w, height=h, phash=ph)
 
 
 def _read_object(path: RemotePath, rel: str, opts: ImageOptions) -> bytes:

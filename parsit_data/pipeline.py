@@ -102,7 +102,7 @@ class _PartitionWork:
 
     def __init__(self, part: Partition, ctx: WorkerContext):
         self.part, self.ctx = part, ctx
-        self.rows = PartitionRows(part.source)
+        self.rows = PartitionRows(part.source, ctx.config.dedup_enabled, bool(ctx.config.eval_set))
 
     def prepare(self, start: int, items: list[RawItem]) -> _Chunk:
         """1. validate structure, load images, render; start tokenizing the chunk in the background."""

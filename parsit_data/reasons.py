@@ -41,6 +41,8 @@ class Reason(StrEnum):
     INVALID_UNICODE = "invalid_unicode"
     NON_STANDARD_NUMBER = "non_standard_number"
     TOKENIZER_ERROR = "tokenizer_error"
+    NEAR_DUPLICATE = "near_duplicate"
+    EVAL_CONTAMINATION = "eval_contamination"
 
 
 REASONS: dict[Reason, str] = {
@@ -72,6 +74,10 @@ REASONS: dict[Reason, str] = {
     Reason.NON_STANDARD_NUMBER: "a number JSON does not allow or Python cannot hold safely: NaN, Infinity, -Infinity, "
                                 "a float beyond the double range (1e400), an integer of more than 4300 digits",
     Reason.TOKENIZER_ERROR: "the tokenizer raised on this record's text (encoding it alone fails the same way)",
+    Reason.NEAR_DUPLICATE: "--near-duplicates quarantine: a near copy (images and text) of an earlier sample, "
+                           "which is kept (the detail names it)",
+    Reason.EVAL_CONTAMINATION: "--contamination quarantine: an image or a user turn is a near copy of an --eval-set "
+                               "item (the detail names the eval set and the item)",
 }
 
 assert set(REASONS) == set(Reason), "every reason code needs its line of help"

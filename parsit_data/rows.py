@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from parsit_data.dedup.signatures import SignatureRows
 from parsit_data.encode import Tokenized
 from parsit_data.format import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from parsit_data.images import LoadedImage
@@ -96,8 +97,10 @@ class PartitionRows:
     returns them in input order.
     """
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, signatures: bool = False, user_turns: bool = False):
         self.stats = PartitionStats()
+        #: Near-duplicate signatures of the rows (parsit_data.dedup), when the build asks for them.
+        self.sigs = SignatureRows(user_turns=user_turns) if signatures else None
         self._counts = self.stats.source(source)
         self.cols: dict[str, list] = {f: [] for f in COLUMNS}
         self._qlines: list[tuple[int, str]] = []  # (position in the partition, line)
@@ -132,6 +135,8 @@ class PartitionRows:
         cols["num_turns"].append(len(record.turns))
         cols["supervised_tokens"].append(supervised)
         cols["truncated"].append(row.truncated)
+        if self.sigs is not None:
+            self.sigs.add(record.sample_id, record.position, record.turns, images)
         if row.truncated:
             counts.truncated += 1
         counts.kept += 1

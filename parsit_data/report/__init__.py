@@ -34,7 +34,10 @@ def write_report(out: Path, manifest: Manifest, stats: PartitionStats) -> Report
     """Compute the report and write ``report.json`` and ``report.html`` into ``out`` (atomically)."""
     out = location(out)
     report = build_report(manifest, stats, out)
-    data = json.dumps(report.model_dump(mode="json"), indent=1, ensure_ascii=False) + "\n"
+    dump = report.model_dump(mode="json")
+    if dump.get("near_duplicates") is None:  # no global pass: report.json as before it existed
+        dump.pop("near_duplicates", None)
+    data = json.dumps(dump, indent=1, ensure_ascii=False) + "\n"
     atomic_write_bytes(out / REPORT_JSON_NAME, data.encode())
     atomic_write_bytes(out / REPORT_HTML_NAME, render_html(report, str(out)).encode())
     log.info("report written to %s", out / REPORT_HTML_NAME)

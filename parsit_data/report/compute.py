@@ -197,6 +197,7 @@ def build_report(manifest: Manifest, stats: PartitionStats, out: Path | None = N
         shards=len(manifest.shards), shard_bytes=sum(x.bytes for x in manifest.shards))
     broken = [s.name for s in manifest.sources if s.accounting_error()]
     checks = _checks(summary, broken, mixture, overall_h["length"], thresholds)
+    near = _near_duplicates(out, checks)
     verdict = "no-go" if any(c.status == "fail" for c in checks) else (
         "review" if any(c.status == "warn" for c in checks) else "go")
 
@@ -214,7 +215,7 @@ def build_report(manifest: Manifest, stats: PartitionStats, out: Path | None = N
         summary=Summary(verdict=verdict, **summary), checks=checks, sources=sources,
         overall={k: distribution(k, h) for k, h in overall_h.items()}, image_sizes=_size_bins(overall_sizes),
         top_images=[TopImage(**im) for im in top],
-        reasons=reasons, duplicates=dup, mixture=mixture, template=template,
+        reasons=reasons, duplicates=dup, mixture=mixture, template=template, near_duplicates=near,
         tokenizer=manifest.tokenizer.model_dump(mode="json"), vision=manifest.vision.model_dump(mode="json"),
         image_token_index=manifest.image_token_index, ignore_index=manifest.ignore_index,
         precision=PRECISION)
@@ -254,6 +255,27 @@ def _mixture(sources: list[SourceReport]) -> list[MixtureRow]:
 
 def _level(value: float, warn: float, fail: float) -> str:
     return "fail" if value > fail else "warn" if value > warn else "ok"
+
+
+def _near_duplicates(out, checks: list[Check]) -> dict | None:
+    """The global pass's section (DIR/dedup.json) and its checks: contamination asks for a review."""
+    if out is None:
+        return None
+    from parsit_data.dedup import load_section
+
+    d = load_section(location(out))
+    if d is None:
+        return None
+    checks.append(Check(name="near duplicates", status="ok", value=f"{d['near_duplicate_rows']:,} near copies "
+                        f"({d['rate']:.1%}), action {d['action']}",
+                        message="later near copies of a sample (images and text); see the near-duplicates section"))
+    c = d.get("contamination")
+    if c is not None:
+        checks.append(Check(name="benchmark contamination", status="warn" if c["rows"] else "ok",
+                            value=f"{c['rows']:,} rows leak an eval item, action {c['action']}",
+                            message="training rows whose image or question is a near copy of an --eval-set item "
+                                    "inflate that benchmark's scores"))
+    return d
 
 
 def _checks(summary: dict, broken: list[str], mixture: list[MixtureRow], length: Histogram,

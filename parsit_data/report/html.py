@@ -46,6 +46,16 @@ SECTIONS = [("summary", "Summary"), ("sources", "Sources"), ("reasons", "Quarant
             ("lengths", "Lengths and supervision"), ("images", "Images"), ("duplicates", "Duplicates"),
             ("mixture", "Mixture"), ("template", "Template and labels"), ("tokenizer", "Tokenizer and vision")]
 
+NEAR_DUPLICATES = ("near-duplicates", "Near duplicates and contamination")
+
+
+def sections(near_duplicates: bool) -> list[tuple[str, str]]:
+    """The page's sections in order: with the near-duplicates section when the build ran the global pass."""
+    if not near_duplicates:
+        return list(SECTIONS)
+    k = [key for key, _ in SECTIONS].index("duplicates") + 1
+    return SECTIONS[:k] + [NEAR_DUPLICATES] + SECTIONS[k:]
+
 
 def _n(v) -> str:
     if v is None:
@@ -166,7 +176,8 @@ def render_html(r: Report, title: str = "") -> str:
         f"format v{r.format_version} · config <code>{escape(r.config_hash[:16])}</code> · template "
         f"<code>{escape(r.template.name)}</code> / <code>{escape(r.template.label_policy)}</code> · tokenizer pad "
         f"<code>{escape(str(r.tokenizer.get('pad_token')))}</code></p>")
-    add("<nav>" + "".join(f'<a href="#{k}">{escape(v)}</a>' for k, v in SECTIONS) + "</nav>")
+    add("<nav>" + "".join(f'<a href="#{k}">{escape(v)}</a>' for k, v in sections(r.near_duplicates is not None))
+        + "</nav>")
 
     # Summary
     add('<section id="summary"><h2>Summary</h2>')
@@ -278,6 +289,11 @@ def render_html(r: Report, title: str = "") -> str:
         add(_table(["content digest", "copies", "samples"],
                    [[f"<code>{x.digest}</code>", _n(x.count), escape(", ".join(x.samples))] for x in d.examples], {1}))
     add(f'<p class="muted">{escape(d.method)}</p></section>')
+
+    if r.near_duplicates is not None:
+        from parsit_data.dedup.html import render as render_near_duplicates
+
+        add(render_near_duplicates(r.near_duplicates))
 
     # Mixture
     add('<section id="mixture"><h2>Mixture</h2>')

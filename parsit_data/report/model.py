@@ -217,6 +217,9 @@ class Report(_M):
     image_token_index: int
     ignore_index: int
     precision: str = Field(description="how quantiles are computed and how exact they are")
+    near_duplicates: dict[str, Any] | None = Field(None, description=(
+        "near duplicates and benchmark contamination (DIR/dedup.json, parsit_data.dedup.section); absent when the "
+        "build ran no global pass"))
 
 
 REPORT_SCHEMA_TITLE = "Parsit data quality report (report.json)"

@@ -60,11 +60,23 @@ CASES: dict[str, list] = {
     # surrogate reaches the real tokenizer, whose batch fails on its thread and is narrowed to the record
     "tokenizer_error": [conv(id="t-ok"), b'{"id": "t", "conversations": [{"from": "human", "value": "x \\udc00"}, '
                                          b'{"from": "gpt", "value": "x"}]}', conv(user="Still fine?", id="t-ok2")],
+    # the global pass (issue 21): a one-word edit of the record before it; a user turn that is an eval question
+    "near_duplicate": [conv(user="Please summarise the quarterly figures for the northern region.",
+                            reply="Sales rose by ten percent in the last quarter.", id="nd-kept"),
+                       conv(user="Please summarise the quarterly figures for the northern region.",
+                            reply="Sales rose by eleven percent in the last quarter.", id="nd-copy")],
+    "eval_contamination": [conv(user="What colour is the sky on a clear day?", id="ec-ok"),
+                           conv(user="In the 2019 annual report, which region had the highest margin growth?",
+                                id="ec-leak")],
 }
+#: The eval set of the eval_contamination case (its file is written by the fixture; "EVAL" in OWN_OPTIONS).
+EVAL_ITEMS = [{"id": "bench-7", "question": "In the 2019 annual report, which region had the highest margin growth?"}]
 #: Codes whose case needs other build options than the shared build (each gets a build of its own).
-OWN_OPTIONS: dict[str, dict] = {"template_mismatch": {"template": "plain"}, "tokenizer_error": {}}
-#: Codes only a build can see (validate needs no tokenizer for them).
-BUILD_ONLY = {"overlong", "tokenizer_error"}
+OWN_OPTIONS: dict[str, dict] = {"template_mismatch": {"template": "plain"}, "tokenizer_error": {},
+                                "near_duplicate": {"near_duplicates": "quarantine"},
+                                "eval_contamination": {"contamination": "quarantine", "eval_set": ["EVAL"]}}
+#: Codes only a build can see (validate needs no tokenizer for them, nor the global pass).
+BUILD_ONLY = {"overlong", "tokenizer_error", "near_duplicate", "eval_contamination"}
 READER_CHECK_OFF = {"tokenizer_error"}
 MAX_LENGTH = 512
 MIN_SIDE = 16
@@ -91,6 +103,8 @@ def cases(tmp_path_factory) -> tuple[Path, dict]:
         with pytest.MonkeyPatch.context() as mp:
             if code in READER_CHECK_OFF:
                 mp.setattr(sources, "_lone_surrogate_at", lambda value: None)
+            if opts.get("eval_set") == ["EVAL"]:
+                opts = dict(opts, eval_set=[str(write_jsonl(tmp / "eval.jsonl", EVAL_ITEMS))])
             results[code] = (out, run_build([inputs[code]], out, **common, **opts))
     return results
 
@@ -139,6 +153,12 @@ def test_reason_code_has_a_triggering_record(code, cases, validated):
     # parsit-data validate agrees on every code that needs no tokenizer
     if code == "tokenizer_error":
         assert "TypeError" in q["detail"]  # the tokenizer's own complaint, pinned to this record
+        return
+    if code == "near_duplicate":
+        assert "'nd-kept'" in q["detail"]  # names the sample that is kept
+        return
+    if code == "eval_contamination":
+        assert "'eval'" in q["detail"] and "'bench-7'" in q["detail"]  # names the eval set and the item
         return  # validate never tokenizes; with the reader's check on, this record is invalid_unicode there
     result, vlines = validated[code]
     v = result.stats.sources[code]
