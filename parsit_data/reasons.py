@@ -41,6 +41,8 @@ class Reason(StrEnum):
     INVALID_UNICODE = "invalid_unicode"
     NON_STANDARD_NUMBER = "non_standard_number"
     TOKENIZER_ERROR = "tokenizer_error"
+    BAD_CONTENT_PART = "bad_content_part"
+    UNREADABLE_INPUT = "unreadable_input"
 
 
 REASONS: dict[Reason, str] = {
@@ -72,6 +74,10 @@ REASONS: dict[Reason, str] = {
     Reason.NON_STANDARD_NUMBER: "a number JSON does not allow or Python cannot hold safely: NaN, Infinity, -Infinity, "
                                 "a float beyond the double range (1e400), an integer of more than 4300 digits",
     Reason.TOKENIZER_ERROR: "the tokenizer raised on this record's text (encoding it alone fails the same way)",
+    Reason.BAD_CONTENT_PART: "a chat 'messages' content part is not an object, has a type other than text/image/video, "
+                             "or a text part without a 'text' string",
+    Reason.UNREADABLE_INPUT: "the container cannot be read at this record: a corrupt Parquet row group, an Arrow file "
+                             "that breaks off, a truncated tar member or header",
 }
 
 assert set(REASONS) == set(Reason), "every reason code needs its line of help"

@@ -293,3 +293,28 @@ def test_an_image_root_that_is_not_there_stops_build_and_validate_at_start(input
     assert not (tmp_path / "out").exists()
     cfg = ValidateConfig.parse(inputs=inputs, image_root=f"s3://{bucket}/images")  # a prefix with objects: fine
     assert precheck(cfg.inputs, vopts=ValidationOptions(frozenset()), iopts=cfg.image_options).read > 0
+
+
+@pytest.mark.timeout(180)
+def test_cli_builds_from_an_s3_input_with_progress_counted_by_the_readers(inputs, s3, tmp_path):
+    """``parsit-data build s3://bucket/in.jsonl`` as the README shows it, progress on: the ETA's count
+    goes through the readers (it used to ``open()`` the URI and die with a traceback), and it equals
+    what the build read."""
+    from parsit_data.progress import estimate_total
+    from parsit_data.sources import expand_inputs
+
+    server, bucket = s3
+    text = Path(inputs[1]).read_bytes()
+    location(f"s3://{bucket}/in/text.jsonl").write_bytes(text)
+    mix = f"datasets:\n  - {{json_path: text.jsonl, sampling_strategy: 'first:50%'}}\n"
+    location(f"s3://{bucket}/in/mix.yaml").write_bytes(mix.encode())
+    uris = [f"s3://{bucket}/in/text.jsonl", f"s3://{bucket}/in/mix.yaml"]
+    lines = [x for x in text.splitlines() if x.strip()]
+    assert estimate_total(expand_inputs(uris)) == len(lines) + len(lines) // 2
+    cmd = [sys.executable, "-m", "parsit_data.cli.main", "build", *uris, "--out", f"s3://{bucket}/out"]
+    res = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path, capture_output=True,
+                         text=True, timeout=150)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    manifest = json.loads(server.keys(bucket, "out")["manifest.json"])
+    assert manifest["totals"]["read"] == len(lines) + len(lines) // 2
+    assert f"{len(lines) + len(lines) // 2:,}/{len(lines) + len(lines) // 2:,} records" in res.stdout
