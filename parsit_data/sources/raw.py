@@ -39,7 +39,7 @@ class EmbeddedImage:
     ``shard.tar:key.jpg``): a quarantine line shows ``where`` and the size, never the bytes."""
 
     where: str
-    data: bytes
+    data: bytes = field(repr=False)
     name: str | None = None  # the path the struct carried, if any (informative only)
 
     def to_json(self) -> dict:
