@@ -129,6 +129,70 @@ def read_parquet(spec: SourceSpec) -> Iterator[RawItem]:
             row, index = row + n, index + n
 
 
+def read_parquet_keys(spec: SourceSpec) -> Iterator[RawItem]:
+    """:func:`read_parquet`'s items with only the id (from the ``id`` column alone: no image is read) and
+    ``at = (file, row group, row)``. An id column that cannot be read gives no ids (positional ones)."""
+    index = 0
+    for fi, f in enumerate(spec.files):
+        pf, fname = _parquet_file(f), _name(f)
+        has_id = "id" in pf.schema_arrow.names
+        row = 0
+        for g in range(pf.metadata.num_row_groups):
+            n = pf.metadata.row_group(g).num_rows
+            ids: list = [None] * n
+            if has_id:
+                try:
+                    got = pf.read_row_group(g, columns=["id"]).column(0).to_pylist()
+                    ids = got if len(got) == n else ids
+                except _ERRORS:
+                    pass
+            for k, v in enumerate(ids):
+                yield RawItem(spec.name, index + k, "index", value={} if v is None else {"id": _prune(v)},
+                              member=f"{fname} row {row + k}", at=(fi, g, row + k))
+            row, index = row + n, index + n
+
+
+def load_rows(spec: SourceSpec, keys: list[RawItem]) -> list[RawItem]:
+    """The records of key items (from :func:`read_parquet_keys`), in their order: the same items
+    :func:`read_parquet` yields, each row group read once. A rejection the key carries (``duplicate_id``,
+    marked by the driver) stays on a record that was read."""
+    groups: dict[tuple[int, int], list[RawItem]] = {}
+    for k in keys:
+        groups.setdefault(k.at[:2], []).append(k)
+    got: dict[tuple, RawItem] = {}
+    files: dict[int, pq.ParquetFile] = {}
+    for (fi, g), wanted in groups.items():
+        f = spec.files[fi]
+        fname = _name(f)
+        pf = files.get(fi) or files.setdefault(fi, _parquet_file(f))
+        first = sum(pf.metadata.row_group(i).num_rows for i in range(g))
+        need = {k.at[2]: k for k in wanted}
+        row = first
+        try:
+            for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[g]):
+                if not any(row <= r < row + batch.num_rows for r in need):
+                    row += batch.num_rows
+                    continue
+                for r in batch.to_pylist():
+                    if row in need:
+                        k = need[row]
+                        got[k.at] = RawItem(spec.name, k.position, "index", value=row_record(r, k.member),
+                                            member=k.member)
+                    row += 1
+        except _ERRORS as exc:
+            for r, k in need.items():
+                if k.at not in got:
+                    got[k.at] = _unreadable(spec, k.position, k.member, f"row group {g} of {fname}", exc)
+    out = []
+    for k in keys:
+        item = got[k.at]
+        if k.rejection is not None and item.rejection is None:
+            item = RawItem(item.source, item.position, item.kind, value=item.value, rejection=k.rejection,
+                           member=item.member)
+        out.append(item)
+    return out
+
+
 def count_parquet(spec: SourceSpec) -> int:
     return sum(parquet_metadata(f).num_rows for f in spec.files)
 

@@ -30,6 +30,9 @@ class RawItem:
     #: The exact bytes of a line that is not valid UTF-8 (kept losslessly in the quarantine).
     raw_bytes: bytes | None = None
     member: str | None = None
+    #: Where a reader finds the record again (a key item of a table source: ``(file, row group, row)``);
+    #: None on a record that was read.
+    at: tuple | None = None
 
 
 @dataclass(frozen=True, eq=False)

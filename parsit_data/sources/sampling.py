@@ -63,11 +63,27 @@ def estimate_total(specs: list[SourceSpec]) -> int | None:
     return total
 
 
-def iter_source(spec: SourceSpec) -> Iterator[RawItem]:
-    """The records of one source after its sampling strategy, in input order."""
+def has_keys(spec: SourceSpec) -> bool:
+    """Whether a source can be read as keys first (ids and positions) and its records later, by row group."""
+    return spec.format == "parquet"
+
+
+def read_keys(spec: SourceSpec) -> Iterator[RawItem]:
+    """One key item per record of :func:`read_all` (same positions; ``value`` holds only the id; ``at`` says
+    where the record is), read from the id column alone. The worker reads the records with
+    :func:`parsit_data.sources.arrow.load_rows`."""
+    from parsit_data.sources import arrow
+
+    return arrow.read_parquet_keys(spec)
+
+
+def iter_source(spec: SourceSpec, keys: bool = False) -> Iterator[RawItem]:
+    """The records of one source after its sampling strategy, in input order (with ``keys``, for a source
+    that :func:`has_keys`, their key items)."""
+    read = read_keys if keys and has_keys(spec) else read_all
     strategy = spec.sampling
     if strategy == "all":
-        yield from read_all(spec)
+        yield from read(spec)
         return
     kind, _, _ = strategy.partition(":")
     if kind == "first" and not strategy.endswith("%"):
@@ -76,17 +92,17 @@ def iter_source(spec: SourceSpec) -> Iterator[RawItem]:
         total = count_records(spec)
         n = sampled_count(strategy, total)
     if kind == "first":
-        for i, item in enumerate(read_all(spec)):
+        for i, item in enumerate(read(spec)):
             if i >= n:
                 return
             yield item
     elif kind == "end":
         start = max(total - n, 0)
-        for i, item in enumerate(read_all(spec)):
+        for i, item in enumerate(read(spec)):
             if i >= start:
                 yield item
     else:  # random: a seeded choice of records, kept in input order
         chosen = set(random.Random(spec.seed).sample(range(total), n))
-        for i, item in enumerate(read_all(spec)):
+        for i, item in enumerate(read(spec)):
             if i in chosen:
                 yield item

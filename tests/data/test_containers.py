@@ -82,3 +82,49 @@ def test_ray_with_two_workers_builds_the_same_bytes_from_every_container(forms, 
     strip = lambda m: {k: v for k, v in m.items() if k != "timing"}  # noqa: E731
     assert strip(local) == strip(ray)
     assert [s["read"] for s in ray["sources"]] == [N_RECORDS] * 6
+
+
+def test_a_parquet_partition_carries_keys_and_its_worker_reads_the_rows(forms):
+    """The driver reads ids only (no image bytes cross to the workers in the partition); what a worker
+    reads for a partition is exactly what the streaming reader yields for those rows, sampling included."""
+    from parsit_data.partition import iter_partitions
+    from parsit_data.sources import expand_inputs, iter_source
+    from parsit_data.sources.raw import EmbeddedImage
+
+    d, inputs = forms
+    (spec,) = expand_inputs(inputs["onevision_parquet"])
+    parts = list(iter_partitions([spec], 4))
+    assert [len(p.items) for p in parts] == [4, 4, 4, 2]
+    assert all(set(k.value) <= {"id"} and k.at is not None for p in parts for k in p.items)
+    def plain(r):  # an embedded image compared by where it is and its bytes
+        return (r.position, r.kind, r.member, r.rejection,
+                json.dumps(r.value, default=lambda e: [e.where, e.data.hex(), e.name], sort_keys=True))
+
+    got = [r for p in parts for r in p.records()]
+    assert [plain(r) for r in got] == [plain(r) for r in iter_source(spec)]
+    assert sum(isinstance(r.value.get("image"), EmbeddedImage) for r in got) == sum(i % 4 != 1 for i in range(N_RECORDS))
+    spec.sampling, spec.seed = "random:50%", 7
+    keys = [k for p in iter_partitions([spec], 3) for k in p.items]
+    assert [k.position for k in keys] == [r.position for r in iter_source(spec)] and len(keys) == N_RECORDS // 2
+
+
+def test_a_parquet_build_resumes_from_the_partitions_it_finished(forms, tmp_path):
+    from parsit_data.format import MANIFEST_NAME, part_path
+
+    d, inputs = forms
+    common = dict(image_root=str(d / "images"), shard_rows=3)
+    first = run_build(inputs["hf_parquet"], tmp_path / "out", **common)
+    before = {p.name: p.read_bytes() for p in sorted((tmp_path / "out" / "shards").iterdir())}
+    (tmp_path / "out" / MANIFEST_NAME).unlink()  # an interrupted build: no manifest, partition 2 unfinished
+    part_path(tmp_path / "out", 2).unlink()
+    from validate_helpers import fast_builds
+    from parsit_data.build import build
+    from parsit_data.config import BuildConfig
+
+    reused = []
+    with fast_builds():
+        again = build(BuildConfig(inputs=inputs["hf_parquet"], out=str(tmp_path / "out"), **common),
+                      on_progress=lambda r: reused.append(r.reused)).model_dump(mode="json")
+    assert sorted(reused) == [False] + [True] * (len(first["shards"]) - 1)
+    assert {p.name: p.read_bytes() for p in sorted((tmp_path / "out" / "shards").iterdir())} == before
+    assert {k: v for k, v in again.items() if k != "timing"} == {k: v for k, v in first.items() if k != "timing"}
