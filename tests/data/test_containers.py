@@ -128,3 +128,31 @@ def test_a_parquet_build_resumes_from_the_partitions_it_finished(forms, tmp_path
     assert sorted(reused) == [False] + [True] * (len(first["shards"]) - 1)
     assert {p.name: p.read_bytes() for p in sorted((tmp_path / "out" / "shards").iterdir())} == before
     assert {k: v for k, v in again.items() if k != "timing"} == {k: v for k, v in first.items() if k != "timing"}
+
+
+def test_a_mixture_takes_any_container_and_every_count_goes_through_the_readers(forms, tmp_path):
+    """json_path may name a Parquet file, a save_to_disk folder or a tar folder; the progress estimate,
+    validate and the build agree on how many records each sampling strategy reads."""
+    from parsit_data.images import ImageOptions
+    from parsit_data.precheck import precheck
+    from parsit_data.sources import estimate_total, expand_inputs
+    from parsit_data.validate import ValidationOptions
+
+    d, inputs = forms
+    mix = tmp_path / "mix.yaml"
+    mix.write_text("datasets:\n"
+                   f"  - {{json_path: {inputs['onevision_parquet'][0]}, sampling_strategy: 'first:50%'}}\n"
+                   f"  - {{json_path: {inputs['save_to_disk'][0]}, sampling_strategy: 'end:3'}}\n"
+                   f"  - {{json_path: {inputs['hf_parquet'][0]}, sampling_strategy: 'random:5'}}\n")
+    specs = expand_inputs([mix])
+    assert [s.format for s in specs] == ["parquet", "arrow", "parquet"]
+    assert estimate_total(specs) == 7 + 3 + 5
+    manifest = run_build([mix], tmp_path / "out", image_root=str(d / "images"))
+    assert [s["read"] for s in manifest["sources"]] == [7, 3, 5]
+    # the forms hold the same ids: a later copy is a duplicate, wherever it comes from
+    assert {r for s in manifest["sources"] for r in s["quarantined"]} <= {"duplicate_id"}
+    v = precheck([mix], vopts=ValidationOptions(), iopts=ImageOptions(root=d / "images"))
+    assert [(s.read, s.kept, dict(s.quarantined)) for s in v.stats.sources.values()] == \
+        [(s["read"], s["kept"], s["quarantined"]) for s in manifest["sources"]]
+    ids = [r["sample_id"] for s in manifest["shards"] for r in read_shard(tmp_path / "out" / s["path"]).to_pylist()]
+    assert ids[:7] == [f"r{i:02d}" for i in range(7)] and ids[7:10] == ["r11", "r12", "r13"]
