@@ -318,3 +318,28 @@ def test_cli_builds_from_an_s3_input_with_progress_counted_by_the_readers(inputs
     manifest = json.loads(server.keys(bucket, "out")["manifest.json"])
     assert manifest["totals"]["read"] == len(lines) + len(lines) // 2
     assert f"{len(lines) + len(lines) // 2:,}/{len(lines) + len(lines) // 2:,} records" in res.stdout
+
+
+@pytest.mark.timeout(180)
+def test_parquet_arrow_and_tar_inputs_read_from_s3_give_the_rows_of_local_ones(s3, tmp_path):
+    """A Parquet file, a save_to_disk folder and a folder of tar shards as objects: the same rows and the
+    same per-source counts as the same inputs on disk."""
+    from containers_support import write_all
+
+    server, bucket = s3
+    forms = write_all(tmp_path / "in")
+    names = ("onevision_parquet", "save_to_disk", "webdataset")
+    local = [forms[n][0] for n in names]
+    build(BuildConfig(inputs=local, image_root=str(tmp_path / "in" / "images"), out=str(tmp_path / "local"),
+                      shard_rows=5))
+    root = location(f"s3://{bucket}/in")
+    for p in sorted((tmp_path / "in").rglob("*")):
+        if p.is_file() and not p.name.endswith(".jsonl"):
+            (root / p.relative_to(tmp_path / "in").as_posix()).write_bytes(p.read_bytes())
+    uris = [f"s3://{bucket}/in/{Path(p).relative_to(tmp_path / 'in').as_posix()}" for p in local]
+    build(BuildConfig(inputs=uris, image_root=f"s3://{bucket}/in/images", out=f"s3://{bucket}/out", shard_rows=5))
+    stored = _rows(server.keys(bucket, "out"))
+    ref = _rows(_local_files(tmp_path / "local"))
+    assert stored == ref
+    assert [s["format"] for s in json.loads(server.keys(bucket, "out")["manifest.json"])["sources"]] == \
+        ["parquet", "arrow", "webdataset"]
