@@ -127,6 +127,30 @@ def _too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
     return False
 
 
+def parse_document(data: bytes, where: str) -> tuple[Any, Rejection | None, str | None]:
+    """One JSON document (a tar member) under the rules of a JSONL line: ``(value, rejection, raw text)``."""
+    if data.startswith(_BOM):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, Rejection(Reason.NON_UTF8, f"{where}: {exc}"), data.decode("utf-8", "backslashreplace")
+    try:
+        value = _decode(text)
+    except json.JSONDecodeError as exc:
+        return None, Rejection(Reason.INVALID_JSON, f"{where}: {exc}"), text
+    except ValueError as exc:
+        return None, Rejection(Reason.NON_STANDARD_NUMBER, f"{where}: {exc}"), text
+    except RecursionError:
+        value = _TOO_DEEP
+    if value is _TOO_DEEP or (text.count("[") + text.count("{") > MAX_NESTING and _too_deep(value)):
+        return None, Rejection(Reason.INVALID_JSON, f"{where}: nested deeper than {MAX_NESTING}"), text
+    if (_SURROGATE_ESCAPES[0] in data or _SURROGATE_ESCAPES[1] in data) and \
+            (at := _lone_surrogate_at(value)) is not None:
+        return value, _unicode_rejection(at), None
+    return value, None, None
+
+
 def count_jsonl(spec: SourceSpec) -> int:
     """The records :func:`read_jsonl` yields, counted on bytes without parsing: its non-blank lines (the
     same rule: a leading byte order mark is not content). The progress estimate and the sampling

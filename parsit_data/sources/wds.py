@@ -8,8 +8,9 @@ sample (full member name, name without the key, or extension: ``key.jpg``, ``jpg
 no member stays a path under ``--image-root``. Image bytes become :class:`EmbeddedImage`s named
 ``shard.tar:key.jpg``.
 
-Bad input, per sample: no ``.json`` member (``missing_conversations``), JSON that does not parse
-(``invalid_json`` / ``non_utf8``), two ``.json`` members (``bad_field``). A truncated member or a corrupt
+Bad input, per sample: no ``.json`` member (``missing_conversations``), JSON that a JSONL line with the
+same bytes would be quarantined for (``invalid_json``, ``non_utf8``, ``non_standard_number``,
+``invalid_unicode``), two ``.json`` members (``bad_field``). A truncated member or a corrupt
 header ends what can be read of the shard: the sample it falls in is quarantined (``unreadable_input``,
 naming the member) and the next shard is read.
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 from parsit_data.format.fsio import RemotePath, open_input
 from parsit_data.reasons import Reason
 from parsit_data.records import Rejection
-from parsit_data.sources.jsonl import _BOM, _decode
+from parsit_data.sources.jsonl import parse_document
 from parsit_data.sources.raw import EmbeddedImage, RawItem, SourceSpec
 
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"})
@@ -53,19 +54,11 @@ def _sample(spec: SourceSpec, index: int, tar: str, key: str, members: list[tupl
                                                       f"(members: {', '.join(listing)[:200]})")
     if len(jsons) > 1:
         return rejected(Reason.BAD_FIELD, f"sample {key!r} of {tar} has {len(jsons)} .json members")
-    data = jsons[0][1]
-    if data.startswith(_BOM):
-        data = data[3:]
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return rejected(Reason.NON_UTF8, f"{jsons[0][0]}: {exc}", data.decode("utf-8", "backslashreplace"))
-    try:
-        value = _decode(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        return rejected(Reason.INVALID_JSON, f"{jsons[0][0]}: {exc}", text)
-    except ValueError as exc:
-        return rejected(Reason.NON_STANDARD_NUMBER, f"{jsons[0][0]}: {exc}", text)
+    value, rejection, raw = parse_document(jsons[0][1], jsons[0][0])
+    if rejection is not None:
+        if value is not None:  # parsed, but not text (a lone surrogate): shown parsed, as a JSONL line is
+            return RawItem(spec.name, index, "index", value=value, rejection=rejection, member=member)
+        return rejected(rejection.reason, rejection.detail, raw)
     if isinstance(value, dict):
         value = _attach_images(value, key, images, tar)
     return RawItem(spec.name, index, "index", value=value, member=member)

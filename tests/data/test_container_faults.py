@@ -133,16 +133,20 @@ def test_tar_samples_without_json_or_image_and_a_truncated_member(tmp_path):
                        (f"{k}.png", png(i))]
     a = _tar(tmp_path / "a.tar", [*ok("k0", 0), ("k1.png", png(1)),  # an image without its JSON
                                   (f"k2.json", json.dumps({"id": "k2", "conversations": _conv(2)}).encode()),
-                                  ("k3.json", b"{not json"), ("k3.png", png(3)), *ok("k4", 4)])
+                                  ("k3.json", b"{not json"), ("k3.png", png(3)), *ok("k4", 4),
+                                  ("k5.json", b'{"id": "k5", "conversations": [{"from": "human", "value": "\\ud800"}, '
+                                              b'{"from": "gpt", "value": "x"}]}'),
+                                  ("k6.json", b"[" * 3000 + b"]" * 3000)])
     b = _tar(tmp_path / "b.tar", [*ok("m0", 0), *ok("m1", 1), ("m2.json", json.dumps({"id": "m2", "conversations": _conv(2)}).encode()),
                                   ("m2.png", png(2) * 40)])
     data = b.read_bytes()
     cut = data.index(png(2) * 2) + 100  # inside m2.png's data
     b.write_bytes(data[:cut])
     manifest = run_build([a, b], tmp_path / "out")
-    check_accounting(manifest, tmp_path / "out", {"a": 5, "b": 3})
+    check_accounting(manifest, tmp_path / "out", {"a": 7, "b": 3})
     q = {s["name"]: s["quarantined"] for s in manifest["sources"]}
-    assert q["a"] == {"missing_conversations": 1, "image_placeholder_mismatch": 1, "invalid_json": 1}
+    assert q["a"] == {"missing_conversations": 1, "image_placeholder_mismatch": 1, "invalid_json": 2,
+                      "invalid_unicode": 1}
     assert q["b"] == {"unreadable_input": 1}
     lines = {x["member"]: x for x in quarantine_lines(tmp_path / "out")}
     assert lines["a.tar:k1"]["reason"] == "missing_conversations" and "k1.png" in lines["a.tar:k1"]["detail"]
