@@ -152,14 +152,68 @@ def read_parquet_keys(spec: SourceSpec) -> Iterator[RawItem]:
             row, index = row + n, index + n
 
 
+def read_arrow_keys(spec: SourceSpec) -> Iterator[RawItem]:
+    """:func:`read_arrow`'s items with only the id and ``at = (file, batch, row)``: local Arrow files are
+    memory-mapped, so reading the id column touches no image bytes. The unreadable rest of a file is the
+    same single rejected item :func:`read_arrow` yields (``at = (file, -1, row)``)."""
+    index = 0
+    for fi, f in enumerate(spec.files):
+        fname, row = _name(f), 0
+        try:
+            for b, batch in enumerate(_ipc_batches(_ipc_reader(f))):
+                n = batch.num_rows
+                ids = batch.column("id").to_pylist() if "id" in batch.schema.names else [None] * n
+                for k, v in enumerate(ids):
+                    yield RawItem(spec.name, index + k, "index", value={} if v is None else {"id": _prune(v)},
+                                  member=f"{fname} row {row + k}", at=(fi, b, row + k))
+                row, index = row + n, index + n
+        except _ERRORS as exc:
+            item = _unreadable(spec, index, f"{fname} row {row}", f"{fname} after row {row - 1}", exc)
+            yield RawItem(item.source, item.position, item.kind, rejection=item.rejection, member=item.member,
+                          at=(fi, -1, row))
+            index += 1
+
+
+def _arrow_groups(spec: SourceSpec, groups: dict[tuple[int, int], dict[int, RawItem]], got: dict) -> None:
+    """Read the wanted batches of local Arrow files (memory-mapped: skipping a batch reads nothing)."""
+    for fi in sorted({fi for fi, _ in groups}):
+        f, wanted = spec.files[fi], {b: need for (i, b), need in groups.items() if i == fi}
+        row, fname = 0, _name(f)
+        try:
+            for b, batch in enumerate(_ipc_batches(_ipc_reader(f))):
+                if b in wanted:
+                    for r in batch.to_pylist():
+                        if (k := wanted[b].get(row)) is not None:
+                            got[k.at] = RawItem(spec.name, k.position, "index", value=row_record(r, k.member),
+                                                member=k.member)
+                        row += 1
+                else:
+                    row += batch.num_rows
+                if b >= max(wanted):
+                    break
+        except _ERRORS as exc:  # the file changed since the driver read it: each wanted row says so
+            for need in wanted.values():
+                for k in need.values():
+                    got.setdefault(k.at, _unreadable(spec, k.position, k.member, fname, exc))
+
+
 def load_rows(spec: SourceSpec, keys: list[RawItem]) -> list[RawItem]:
-    """The records of key items (from :func:`read_parquet_keys`), in their order: the same items
-    :func:`read_parquet` yields, each row group read once. A rejection the key carries (``duplicate_id``,
-    marked by the driver) stays on a record that was read."""
-    groups: dict[tuple[int, int], list[RawItem]] = {}
+    """The records of key items (from :func:`read_parquet_keys` or :func:`read_arrow_keys`), in their
+    order: the same items the streaming reader yields, each row group (batch) read once. A rejection the
+    key carries (``duplicate_id``, marked by the driver) stays on a record that was read."""
+    got: dict[tuple, RawItem] = {}
+    if spec.format == "arrow":
+        groups: dict[tuple[int, int], dict[int, RawItem]] = {}
+        for k in keys:
+            if k.at[1] == -1:  # the unreadable rest of a file: already the record
+                got[k.at] = RawItem(k.source, k.position, k.kind, rejection=k.rejection, member=k.member)
+            else:
+                groups.setdefault(k.at[:2], {})[k.at[2]] = k
+        _arrow_groups(spec, groups, got)
+        return _in_order(keys, got)
+    groups = {}
     for k in keys:
         groups.setdefault(k.at[:2], []).append(k)
-    got: dict[tuple, RawItem] = {}
     files: dict[int, pq.ParquetFile] = {}
     for (fi, g), wanted in groups.items():
         f = spec.files[fi]
@@ -183,6 +237,10 @@ def load_rows(spec: SourceSpec, keys: list[RawItem]) -> list[RawItem]:
             for r, k in need.items():
                 if k.at not in got:
                     got[k.at] = _unreadable(spec, k.position, k.member, f"row group {g} of {fname}", exc)
+    return _in_order(keys, got)
+
+
+def _in_order(keys: list[RawItem], got: dict) -> list[RawItem]:
     out = []
     for k in keys:
         item = got[k.at]

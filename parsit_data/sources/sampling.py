@@ -64,8 +64,12 @@ def estimate_total(specs: list[SourceSpec]) -> int | None:
 
 
 def has_keys(spec: SourceSpec) -> bool:
-    """Whether a source can be read as keys first (ids and positions) and its records later, by row group."""
-    return spec.format == "parquet"
+    """Whether a source is read as keys first (ids and positions) and its records later, by whoever builds
+    each partition: Parquet (by row group, local or remote), and local Arrow files (memory-mapped)."""
+    from parsit_data.format.fsio import RemotePath
+
+    return spec.format == "parquet" or (spec.format == "arrow" and not any(isinstance(f, RemotePath)
+                                                                           for f in spec.files))
 
 
 def read_keys(spec: SourceSpec) -> Iterator[RawItem]:
@@ -74,7 +78,7 @@ def read_keys(spec: SourceSpec) -> Iterator[RawItem]:
     :func:`parsit_data.sources.arrow.load_rows`."""
     from parsit_data.sources import arrow
 
-    return arrow.read_parquet_keys(spec)
+    return arrow.read_parquet_keys(spec) if spec.format == "parquet" else arrow.read_arrow_keys(spec)
 
 
 def iter_source(spec: SourceSpec, keys: bool = False) -> Iterator[RawItem]:

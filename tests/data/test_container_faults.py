@@ -151,3 +151,20 @@ def test_tar_samples_without_json_or_image_and_a_truncated_member(tmp_path):
     lines = {x["member"]: x for x in quarantine_lines(tmp_path / "out")}
     assert lines["a.tar:k1"]["reason"] == "missing_conversations" and "k1.png" in lines["a.tar:k1"]["detail"]
     assert lines["b.tar:m2"]["reason"] == "unreadable_input" and "m2.png" in lines["b.tar:m2"]["detail"]
+
+
+def test_an_arrow_file_that_breaks_off_costs_one_named_item_and_the_next_file_is_read(tmp_path):
+    import datasets
+
+    ds = datasets.Dataset.from_list([{"id": f"a{i}", "conversations": _conv(i, image=False)} for i in range(30)])
+    ds.save_to_disk(str(tmp_path / "saved"), num_shards=2, max_shard_size=None)
+    files = sorted((tmp_path / "saved").glob("*.arrow"))
+    data = files[0].read_bytes()
+    files[0].write_bytes(data[: len(data) * 2 // 3])  # the stream breaks off inside its data
+    manifest = run_build([tmp_path / "saved"], tmp_path / "out")
+    check_accounting(manifest, tmp_path / "out")
+    (src,) = manifest["sources"]
+    assert src["format"] == "arrow" and src["quarantined"] == {"unreadable_input": 1}
+    assert src["kept"] >= 15  # the second file whole, and what the first held before the break
+    (line,) = quarantine_lines(tmp_path / "out")
+    assert line["member"].startswith(files[0].name) and files[0].name in line["detail"]

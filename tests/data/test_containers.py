@@ -84,7 +84,8 @@ def test_ray_with_two_workers_builds_the_same_bytes_from_every_container(forms, 
     assert [s["read"] for s in ray["sources"]] == [N_RECORDS] * 6
 
 
-def test_a_parquet_partition_carries_keys_and_its_worker_reads_the_rows(forms):
+@pytest.mark.parametrize("form", ["onevision_parquet", "save_to_disk"])
+def test_a_table_partition_carries_keys_and_its_worker_reads_the_rows(forms, form):
     """The driver reads ids only (no image bytes cross to the workers in the partition); what a worker
     reads for a partition is exactly what the streaming reader yields for those rows, sampling included."""
     from parsit_data.partition import iter_partitions
@@ -92,7 +93,7 @@ def test_a_parquet_partition_carries_keys_and_its_worker_reads_the_rows(forms):
     from parsit_data.sources.raw import EmbeddedImage
 
     d, inputs = forms
-    (spec,) = expand_inputs(inputs["onevision_parquet"])
+    (spec,) = expand_inputs(inputs[form])
     parts = list(iter_partitions([spec], 4))
     assert [len(p.items) for p in parts] == [4, 4, 4, 2]
     assert all(set(k.value) <= {"id"} and k.at is not None for p in parts for k in p.items)
@@ -102,7 +103,8 @@ def test_a_parquet_partition_carries_keys_and_its_worker_reads_the_rows(forms):
 
     got = [r for p in parts for r in p.records()]
     assert [plain(r) for r in got] == [plain(r) for r in iter_source(spec)]
-    assert sum(isinstance(r.value.get("image"), EmbeddedImage) for r in got) == sum(i % 4 != 1 for i in range(N_RECORDS))
+    embedded = [x for r in got for x in (r.value.get("images") or [r.value.get("image")])]
+    assert sum(isinstance(x, EmbeddedImage) for x in embedded) == sum(i % 4 != 1 for i in range(N_RECORDS))
     spec.sampling, spec.seed = "random:50%", 7
     keys = [k for p in iter_partitions([spec], 3) for k in p.items]
     assert [k.position for k in keys] == [r.position for r in iter_source(spec)] and len(keys) == N_RECORDS // 2
