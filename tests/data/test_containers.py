@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
-import pyarrow as pa
 import pytest
 from PIL import Image
 
@@ -158,3 +158,33 @@ def test_a_mixture_takes_any_container_and_every_count_goes_through_the_readers(
         [(s["read"], s["kept"], s["quarantined"]) for s in manifest["sources"]]
     ids = [r["sample_id"] for s in manifest["shards"] for r in read_shard(tmp_path / "out" / s["path"]).to_pylist()]
     assert ids[:7] == [f"r{i:02d}" for i in range(7)] and ids[7:10] == ["r11", "r12", "r13"]
+
+
+def test_containers_are_detected_from_the_path(forms, tmp_path):
+    """A glob or a folder of Parquet files is one source (its files in name order); a DatasetDict folder
+    is refused with the names of its splits; a file's sha256 is still the source's for one file."""
+    import shutil
+
+    import datasets
+
+    from parsit_data.errors import ParsitError
+    from parsit_data.format import sha256_file
+    from parsit_data.sources import expand_inputs
+
+    d, inputs = forms
+    (tmp_path / "pq").mkdir()
+    for name in ("train-00001.parquet", "train-00000.parquet"):
+        shutil.copy(inputs["onevision_parquet"][0], tmp_path / "pq" / name)
+    (g,) = expand_inputs([str(tmp_path / "pq" / "train-*.parquet")])
+    (f,) = expand_inputs([tmp_path / "pq"])
+    assert g.format == f.format == "parquet" and g.name == "train"
+    assert [p.name for p in g.files] == [p.name for p in f.files] == ["train-00000.parquet", "train-00001.parquet"]
+    (one,) = expand_inputs(inputs["onevision_parquet"])
+    assert one.sha256 == sha256_file(Path(inputs["onevision_parquet"][0]))
+    datasets.DatasetDict({"train": datasets.Dataset.from_list([{"id": "x"}]),
+                          "test": datasets.Dataset.from_list([{"id": "y"}])}).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(ParsitError, match="DatasetDict.*test, train"):
+        expand_inputs([tmp_path / "dd"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ParsitError, match="no .parquet"):
+        expand_inputs([tmp_path / "empty"])
