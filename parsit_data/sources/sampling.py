@@ -36,6 +36,8 @@ def read_all(spec: SourceSpec) -> Iterator[RawItem]:
 def count_records(spec: SourceSpec, *, cheap_only: bool = False) -> int | None:
     """How many items :func:`read_all` yields; None with ``cheap_only`` when that needs a full parse."""
     counter = _readers()[spec.format][1]
+    if cheap_only and spec.format == "arrow" and not has_keys(spec):  # remote Arrow: counting reads it all
+        return None
     if counter is not None:
         return counter(spec)
     return None if cheap_only else sum(1 for _ in read_all(spec))
