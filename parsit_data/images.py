@@ -221,20 +221,40 @@ def _transposed_png(img: Image.Image) -> tuple[bytes, Image.Image]:
     return out.getvalue(), up
 
 
-def load_image(rel: str, opts: ImageOptions) -> LoadedImage:
+def _embedded_bytes(ref, opts: ImageOptions) -> bytes:
+    """The bytes of an image that came inside the input, under the file guards' size limit."""
+    if len(ref.data) > max_file_bytes(opts.max_pixels):
+        raise Reject("image_too_large", f"image {ref.where} is {len(ref.data)} bytes, more than an image within "
+                                        f"the {opts.max_pixels}-pixel limit can take")
+    return ref.data
+
+
+def load_image(rel, opts: ImageOptions) -> LoadedImage:
     """Resolve, read and check one image for the shard (its bytes, re-encoded at ``max_side`` if set).
 
-    The EXIF policy (``opts.exif_transpose``, transformers' ``load_image``): an image with a transposing
-    orientation tag (a phone photo taken sideways) is turned upright and stored as PNG, and its size is
-    the displayed size; any other image keeps its original bytes. Re-encoding needs the pixels, so it
-    decodes even in ``header`` mode; that decode too comes after the pixel limit in :func:`_open_checked`.
+    ``rel`` is a path under the image root or an embedded image (bytes from a Parquet/Arrow cell or a
+    tar member, :class:`parsit_data.sources.EmbeddedImage`): after reading, both go through the same
+    guards and the same EXIF policy (``opts.exif_transpose``, transformers' ``load_image``): an image with
+    a transposing orientation tag (a phone photo taken sideways) is turned upright and stored as PNG, and
+    its size is the displayed size; any other image keeps its original bytes. Re-encoding needs the
+    pixels, so it decodes even in ``header`` mode; that decode too comes after the pixel limit in
+    :func:`_open_checked`.
     """
+    if not isinstance(rel, str):  # embedded: named by where it is (source, row, member) in every detail
+        data, name = _embedded_bytes(rel, opts), rel.where
+        img = _open_checked(io.BytesIO(data), len(data), name, opts)
+        return _finish(img, data, rel.name or name, name, opts)
     path = resolve_image_path(rel, opts.root)
     if isinstance(path, RemotePath):
         data = _read_object(path, rel, opts)
     else:
         data = _read_file(path, rel, opts)
     img = _open_checked(io.BytesIO(data), len(data), rel, opts)
+    return _finish(img, data, rel, rel, opts)
+
+
+def _finish(img: Image.Image, data: bytes, rel: str, name: str, opts: ImageOptions) -> LoadedImage:
+    """EXIF policy, re-encoding and the perceptual hash of an image that passed the guards."""
     try:
         if opts.exif_transpose and exif_orientation(img) in _TRANSPOSING:
             data, img = _transposed_png(img)
@@ -242,7 +262,7 @@ def load_image(rel: str, opts: ImageOptions) -> LoadedImage:
         if opts.max_side and max(w, h) > opts.max_side:
             data = _reencode(img, opts.max_side)
     except DECODE_ERRORS as exc:
-        raise Reject("image_unreadable", f"image {rel!r} cannot be decoded: {exc}") from None
+        raise Reject("image_unreadable", f"image {name!r} cannot be decoded: {exc}") from None
     ph = None
     if opts.signatures:  # from the pixels decoded above (upright; decoded here in header mode)
         from parsit_data.dedup.signatures import phash
@@ -250,7 +270,7 @@ def load_image(rel: str, opts: ImageOptions) -> LoadedImage:
         try:
             ph = phash(img)
         except DECODE_ERRORS as exc:
-            raise Reject("image_unreadable", f"image {rel!r} cannot be decoded: {exc}") from None
+            raise Reject("image_unreadable", f"image {name!r} cannot be decoded: {exc}") from None
     return LoadedImage(rel_path=rel, data=data, width=w, height=h, phash=ph)
 
 
@@ -278,8 +298,13 @@ def _read_file(path: Path, rel: str, opts: ImageOptions) -> bytes:
             raise Reject("image_unreadable", f"image {rel!r} cannot be read: {exc.strerror}") from None
 
 
-def inspect_image(rel: str, opts: ImageOptions) -> ImageInfo:
+def inspect_image(rel, opts: ImageOptions) -> ImageInfo:
     """The checks of :func:`load_image` without keeping the bytes: ``header`` mode reads headers only."""
+    if not isinstance(rel, str):
+        data = _embedded_bytes(rel, opts)
+        img = _open_checked(io.BytesIO(data), len(data), rel.where, opts)
+        w, h = displayed_size(img, opts.exif_transpose)
+        return ImageInfo(rel_path=rel.name or rel.where, width=w, height=h)
     path = resolve_image_path(rel, opts.root)
     if isinstance(path, RemotePath):
         data = _read_object(path, rel, opts)

@@ -69,13 +69,14 @@ def process_partitions(parts: Iterable[Partition], ctx: WorkerContext) -> Iterat
     while True:
         with gc_paused():
             part = next(parts, None)  # reading a partition parses its records: a step too
+            items = part.records() if part is not None else []  # a table partition's rows are read here
         if part is None:
             break
         work = _PartitionWork(part, ctx)
-        starts = range(0, max(len(part.items), 1), CHUNK_ROWS)  # an empty partition still commits (no rows)
+        starts = range(0, max(len(items), 1), CHUNK_ROWS)  # an empty partition still commits (no rows)
         for start in starts:
             with gc_paused():
-                chunk = work.prepare(start, part.items[start:start + CHUNK_ROWS])
+                chunk = work.prepare(start, items[start:start + CHUNK_ROWS])
             if pending is not None and (result := _emit(*pending)) is not None:
                 yield result
             pending = (work, chunk, start == starts[-1])

@@ -74,7 +74,7 @@ def precheck(inputs: list[str | Path], *, vopts: ValidationOptions, iopts: Image
     try:
         for part in iter_partitions(specs, _CHUNK):  # the build's partitioning: duplicate ids
             sstats = stats.source(part.source)
-            for item in part.items:
+            for item in part.records():
                 sstats.read += 1
                 try:
                     record, images, notes = check_item(item, vopts, iopts, load=False)

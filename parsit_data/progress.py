@@ -1,8 +1,9 @@
 """Progress of a long build: records/s, kept/quarantined so far, and an ETA when the total is cheap to know.
 
-The total is counted before the build only where that is cheap: JSONL sources are counted by scanning
-for newlines (a byte scan, about a second per GB), and sampling strategies are applied to the count.
-A JSON list would need a full parse to count, so a build with one shows no ETA (records/s only).
+The total is counted before the build only where that is cheap, by the sources' own readers and sampling
+rule (:func:`parsit_data.sources.estimate_total`): JSONL by a scan of its lines without parsing (about a
+second per GB), Parquet from its footers, Arrow from its batch headers. A JSON list or tar shards would
+need a full read to count, so a build with one shows no ETA (records/s only).
 Partitions reused from an earlier run count as done but not in the rate (they cost nothing).
 """
 
@@ -11,41 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from parsit_data.sources import SourceSpec
-
-_CHUNK = 1 << 22
-
-
-def _count_lines(path) -> int:
-    """Non-empty lines of a file, counted on bytes (records are never split across lines in JSONL)."""
-    n = 0
-    last = b"\n"
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            n += chunk.count(b"\n")
-            last = chunk[-1:]
-    # A last line without a newline is a record too; blank lines are rare and only make the ETA pessimistic.
-    return n + (last != b"\n")
-
-
-def _sampled(strategy: str, total: int) -> int:
-    if strategy == "all":
-        return total
-    _, _, amount = strategy.partition(":")
-    n = int(amount.rstrip("%"))
-    if amount.endswith("%"):
-        n = int(total * n / 100)
-    return min(n, total)
-
-
-def estimate_total(specs: list[SourceSpec]) -> int | None:
-    """Records the build will read, or None when a source would need a full parse to count."""
-    total = 0
-    for spec in specs:
-        if spec.format != "jsonl":
-            return None
-        total += _sampled(spec.sampling, _count_lines(spec.path))
-    return total
+from parsit_data.sources import SourceSpec, estimate_total
 
 
 @dataclass

@@ -12,7 +12,7 @@ import json
 import re
 
 from parsit_data.records import Rejection
-from parsit_data.sources import RawItem
+from parsit_data.sources import EmbeddedImage, RawItem
 
 
 def quarantine_line(item: RawItem, sample_id: str | None, rej: Rejection) -> str:
@@ -33,15 +33,27 @@ def quarantine_line(item: RawItem, sample_id: str | None, rej: Rejection) -> str
         "detail": rej.detail,
         "record": item.value if item.value is not None else item.raw,
     }
+    if item.member is not None:
+        q = {**{k: q[k] for k in ("source", "line", "index")}, "member": item.member,
+             **{k: q[k] for k in ("sample_id", "reason", "detail", "record")}}
     if item.raw_bytes is not None:
         q["record_b64"] = base64.b64encode(item.raw_bytes).decode("ascii")
-    line = json.dumps(q, ensure_ascii=False)
+    line = json.dumps(q, ensure_ascii=False, default=_not_json)
     # Characters that str.splitlines() (and other readers) treat as line breaks stay escaped, so that
     # one rejected record is always exactly one line. They can only occur inside JSON strings here.
     line = line.translate(_LINE_BREAKS_ESCAPED)
     if not line.isascii() and _SURROGATE.search(line):
         line = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
     return line
+
+
+def _not_json(v):
+    """An embedded image is shown as where it is and its size; other bytes (a binary column) by size."""
+    if isinstance(v, EmbeddedImage):
+        return v.to_json()
+    if isinstance(v, (bytes, bytearray)):
+        return f"<{len(v)} bytes>"
+    raise TypeError(f"{type(v).__name__} is not JSON")
 
 
 _LINE_BREAKS_ESCAPED = {c: f"\\u{c:04x}" for c in (0x85, 0x2028, 0x2029)}  # json escapes < 0x20 itself

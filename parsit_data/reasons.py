@@ -43,6 +43,8 @@ class Reason(StrEnum):
     TOKENIZER_ERROR = "tokenizer_error"
     NEAR_DUPLICATE = "near_duplicate"
     EVAL_CONTAMINATION = "eval_contamination"
+    BAD_CONTENT_PART = "bad_content_part"
+    UNREADABLE_INPUT = "unreadable_input"
 
 
 REASONS: dict[Reason, str] = {
@@ -78,6 +80,10 @@ REASONS: dict[Reason, str] = {
                            "which is kept (the detail names it)",
     Reason.EVAL_CONTAMINATION: "--contamination quarantine: an image or a user turn is a near copy of an --eval-set "
                                "item (the detail names the eval set and the item)",
+    Reason.BAD_CONTENT_PART: "a chat 'messages' content part is not an object, has a type other than text/image/video, "
+                             "or a text part without a 'text' string",
+    Reason.UNREADABLE_INPUT: "the container cannot be read at this record: a corrupt Parquet row group, an Arrow file "
+                             "that breaks off, a truncated tar member or header",
 }
 
 assert set(REASONS) == set(Reason), "every reason code needs its line of help"

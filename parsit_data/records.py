@@ -120,7 +120,8 @@ class Record:
     source: str
     position: int  # 1-based line (JSONL) or 0-based index (JSON list) in the source
     turns: list[Turn]
-    images: list[str] = field(default_factory=list)
+    #: Paths under the image root, or :class:`~parsit_data.sources.EmbeddedImage` (bytes from the input).
+    images: list = field(default_factory=list)
 
 
 # --- output: quarantine -----------------------------------------------------------------------------
@@ -132,11 +133,15 @@ class QuarantineRecord(BaseModel):
     model_config = ConfigDict(extra="forbid", title="Parsit quarantine record")
     source: str = Field(description="source name (as in the manifest's sources)")
     line: int | None = Field(None, description="1-based line number, for JSONL sources")
-    index: int | None = Field(None, description="0-based position, for JSON list sources")
+    index: int | None = Field(None, description="0-based position, for JSON list, Parquet/Arrow and tar sources")
+    member: str | None = Field(None, description="only for containers of rows or members: the file and row "
+                                                 "('data.parquet row 12') or the tar shard and sample key "
+                                                 "('shard-0.tar:key'); absent otherwise")
     sample_id: str | None = Field(description="the record's id, or source:position; null when unparseable")
     reason: Reason = Field(description="a stable reason code, see docs/REASONS.md")
     detail: str = Field(description="what exactly is wrong, naming the turn or image")
-    record: Any = Field(description="the original record, untouched, or the raw line when it was not valid JSON "
+    record: Any = Field(description="the original record, untouched (an embedded image as {embedded, bytes}: where "
+                                    "it is and its size, never its bytes), or the raw line when it was not valid JSON "
                                     "(when it was not valid UTF-8: the line with each bad byte as \\xNN, see "
                                     "record_b64). A lone surrogate is written as its JSON escape (\\ud800)")
     record_b64: str | None = Field(None, description="only when the line is not valid UTF-8: its exact bytes "

@@ -25,6 +25,7 @@ from parsit_data.format import IMAGE_PLACEHOLDER
 from parsit_data.images import ImageInfo, ImageOptions, LoadedImage, inspect_image, load_image
 from parsit_data.records import FromValueTurn, InputRecord, Record, Reject, Turn
 from parsit_data.sources import RawItem
+from parsit_data.sources.normalize import normalize, with_embedded
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,8 @@ def check_record(value: Any, source: str, position: int, opts: ValidationOptions
         raise Reject("not_an_object", f"the record is a {type(value).__name__}, expected a JSON object")
     if "video" in value:
         raise Reject("video_unsupported", "the record has a 'video' field; video samples are not supported")
+    original = value
+    value, embedded = normalize(value)  # chat messages with content parts; embedded images set aside
     try:
         rec = InputRecord.model_validate(value)
     except ValidationError as exc:
@@ -154,7 +157,7 @@ def check_record(value: Any, source: str, position: int, opts: ValidationOptions
                 raise Reject("special_token_in_text", f"turn {i} contains the control token {m.group(0)!r}")
 
     img = rec.image
-    images = [] if img is None else [img] if isinstance(img, str) else list(img)
+    images = with_embedded([] if img is None else [img] if isinstance(img, str) else list(img), embedded)
     n_placeholders = sum(t.content.count(IMAGE_PLACEHOLDER) for t in turns)
     if images and n_placeholders == 0 and opts.fix_missing_placeholder and len(images) == 1:
         first_user = next(i for i, t in enumerate(turns) if t.role == "user")
@@ -170,7 +173,7 @@ def check_record(value: Any, source: str, position: int, opts: ValidationOptions
         raise Reject("image_placeholder_mismatch", "an <image> placeholder is outside a user turn")
 
     record = Record(
-        sample_id=sample_id_of(value, source, position),
+        sample_id=sample_id_of(original, source, position),
         source=source,
         position=position,
         turns=turns,

@@ -51,7 +51,7 @@ def choose_engine(config: BuildConfig, specs: list[SourceSpec]) -> EngineChoice:
         return EngineChoice("ray", f"--ray-address {config.ray_address}")
     if os.environ.get("RAY_ADDRESS"):
         return EngineChoice("ray", f"RAY_ADDRESS={os.environ['RAY_ADDRESS']} (running as a Ray job or on a cluster)")
-    size = sum(s.path.stat().st_size for s in specs)
+    size = sum(s.nbytes for s in specs)
     cpus = os.cpu_count() or 1
     if cpus < 2:
         return EngineChoice("local", "one CPU: Ray cannot run anything in parallel here")

@@ -109,7 +109,8 @@ class _SourceSpec(BaseModel):
     model_config = _OPEN
     name: str
     path: str
-    format: str = Field(description="jsonl or json")
+    format: str = Field(description="the container it was read as: jsonl, json, parquet, arrow (datasets "
+                                    "Arrow files, save_to_disk folders) or webdataset (tar shards)")
     sampling: str = Field(description="LLaVA-NeXT sampling strategy: all, first:N[%], end:N[%], random:N[%]")
     seed: int
     sha256: str

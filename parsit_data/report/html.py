@@ -209,15 +209,16 @@ def render_html(r: Report, title: str = "") -> str:
 
     # Sources
     add('<section id="sources"><h2>Sources</h2>')
-    rows = [[f"<b>{escape(x.name)}</b><br><span class=muted>{escape(x.path)}</span>", escape(x.sampling), _n(x.read),
+    rows = [[f"<b>{escape(x.name)}</b><br><span class=muted>{escape(x.path)}</span>", escape(x.format),
+             escape(x.sampling), _n(x.read),
              _n(x.kept), f"{_n(x.quarantined)} ({_pct(x.quarantine_rate)})", _n(x.truncated), _n(x.overlong_dropped),
              _n(x.duplicate_rows), _n(x.tokens), _n(x.supervised_tokens), _n(x.images),
              _lengths(x.distributions.get("length"))] for x in r.sources]
-    rows.append(["<b>total</b>", "", _n(s.read), _n(s.kept), f"{_n(s.quarantined)} ({_pct(s.quarantine_rate)})",
+    rows.append(["<b>total</b>", "", "", _n(s.read), _n(s.kept), f"{_n(s.quarantined)} ({_pct(s.quarantine_rate)})",
                  _n(s.truncated), _n(s.overlong_dropped), _n(s.duplicate_rows), _n(s.tokens), _n(s.supervised_tokens),
                  _n(s.images), _lengths(r.overall.get("length"))])
-    add(_table(["source", "sampling", "read", "kept", "quarantined", "truncated", "overlong", "duplicates",
-                "tokens", "supervised", "images", "length p50 / p99"], rows, set(range(2, 12))))
+    add(_table(["source", "format", "sampling", "read", "kept", "quarantined", "truncated", "overlong", "duplicates",
+                "tokens", "supervised", "images", "length p50 / p99"], rows, set(range(3, 13))))
     add("</section>")
 
     # Reasons

@@ -6,6 +6,11 @@ breaks, and records whose images name FIFOs, symlink loops, directories, devices
 example is a real build (real tokenizer, real Arrow, real Pillow). The properties: the build never
 raises, never hangs (a deadline per example; a FIFO is never opened), and read = kept + quarantined
 per source, in the manifest, the quarantine and the shards; the quarantine is valid UTF-8 JSONL.
+
+Parquet and WebDataset tar inputs get the same properties: hostile cells and members (any text, image
+bytes that are garbage, truncated or a bomb header, members without JSON), then bytes of the file itself
+overwritten and (tars) cut short. The build either refuses the file by name (``ParsitError``) or
+accounts for every row (Parquet: every row its footer declares) and every sample.
 """
 
 from __future__ import annotations
@@ -142,3 +147,95 @@ def test_json_list_build_never_raises_and_accounts(elements, bom, image_root, tm
     manifest = run_build([src], tmp / "out", image_root=str(image_root), shard_rows=4)
     check_accounting(manifest, tmp / "out")
     _check_quarantine(tmp / "out")
+
+
+# --- Parquet and tar inputs: hostile cells and members, then bytes of the file itself damaged ------------------
+
+cell_text = st.text(st.characters(codec="utf-8"), max_size=30) | st.sampled_from(["<image>\nWhat?", "<|im_end|>", ""])
+image_cell = st.none() | st.sampled_from(["ok", "trunc", "bomb", "empty"]) | st.binary(max_size=40)
+patches = st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.binary(min_size=1, max_size=8)), max_size=4)
+
+
+def _image_bytes(kind, image_root: Path):
+    from validate_helpers import png_header_only
+
+    if kind is None or isinstance(kind, bytes):
+        return kind
+    return {"ok": (image_root / "ok.png").read_bytes(), "trunc": (image_root / "trunc.png").read_bytes(),
+            "bomb": png_header_only(50_000, 50_000), "empty": b""}[kind]
+
+
+def _damage(data: bytes, cuts) -> bytes:
+    out = bytearray(data)
+    for where, junk in cuts:
+        i = int(where * len(out))
+        out[i:i + len(junk)] = junk
+    return bytes(out)
+
+
+def _build_or_refused(src: Path, tmp: Path, image_root: Path):
+    """The build, or None when the file itself was refused by name (a ParsitError, one error: line)."""
+    from parsit_data.errors import ParsitError
+
+    try:
+        return run_build([src], tmp / "out", image_root=str(image_root), shard_rows=3, max_length=4096)
+    except ParsitError as exc:
+        assert src.name in str(exc)
+        return None
+
+
+@FUZZ
+@given(rows=st.lists(st.tuples(cell_text, cell_text, image_cell, st.sampled_from(["human", "gpt", "robot", ""])),
+                     min_size=1, max_size=7), damage=patches, group=st.integers(1, 4))
+def test_parquet_build_never_raises_and_accounts_for_every_row(rows, damage, group, image_root, tmp_path_factory):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tmp = tmp_path_factory.mktemp("fzp")
+    src = tmp / "in.parquet"
+    img_t = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    pq.write_table(pa.table({
+        "id": [f"r{i}" for i in range(len(rows))],
+        "image": pa.array([None if k is None else {"bytes": _image_bytes(k, image_root), "path": "x.png"}
+                           for _, _, k, _ in rows], img_t),
+        "conversations": [[{"from": role or "human", "value": q}, {"from": "gpt", "value": a}] for q, a, _, role in rows],
+    }), src, row_group_size=group, compression="none")
+    src.write_bytes(_damage(src.read_bytes(), damage))
+    manifest = _build_or_refused(src, tmp, image_root)
+    if manifest is not None:
+        import pyarrow.parquet as pq2
+
+        check_accounting(manifest, tmp / "out", {"in": pq2.ParquetFile(src).metadata.num_rows})
+        _check_quarantine(tmp / "out")
+
+
+member_name = st.sampled_from(["k0.json", "k0.png", "k1.json", "k1.jpg", "k1.txt", "d/k2.json", "d/k2.png",
+                               "k3.PNG", ".hidden", "noext", "k4.0.png", "k4.json"])
+member_data = st.sampled_from(["record", "record_noimg", "ok", "trunc"]) | st.binary(max_size=40)
+
+
+@FUZZ
+@given(members=st.lists(st.tuples(member_name, member_data), max_size=8), cut=st.none() | st.floats(0.1, 1),
+       damage=patches)
+def test_tar_build_never_raises_and_accounts_for_every_sample(members, cut, damage, image_root, tmp_path_factory):
+    import io
+    import tarfile
+
+    tmp = tmp_path_factory.mktemp("fzt")
+    src = tmp / "in.tar"
+    rec = {"conversations": [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "A."}]}
+    payload = {"record": json.dumps(rec).encode(), "record_noimg": json.dumps({**rec, "image": "k9.png"}).encode(),
+               "ok": (image_root / "ok.png").read_bytes(), "trunc": (image_root / "trunc.png").read_bytes()}
+    with tarfile.open(src, "w") as tf:
+        for name, data in members:
+            data = payload.get(data, data) if isinstance(data, str) else data
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    data = src.read_bytes()
+    data = _damage(data[:int(len(data) * cut)] if cut else data, damage)
+    src.write_bytes(data)
+    manifest = _build_or_refused(src, tmp, image_root)
+    if manifest is not None:
+        check_accounting(manifest, tmp / "out")
+        _check_quarantine(tmp / "out")

@@ -293,3 +293,53 @@ def test_an_image_root_that_is_not_there_stops_build_and_validate_at_start(input
     assert not (tmp_path / "out").exists()
     cfg = ValidateConfig.parse(inputs=inputs, image_root=f"s3://{bucket}/images")  # a prefix with objects: fine
     assert precheck(cfg.inputs, vopts=ValidationOptions(frozenset()), iopts=cfg.image_options).read > 0
+
+
+@pytest.mark.timeout(180)
+def test_cli_builds_from_an_s3_input_with_progress_counted_by_the_readers(inputs, s3, tmp_path):
+    """``parsit-data build s3://bucket/in.jsonl`` as the README shows it, progress on: the ETA's count
+    goes through the readers (it used to ``open()`` the URI and die with a traceback), and it equals
+    what the build read."""
+    from parsit_data.progress import estimate_total
+    from parsit_data.sources import expand_inputs
+
+    server, bucket = s3
+    text = Path(inputs[1]).read_bytes()
+    location(f"s3://{bucket}/in/text.jsonl").write_bytes(text)
+    mix = f"datasets:\n  - {{json_path: text.jsonl, sampling_strategy: 'first:50%'}}\n"
+    location(f"s3://{bucket}/in/mix.yaml").write_bytes(mix.encode())
+    uris = [f"s3://{bucket}/in/text.jsonl", f"s3://{bucket}/in/mix.yaml"]
+    lines = [x for x in text.splitlines() if x.strip()]
+    assert estimate_total(expand_inputs(uris)) == len(lines) + len(lines) // 2
+    cmd = [sys.executable, "-m", "parsit_data.cli.main", "build", *uris, "--out", f"s3://{bucket}/out"]
+    res = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path, capture_output=True,
+                         text=True, timeout=150)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    manifest = json.loads(server.keys(bucket, "out")["manifest.json"])
+    assert manifest["totals"]["read"] == len(lines) + len(lines) // 2
+    assert f"{len(lines) + len(lines) // 2:,}/{len(lines) + len(lines) // 2:,} records" in res.stdout
+
+
+@pytest.mark.timeout(180)
+def test_parquet_arrow_and_tar_inputs_read_from_s3_give_the_rows_of_local_ones(s3, tmp_path):
+    """A Parquet file, a save_to_disk folder and a folder of tar shards as objects: the same rows and the
+    same per-source counts as the same inputs on disk."""
+    from containers_support import write_all
+
+    server, bucket = s3
+    forms = write_all(tmp_path / "in")
+    names = ("onevision_parquet", "save_to_disk", "webdataset")
+    local = [forms[n][0] for n in names]
+    build(BuildConfig(inputs=local, image_root=str(tmp_path / "in" / "images"), out=str(tmp_path / "local"),
+                      shard_rows=5))
+    root = location(f"s3://{bucket}/in")
+    for p in sorted((tmp_path / "in").rglob("*")):
+        if p.is_file() and not p.name.endswith(".jsonl"):
+            (root / p.relative_to(tmp_path / "in").as_posix()).write_bytes(p.read_bytes())
+    uris = [f"s3://{bucket}/in/{Path(p).relative_to(tmp_path / 'in').as_posix()}" for p in local]
+    build(BuildConfig(inputs=uris, image_root=f"s3://{bucket}/in/images", out=f"s3://{bucket}/out", shard_rows=5))
+    stored = _rows(server.keys(bucket, "out"))
+    ref = _rows(_local_files(tmp_path / "local"))
+    assert stored == ref
+    assert [s["format"] for s in json.loads(server.keys(bucket, "out")["manifest.json"])["sources"]] == \
+        ["parquet", "arrow", "webdataset"]

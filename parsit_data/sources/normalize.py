@@ -1,0 +1,92 @@
+"""One normaliser from the record spellings to the one typed record (:class:`~parsit_data.records.InputRecord`).
+
+Detected per record, no flag: LLaVA ``conversations`` (``from``/``value``) and ``role``/``content``
+strings pass through; chat ``messages`` whose contents are lists of parts are rewritten to what the
+LLaVA spelling of the same turn means (docs/FORMATS.md):
+
+- ``{"type": "image"}`` (or ``{"type": "image", "image": ref}``) becomes ``<image>\\n``;
+- ``{"type": "text", "text": s}`` becomes ``s``, as written;
+- ``{"type": "video"}`` is ``video_unsupported``; any other part ``bad_content_part``.
+
+Images come from the record's ``images`` (or ``image``) list in part order, or from the parts
+themselves (``"image": ref``); both at once, or a text part holding a literal ``<image>`` beside image
+parts, is ``image_placeholder_mismatch``. Embedded images (:class:`EmbeddedImage`) are replaced by
+their names for the schema check and come back, in order, as the record's image references.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from parsit_data.format import IMAGE_PLACEHOLDER
+from parsit_data.records import Reject
+from parsit_data.sources.raw import EmbeddedImage
+
+_PART_IMAGE_KEYS = ("image", "path", "url")
+
+
+def _parts_text(parts: list, t: int, refs: list) -> str:
+    out: list[str] = []
+    for p, part in enumerate(parts):
+        if not isinstance(part, dict):
+            raise Reject("bad_content_part", f"turn {t} part {p} is a {type(part).__name__}, expected an object "
+                                             "with a 'type'")
+        kind = part.get("type")
+        if kind == "text":
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise Reject("bad_content_part", f"turn {t} part {p}: a text part needs a 'text' string")
+            if IMAGE_PLACEHOLDER in text:
+                raise Reject("image_placeholder_mismatch", f"turn {t} part {p}: a text part holds a literal "
+                                                           f"{IMAGE_PLACEHOLDER}; with content parts an image is "
+                                                           "an {\"type\": \"image\"} part")
+            out.append(text)
+        elif kind == "image":
+            ref = next((part[k] for k in _PART_IMAGE_KEYS if part.get(k) is not None), None)
+            if ref is not None:
+                refs.append(ref)
+            out.append(IMAGE_PLACEHOLDER + "\n")
+        elif kind == "video":
+            raise Reject("video_unsupported", f"turn {t} part {p} is a video; video samples are not supported")
+        else:
+            raise Reject("bad_content_part", f"turn {t} part {p} has type {kind!r}: parts are text, image "
+                                             "(or video)")
+    return "".join(out)
+
+
+def normalize(value: dict) -> tuple[dict, list[EmbeddedImage | None]]:
+    """The record in a spelling :class:`InputRecord` validates, and the embedded image at each position
+    of its image list (None where the entry is a path)."""
+    turns = value.get("messages")
+    if isinstance(turns, list) and "conversations" not in value and \
+            any(isinstance(t, dict) and isinstance(t.get("content"), list) for t in turns):
+        refs: list = []
+        new_turns = []
+        for t, turn in enumerate(turns):
+            if isinstance(turn, dict) and isinstance(turn.get("content"), list):
+                turn = {**turn, "content": _parts_text(turn["content"], t, refs)}
+            new_turns.append(turn)
+        value = {k: v for k, v in value.items() if k != "messages"}
+        value["conversations"] = new_turns
+        if refs:
+            given = value.get("images", value.get("image"))
+            if given not in (None, []):
+                raise Reject("image_placeholder_mismatch", "images are given both in the content parts and in "
+                                                           "the record's 'images': use one")
+            value.pop("image", None)
+            value["images"] = refs
+    field = "images" if "images" in value else "image"
+    imgs = value.get(field)
+    if isinstance(imgs, EmbeddedImage):
+        return {**value, field: imgs.where}, [imgs]
+    if isinstance(imgs, list) and any(isinstance(x, EmbeddedImage) for x in imgs):
+        return ({**value, field: [x.where if isinstance(x, EmbeddedImage) else x for x in imgs]},
+                [x if isinstance(x, EmbeddedImage) else None for x in imgs])
+    return value, []
+
+
+def with_embedded(paths: list[str], embedded: list[EmbeddedImage | None]) -> list[Any]:
+    """The record's image references: each embedded image back in its place, paths elsewhere."""
+    if not embedded:
+        return paths
+    return [e if e is not None else p for p, e in zip(paths, embedded)]
