@@ -111,7 +111,8 @@ def check_data(cfg: TrainConfig, verify_checksums: bool = True) -> None:
     manifests = [load_manifest(b.path) for b in cfg.data.builds]
     dataset = ShardDataset([b.path for b in cfg.data.builds], cfg.data.tokenizer,
                            max_length=data_max_length(cfg, manifests), verify_checksums=verify_checksums,
-                           cache_dir=cfg.data.cache_dir, cache_limit=cfg.data.cache_limit)
+                           cache_dir=cfg.data.cache_dir, cache_limit=cfg.data.cache_limit,
+                           default_cache_dir=cfg.output_dir / "shard-cache")
     vocab = int(dataset.builds[0].manifest.tokenizer.vocab_size or 0)
     token = cfg.model.image_token_id
     if vocab and not 0 <= token < vocab:

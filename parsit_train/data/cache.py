@@ -31,6 +31,13 @@ How it works:
 Each rank has its own subfolder of ``data.cache_dir`` (``rank-N``) and its own ``data.cache_limit``:
 ranks on one node do not share (and cannot evict each other's) shards; a node with 8 ranks needs 8
 times the limit on its disk.
+
+Defaults (:func:`cache_settings`), as other loaders pick them: without ``data.cache_dir`` the cache is
+``shard-cache`` under the run's ``output_dir`` (a resumed run finds it warm; two runs never evict each
+other's shards), or the user cache dir (``$XDG_CACHE_HOME/parsit/shards``, else ``~/.cache/parsit/shards``)
+for a caller that has no output folder. Without ``data.cache_limit`` the limit is the build's size, but at
+most half the disk's free space (plus what the folder already holds) shared by the node's ranks
+(``LOCAL_WORLD_SIZE``). Explicit settings are kept as given; the log line says which applied.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 import uuid
@@ -70,6 +78,54 @@ def parse_size(value: int | str) -> int:
     if not m or m.group(2).lower() not in _UNITS:
         raise ParsitError(f"data.cache_limit {value!r}: write a size such as 20GiB, 500MB or a number of bytes")
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+DISK_SHARE = 0.5  # of the free disk a default cache_limit may take (the rest: checkpoints, logs, the system)
+
+
+def user_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "parsit" / "shards"
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def cache_settings(cache_dir: str | Path | None, cache_limit: int | str | None, shard_bytes: list[int],
+                   rank: int = 0, default_dir: str | Path | None = None) -> tuple[Path, int, str]:
+    """(folder, limit in bytes, a sentence saying where they come from) of a rank's shard cache.
+
+    ``default_dir`` is the caller's choice when ``cache_dir`` is None (the trainer: ``output_dir/shard-cache``);
+    without it, :func:`user_cache_dir`. A None ``cache_limit`` is the build's size, capped at
+    :data:`DISK_SHARE` of the free disk under the folder (plus this rank's cached shards) per local rank.
+    """
+    if cache_dir is not None:
+        folder, where = Path(cache_dir).expanduser(), "data.cache_dir"
+    elif default_dir is not None:
+        folder, where = Path(default_dir).expanduser(), "default: data.cache_dir unset, under output_dir"
+    else:
+        folder, where = user_cache_dir(), "default: data.cache_dir unset, the user cache dir"
+    if cache_limit is not None:
+        limit = parse_size(cache_limit)
+        return folder, limit, f"shard cache {folder} ({where}), limit {_gib(limit)} (data.cache_limit)"
+    mine = folder.expanduser().resolve() / f"rank-{rank}"
+    mine.mkdir(parents=True, exist_ok=True)
+    held = sum(p.stat().st_size for p in mine.glob("*.arrow"))
+    free = shutil.disk_usage(mine).free
+    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    allowed = int((free + held) * DISK_SHARE / ranks)
+    build = sum(shard_bytes)
+    limit = min(build, allowed)
+    biggest = max(shard_bytes, default=0)
+    if limit < 2 * biggest:
+        raise ParsitError(f"the shard cache {mine} has {_gib(free)} free on its disk, {_gib(allowed)} for this rank "
+                          f"({DISK_SHARE:.0%} shared by {ranks} local rank(s)), less than two shards "
+                          f"({_gib(2 * biggest)}): set data.cache_dir to a larger disk or data.cache_limit")
+    how = ("the whole build" if limit == build else
+           f"{DISK_SHARE:.0%} of {_gib(free + held)} free / {ranks} local rank(s), the build is {_gib(build)}")
+    return folder, limit, (f"shard cache {folder} ({where}), limit {_gib(limit)} "
+                           f"(default: data.cache_limit unset, {how})")
 
 
 @dataclass(frozen=True)
