@@ -59,6 +59,7 @@ import numpy as np
 import pyarrow as pa
 
 from parsit_data.errors import ParsitError
+from parsit_data.format import INDEX_COLUMNS, read_index_file, read_shard_index, write_index_file
 from parsit_data.format.fsio import RETRIES, RemotePath, retrying
 
 log = logging.getLogger(__name__)
@@ -179,16 +180,15 @@ class ShardCache:
 
     # -- the index: lengths and modality of every row, per shard ------------------------------------
 
-    #: The columns the trainer needs of every row before the first step (lengths, images, supervision).
-    INDEX_COLUMNS = ("sample_id", "length", "num_image_tokens", "supervised_tokens")
+    #: The columns the trainer needs of every row before the first step (the format's shard index).
+    INDEX_COLUMNS = INDEX_COLUMNS
 
     def _index_path(self, k: int) -> Path:
         return self.dir / "index" / f"{self.shards[k].sha256}.arrow"
 
     def index_table(self, k: int) -> pa.Table:
         """The small columns of shard ``k`` (:data:`INDEX_COLUMNS`), from its index file."""
-        with pa.memory_map(str(self._index_path(k))) as src:
-            return pa.ipc.open_file(src).read_all()
+        return read_index_file(self._index_path(k))
 
     def index(self, k: int) -> dict[str, np.ndarray]:
         t = self.index_table(k)
@@ -197,12 +197,7 @@ class ShardCache:
                 "sample_id": np.array(t.column("sample_id").to_pylist(), dtype=object)}
 
     def write_index(self, k: int, path: Path) -> None:
-        with pa.memory_map(str(path)) as src:
-            table = pa.ipc.open_stream(src).read_all().select(list(self.INDEX_COLUMNS))
-        tmp = self._index_path(k).with_name(f".{uuid.uuid4().hex}.arrow")
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-        os.replace(tmp, self._index_path(k))
+        write_index_file(read_shard_index(path, self.INDEX_COLUMNS), self._index_path(k))
 
     def has_index(self, k: int) -> bool:
         return self._index_path(k).exists()
