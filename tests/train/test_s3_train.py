@@ -209,6 +209,22 @@ def test_without_cache_settings_a_default_cache_is_used_and_logged(many_shards, 
     assert remote.dataset.cache.limit == 10 * 2**20 and remote.dataset.cache.dir.parent == (tmp_path / "mine").resolve()
 
 
+def test_the_trainer_defaults_the_cache_under_its_output_dir(builds, s3, tmp_path):
+    """What a rank and the launcher's data check open for an s3:// build without cache settings."""
+    from parsit_train.config import load_config
+    from parsit_train.preflight import check_data
+
+    server, bucket = s3
+    uri = upload(builds["b"], f"s3://{bucket}/b")
+    cfg = load_config(write_config(tmp_path / "c.yaml", tiny_config(uri, tmp_path / "run")))
+    assert cfg.data.cache_dir is None and cfg.data.cache_limit is None
+    check_data(cfg)
+    rank0 = tmp_path / "run" / "shard-cache" / "rank-0"
+    shas = {e["sha256"] for e in json.loads((builds["b"] / "manifest.json").read_text())["shards"]}
+    assert {p.stem for p in (rank0 / "index").glob("*.arrow")} == shas  # the build was read once, into it
+    assert {p.stem for p in rank0.glob("*.arrow")} <= shas and any(rank0.glob("*.arrow"))
+
+
 # --- end to end: parsit-train on 1 and 2 gloo ranks ----------------------------------------------------
 
 STEPS = 8
