@@ -91,10 +91,16 @@ timeout 20 curl -fsS -o /dev/null https://pypi.org/simple/pip/ \
 
 # --- cleanup, whatever happens --------------------------------------------------------------------------
 CONTAINERS=() IMAGES=() PIDS=() STARTED_DOCKERD="" OWN_WORK=0 IMAGES_BEFORE=""
+kill_tree() {  # kill_tree PID: a process this script started, and its descendants
+  local c
+  for c in $(ps -o pid= --ppid "$1" 2>/dev/null); do kill_tree "$c"; done
+  kill -TERM "$1" 2>/dev/null
+}
 cleanup() {
   local rc=$?
   set +e
   trap - EXIT INT TERM
+  for p in $(ps -o pid= --ppid $$ 2>/dev/null); do kill_tree "$p"; done  # a step still running (interrupted)
   for c in "${CONTAINERS[@]}"; do docker rm -f "$c" >/dev/null 2>&1; done
   if [ "$KEEP_IMAGES" = 0 ]; then
     for i in "${IMAGES[@]}"; do docker rmi -f "$i" >/dev/null 2>&1; done
@@ -135,10 +141,12 @@ IMAGES_BEFORE="$(docker images -aq --no-trunc)"
 declare -A T  # seconds per step, for the table
 LIMIT=600
 timed() {  # timed NAME TIMEOUT_S CMD...: run with a timeout (a function: its commands use $LIMIT), record the seconds
-  local name=$1 t0=$SECONDS
+  local name=$1 t0=$SECONDS rc=0
   LIMIT=$2; shift 2
-  if declare -F "$1" >/dev/null; then "$@" || die "$name failed or passed its ${LIMIT}s timeout"
-  else timeout "$LIMIT" "$@" || die "$name failed or passed its ${LIMIT}s timeout"; fi
+  # In the background + wait: a signal to this script interrupts the wait, and cleanup stops the step.
+  if declare -F "$1" >/dev/null; then "$@" & else timeout "$LIMIT" "$@" & fi
+  wait $! || rc=$?
+  [ "$rc" = 0 ] || die "$name failed or passed its ${LIMIT}s timeout (exit $rc)"
   T[$name]=$((SECONDS - t0))
 }
 
@@ -342,7 +350,9 @@ if [ "$TRAIN" = 1 ]; then
     # This host keeps the CPU wheel on disk: serve it as a one-package index on loopback.
     mkdir -p "$WORK/torch-index/simple/torch"
     ln -sf "$WHEEL" "$WORK/torch-index/simple/torch/"
-    TP=$((P + 5))
+    # A fixed port if free: the index URL is a build argument, part of the layer cache's key.
+    TP=39017
+    "$PY" -c "import socket; socket.socket().bind(('127.0.0.1', $TP))" 2>/dev/null || TP=$((P + 5))
     "$PY" -m http.server --bind 127.0.0.1 "$TP" --directory "$WORK/torch-index" >"$WORK/torch-index.log" 2>&1 &
     PIDS+=($!)
     TORCH_ARGS=(--build-arg "TORCH_INDEX=http://127.0.0.1:$TP/simple")
