@@ -17,10 +17,9 @@ from pathlib import Path
 from parsit_data import __version__
 from parsit_data.config import BuildConfig, config_hash
 from parsit_data.errors import ParsitError
-from parsit_data.format import (FORMAT_VERSION, IGNORE_INDEX, IMAGE_TOKEN_INDEX, MANIFEST_NAME, PARTS_DIR,
-                                QUARANTINE_NAME, SHARDS_DIR, Manifest, ShardEntry, ShardMeta, SourceEntry, Timing,
-                                TokenizerEntry, Totals, VisionEntry, atomic_write_bytes, load_manifest,
-                                quarantine_part_path)
+from parsit_data.format import (FORMAT_VERSION, IGNORE_INDEX, IMAGE_TOKEN_INDEX, Manifest, ShardEntry, ShardMeta,
+                                SourceEntry, Timing, TokenizerEntry, Totals, VisionEntry, atomic_write_bytes,
+                                build_files, load_manifest, quarantine_part_path, write_manifest)
 from parsit_data import dedup
 from parsit_data.commit import PartitionResult, reuse_finished
 from parsit_data.dedup.section import DEDUP_NAME
@@ -42,7 +41,8 @@ log = logging.getLogger(__name__)
 
 
 def _check_out_dir(out: Path | RemotePath, chash: str, overwrite: bool) -> None:
-    manifest = out / MANIFEST_NAME
+    files = build_files(out)
+    manifest = files.manifest
     if manifest.is_file():
         try:
             old = load_manifest(out).config_hash
@@ -57,10 +57,10 @@ def _check_out_dir(out: Path | RemotePath, chash: str, overwrite: bool) -> None:
         # From here on the directory is an unfinished build until the new manifest lands.
         manifest.unlink()
     if overwrite:
-        for sub in (SHARDS_DIR, PARTS_DIR):
-            rmtree(out / sub)
-    (out / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
-    (out / PARTS_DIR).mkdir(parents=True, exist_ok=True)
+        for sub in (files.shards, files.parts):
+            rmtree(sub)
+    files.shards.mkdir(parents=True, exist_ok=True)
+    files.parts.mkdir(parents=True, exist_ok=True)
 
 
 def build(config: BuildConfig, on_progress=None, on_start=None) -> Manifest:
@@ -133,10 +133,11 @@ def _finalize(out: Path | RemotePath, config: BuildConfig, chash: str, tok_info,
         raise AssertionError(f"partitions missing from the build: got {indices}")  # a bug, not bad input
     # Merge quarantine parts in partition order.
     qdata = b"".join(quarantine_part_path(out, i).read_bytes() for i in indices)
-    atomic_write_bytes(out / QUARANTINE_NAME, qdata)
+    files = build_files(out)
+    atomic_write_bytes(files.quarantine, qdata)
     # Remove files of an earlier, larger build in the same directory.
     keep = {Path(results[i].shard["path"]).name for i in indices}
-    for f in (out / SHARDS_DIR).iterdir():
+    for f in files.shards.iterdir():
         if f.name not in keep:
             f.unlink()
 
@@ -169,5 +170,5 @@ def _finalize(out: Path | RemotePath, config: BuildConfig, chash: str, tok_info,
         finished_at=datetime.fromtimestamp(finished, timezone.utc).isoformat(),
         seconds=round(finished - started, 3),
     )
-    atomic_write_bytes(out / MANIFEST_NAME, manifest.to_bytes())
+    write_manifest(out, manifest)
     return manifest

@@ -59,8 +59,10 @@ class DataConfig(_Strict):
         "full", description="full: sha256 of every shard, once per launch (or node) before training; size: "
         "manifest, sizes and row counts only (very large builds on trusted storage)")
     # -- object storage (issue 15): builds given as URIs are read through this local cache --
-    cache_dir: Path | None = Field(None, description="local folder for shards of builds on an object store")
-    cache_limit: int | str | None = Field(None, description="bytes the cache may hold (e.g. 20GiB); >= 2 shards")
+    cache_dir: Path | None = Field(None, description="local folder for shards of builds on an object store "
+                                   "(None: output_dir/shard-cache)")
+    cache_limit: int | str | None = Field(None, description="bytes the cache may hold (e.g. 20GiB); >= 2 shards "
+                                          "(None: the build's size, at most half the free disk per local rank)")
     shuffle_window_shards: int | None = Field(None, ge=1, description="shuffle within windows of this many shards "
                                               "(a small cache then reads each shard once per epoch); None: whole build")
 

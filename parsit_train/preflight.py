@@ -49,11 +49,11 @@ def _identity(path: Path) -> list[int]:
 
 def build_stamp(build_dirs: list[Path]) -> dict:
     """What a later process checks to trust that these builds' bytes are the ones just hashed."""
-    from parsit_data.format import MANIFEST_NAME, load_manifest
+    from parsit_data.format import build_files, load_manifest
 
     builds = {}
     for root in build_dirs:
-        raw = (root / MANIFEST_NAME).read_bytes()
+        raw = build_files(root).manifest.read_bytes()
         shards = {e.path: _identity(root / e.path) for e in load_manifest(root).shards}
         builds[str(root)] = {"manifest_sha256": hashlib.sha256(raw).hexdigest(), "shards": shards}
     return {"builds": builds}
@@ -61,7 +61,7 @@ def build_stamp(build_dirs: list[Path]) -> dict:
 
 def stamp_covers(stamp_path: Path, build_dirs: list[Path]) -> bool:
     """True when the stamp names every build with an unchanged manifest and unchanged shard sizes/mtimes."""
-    from parsit_data.format import MANIFEST_NAME
+    from parsit_data.format import build_files
     from parsit_data.format.fsio import is_uri
 
     if any(is_uri(str(b)) for b in build_dirs):
@@ -70,7 +70,7 @@ def stamp_covers(stamp_path: Path, build_dirs: list[Path]) -> bool:
         stamp = json.loads(stamp_path.read_text())["builds"]
         for root in build_dirs:
             entry = stamp[str(root)]
-            if hashlib.sha256((root / MANIFEST_NAME).read_bytes()).hexdigest() != entry["manifest_sha256"]:
+            if hashlib.sha256(build_files(root).manifest.read_bytes()).hexdigest() != entry["manifest_sha256"]:
                 return False
             if any(_identity(root / rel) != ident for rel, ident in entry["shards"].items()):
                 return False
@@ -111,7 +111,8 @@ def check_data(cfg: TrainConfig, verify_checksums: bool = True) -> None:
     manifests = [load_manifest(b.path) for b in cfg.data.builds]
     dataset = ShardDataset([b.path for b in cfg.data.builds], cfg.data.tokenizer,
                            max_length=data_max_length(cfg, manifests), verify_checksums=verify_checksums,
-                           cache_dir=cfg.data.cache_dir, cache_limit=cfg.data.cache_limit)
+                           cache_dir=cfg.data.cache_dir, cache_limit=cfg.data.cache_limit,
+                           default_cache_dir=cfg.output_dir / "shard-cache")
     vocab = int(dataset.builds[0].manifest.tokenizer.vocab_size or 0)
     token = cfg.model.image_token_id
     if vocab and not 0 <= token < vocab:

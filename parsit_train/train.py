@@ -122,6 +122,7 @@ def open_data(cfg: TrainConfig, image_token_id: int, rank: int, world_size: int,
         verify_checksums=verify_checksums,
         cache_dir=cfg.data.cache_dir,
         cache_limit=cfg.data.cache_limit,
+        default_cache_dir=cfg.output_dir / "shard-cache",
         shuffle_window_shards=cfg.data.shuffle_window_shards,
     )
     vision = manifests[0].vision.model_dump(mode="json")  # the dataset refused builds of other geometries

@@ -124,11 +124,14 @@ def _summary(out, manifest: Manifest) -> None:
             reasons[k] = reasons.get(k, 0) + v
     if reasons:
         console.print("quarantined by reason: " + ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())))
-    console.print(f"shards:     {out / 'shards'} ({len(manifest.shards)} files)")
-    console.print(f"quarantine: {out / 'quarantine.jsonl'}")
-    if (out / "report.html").exists():
-        console.print(f"report:     {out / 'report.html'}")
-    console.print(f"manifest:   {out / 'manifest.json'}")
+    from parsit_data.format import build_files
+
+    files = build_files(out)
+    console.print(f"shards:     {files.shards} ({len(manifest.shards)} files)")
+    console.print(f"quarantine: {files.quarantine}")
+    if files.report_html.exists():
+        console.print(f"report:     {files.report_html}")
+    console.print(f"manifest:   {files.manifest}")
 
 
 def register(app: typer.Typer) -> None:

@@ -19,6 +19,7 @@ def report_command(
 
     Reads DIR/manifest.json and DIR/_parts/part-*.json only; the shards are not read again.
     """
+    from parsit_data.format import build_files
     from parsit_data.format.fsio import location
     from parsit_data.report import regenerate
 
@@ -31,7 +32,8 @@ def report_command(
     for c in r.checks:
         if c.status != "ok":
             console.print(f"  {c.status}: {c.name}: {c.value}", highlight=False)
-    console.print(f"report: {where / 'report.html'}\n        {where / 'report.json'}", highlight=False)
+    files = build_files(where)
+    console.print(f"report: {files.report_html}\n        {files.report_json}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from parsit_data.commit import PartitionResult
 from parsit_data.config import BuildConfig
-from parsit_data.format import PARTS_DIR
+from parsit_data.format import build_files
 from parsit_data.errors import ParsitError
 from parsit_data.partition import Partition
 from parsit_data.pipeline import process_partition
@@ -77,7 +77,7 @@ class _Worker:
         out = location(spec.out, "--out")
         if isinstance(out, RemotePath):
             out.exists()  # fails here, at start, when this node cannot reach the store
-        elif not (out / PARTS_DIR).is_dir():
+        elif not build_files(out).parts.is_dir():
             import socket
 
             raise ParsitError(

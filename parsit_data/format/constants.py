@@ -6,6 +6,7 @@ bytes :mod:`.shards`), so the writer (``parsit_data``) and the reader (``parsit_
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -44,6 +45,30 @@ def _dir(out):
     return location(out, "build")
 
 
+@dataclass(frozen=True)
+class BuildFiles:
+    """Where each file of a build lives (a local Path or a RemotePath): :func:`build_files`."""
+
+    root: Path
+    manifest: Path  # the commit marker: written last (:func:`parsit_data.format.manifest.write_manifest`)
+    quarantine: Path
+    report_json: Path
+    report_html: Path
+    shards: Path  # the folder of shard-NNNNN.arrow
+    parts: Path  # per-partition bookkeeping
+
+    def shard(self, partition: int) -> Path:
+        return self.shards / shard_name(partition)
+
+
+def build_files(out) -> BuildFiles:
+    """The paths of a build's files; every consumer names them through this."""
+    root = _dir(out)
+    return BuildFiles(root=root, manifest=root / MANIFEST_NAME, quarantine=root / QUARANTINE_NAME,
+                      report_json=root / REPORT_JSON_NAME, report_html=root / REPORT_HTML_NAME,
+                      shards=root / SHARDS_DIR, parts=root / PARTS_DIR)
+
+
 def part_path(out: Path, index: int) -> Path:
     """A partition's commit marker: config hash, shard entry and statistics (written after its shard)."""
     return _dir(out) / PARTS_DIR / f"part-{index:05d}.json"
@@ -55,6 +80,10 @@ def quarantine_part_path(out: Path, index: int) -> Path:
 
 
 IMAGE_SIZE_TYPE = pa.struct([("width", pa.int32()), ("height", pa.int32())])
+
+#: The columns of every row the trainer needs before the first step (lengths, modality, supervision): a
+#: shard's *index*, read without the rows' token lists and image bytes (:func:`.reader.read_shard_index`).
+INDEX_COLUMNS = ("sample_id", "length", "num_image_tokens", "supervised_tokens")
 
 #: Schema metadata keys of a shard (see :class:`parsit_data.format.shards.ShardMeta`).
 META_FORMAT_VERSION = b"parsit.format_version"

@@ -221,3 +221,13 @@ def load_manifest(build_dir: str | Path) -> Manifest:
         return Manifest.model_validate(data)
     except ValidationError as exc:
         raise ParsitError(f"{path} is not a valid Parsit manifest: {exc}") from None
+
+
+def write_manifest(build_dir, manifest: Manifest) -> Path:
+    """Write ``manifest.json``, atomically: the build's commit marker, so the last file a build writes."""
+    from parsit_data.format.constants import build_files
+    from parsit_data.format.shards import atomic_write_bytes
+
+    path = build_files(build_dir).manifest
+    atomic_write_bytes(path, manifest.to_bytes())
+    return path

@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import mmap
+import os
+import uuid
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -24,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from parsit_data.errors import ParsitError
-from parsit_data.format.constants import MANIFEST_NAME, SHARD_SCHEMA, part_path
+from parsit_data.format.constants import INDEX_COLUMNS, MANIFEST_NAME, SHARD_SCHEMA, part_path
 from parsit_data.format.manifest import Manifest, ShardEntry, load_manifest
 from parsit_data.format.fsio import RemotePath, arrow_input, check_objects, location
 from parsit_data.format.shards import ShardMeta, sha256_file
@@ -92,6 +94,44 @@ def _read_batches(buf: pa.Buffer, path) -> tuple[pa.Schema, list[pa.RecordBatch]
 def read_shard(path: str | Path) -> pa.Table:
     """One shard as a table, memory-mapped (zero copy)."""
     return map_shard(path).table()
+
+
+def shard_batches(path: str | Path | RemotePath) -> list[pa.RecordBatch]:
+    """The non-empty record batches of one shard, columns checked: memory-mapped when local, read whole
+    from an object store (for a few shards; the trainer verifies and caches them instead)."""
+    if not isinstance(path, RemotePath):
+        return map_shard(path).batches
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ParsitError(f"cannot read shard {path}: {exc}") from exc
+    return _read_batches(pa.py_buffer(data), path)[1]
+
+
+def read_shard_index(path: str | Path | RemotePath, columns: tuple[str, ...] = INDEX_COLUMNS) -> pa.Table:
+    """A shard's index: only ``columns`` of its rows (:data:`INDEX_COLUMNS`), without token lists or images."""
+    batches = shard_batches(path)
+    if not batches:
+        return pa.table({c: pa.array([], SHARD_SCHEMA.field(c).type) for c in columns})
+    return pa.Table.from_batches(batches).select(list(columns)).combine_chunks()
+
+
+def write_index_file(table: pa.Table, dest: str | Path) -> None:
+    """Keep a shard's index in a small local file (Arrow IPC file format; atomic: a reader sees all or none)."""
+    dest = Path(dest)
+    tmp = dest.with_name(f".{uuid.uuid4().hex}.arrow")
+    try:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_index_file(path: str | Path) -> pa.Table:
+    """A shard index written by :func:`write_index_file`, memory-mapped."""
+    with pa.memory_map(str(path)) as src:
+        return pa.ipc.open_file(src).read_all()
 
 
 def read_shard_meta(path: str | Path) -> ShardMeta | None:

@@ -12,8 +12,7 @@ import logging
 from pathlib import Path
 
 from parsit_data.errors import ParsitError
-from parsit_data.format import (MANIFEST_NAME, REPORT_HTML_NAME, REPORT_JSON_NAME, Manifest, atomic_write_bytes,
-                                open_build, part_path, read_part)
+from parsit_data.format import Manifest, atomic_write_bytes, build_files, open_build, part_path, read_part
 from parsit_data.format.fsio import location
 from parsit_data.report.compute import Thresholds, build_report
 from parsit_data.report.model import Report
@@ -33,14 +32,15 @@ def render_html(report: Report, title: str = "") -> str:
 def write_report(out: Path, manifest: Manifest, stats: PartitionStats) -> Report:
     """Compute the report and write ``report.json`` and ``report.html`` into ``out`` (atomically)."""
     out = location(out)
+    files = build_files(out)
     report = build_report(manifest, stats, out)
     dump = report.model_dump(mode="json")
     if dump.get("near_duplicates") is None:  # no global pass: report.json as before it existed
         dump.pop("near_duplicates", None)
     data = json.dumps(dump, indent=1, ensure_ascii=False) + "\n"
-    atomic_write_bytes(out / REPORT_JSON_NAME, data.encode())
-    atomic_write_bytes(out / REPORT_HTML_NAME, render_html(report, str(out)).encode())
-    log.info("report written to %s", out / REPORT_HTML_NAME)
+    atomic_write_bytes(files.report_json, data.encode())
+    atomic_write_bytes(files.report_html, render_html(report, str(out)).encode())
+    log.info("report written to %s", files.report_html)
     return report
 
 
@@ -58,7 +58,7 @@ def load_stats(out: Path, manifest: Manifest) -> PartitionStats:
                               "in _parts/; run the same `parsit-data build` again (it reuses the finished shards "
                               "and rewrites the report)")
         if meta.get("config_hash") != manifest.config_hash or meta["shard"].get("sha256") != shard.sha256:
-            raise ParsitError(f"{pp} belongs to another build than {location(out) / MANIFEST_NAME}: run the same "
+            raise ParsitError(f"{pp} belongs to another build than {build_files(out).manifest}: run the same "
                               "`parsit-data build` again to bring them back in step")
         if "dists" not in meta.get("stats", {}):
             log.warning("%s was written by a Parsit without report statistics: distributions will be empty", pp)

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from parsit_data.format import SHARDS_DIR, Manifest, map_shard, shard_name
+from parsit_data.format import Manifest, build_files, shard_batches
 from parsit_data.errors import ParsitError
-from parsit_data.format.fsio import RemotePath, location
 from parsit_data.reasons import explain
 from parsit_data.stats import ROW_METRICS, Histogram, PartitionStats, SourceDists, int_bin_range, top_images
 from parsit_data.report.model import (Bin, Check, Distribution, DuplicateGroup, Duplicates, MaskedExample,
@@ -88,11 +87,11 @@ def _lookup_ids(out: Path | None, wanted: dict[tuple[int, int], str]) -> dict[tu
     if out is None:
         return found
     for part in sorted({p for p, _ in wanted}):
-        path = location(out) / SHARDS_DIR / shard_name(part)
+        path = build_files(out).shard(part)
         rows = sorted(r for p, r in wanted if p == part)
         try:
             start = 0
-            for batch in (_object_batches(path) if isinstance(path, RemotePath) else map_shard(path).batches):
+            for batch in shard_batches(path):
                 col = batch.column(batch.schema.get_field_index("sample_id"))
                 for r in rows:
                     if start <= r < start + batch.num_rows:
@@ -101,16 +100,6 @@ def _lookup_ids(out: Path | None, wanted: dict[tuple[int, int], str]) -> dict[tu
         except ParsitError as exc:  # shards moved away: keep partition:row
             log.info("cannot name duplicate rows from %s: %s", path, exc)
     return found
-
-
-def _object_batches(path: RemotePath) -> list:
-    """The record batches of a shard on an object store (read whole: a few shards, for a few ids)."""
-    import pyarrow as pa
-
-    try:
-        return list(pa.ipc.open_stream(path.read_bytes()))
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise ParsitError(f"cannot read shard {path}: {exc}") from exc
 
 
 def _duplicates(dists: dict[str, SourceDists], out: Path | None) -> tuple[Duplicates, dict[str, int]]:

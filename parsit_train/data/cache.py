@@ -31,6 +31,13 @@ How it works:
 Each rank has its own subfolder of ``data.cache_dir`` (``rank-N``) and its own ``data.cache_limit``:
 ranks on one node do not share (and cannot evict each other's) shards; a node with 8 ranks needs 8
 times the limit on its disk.
+
+Defaults (:func:`cache_settings`), as other loaders pick them: without ``data.cache_dir`` the cache is
+``shard-cache`` under the run's ``output_dir`` (a resumed run finds it warm; two runs never evict each
+other's shards), or the user cache dir (``$XDG_CACHE_HOME/parsit/shards``, else ``~/.cache/parsit/shards``)
+for a caller that has no output folder. Without ``data.cache_limit`` the limit is the build's size, but at
+most half the disk's free space (plus what the folder already holds) shared by the node's ranks
+(``LOCAL_WORLD_SIZE``). Explicit settings are kept as given; the log line says which applied.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 import uuid
@@ -51,6 +59,7 @@ import numpy as np
 import pyarrow as pa
 
 from parsit_data.errors import ParsitError
+from parsit_data.format import INDEX_COLUMNS, read_index_file, read_shard_index, write_index_file
 from parsit_data.format.fsio import RETRIES, RemotePath, retrying
 
 log = logging.getLogger(__name__)
@@ -70,6 +79,54 @@ def parse_size(value: int | str) -> int:
     if not m or m.group(2).lower() not in _UNITS:
         raise ParsitError(f"data.cache_limit {value!r}: write a size such as 20GiB, 500MB or a number of bytes")
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+DISK_SHARE = 0.5  # of the free disk a default cache_limit may take (the rest: checkpoints, logs, the system)
+
+
+def user_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "parsit" / "shards"
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def cache_settings(cache_dir: str | Path | None, cache_limit: int | str | None, shard_bytes: list[int],
+                   rank: int = 0, default_dir: str | Path | None = None) -> tuple[Path, int, str]:
+    """(folder, limit in bytes, a sentence saying where they come from) of a rank's shard cache.
+
+    ``default_dir`` is the caller's choice when ``cache_dir`` is None (the trainer: ``output_dir/shard-cache``);
+    without it, :func:`user_cache_dir`. A None ``cache_limit`` is the build's size, capped at
+    :data:`DISK_SHARE` of the free disk under the folder (plus this rank's cached shards) per local rank.
+    """
+    if cache_dir is not None:
+        folder, where = Path(cache_dir).expanduser(), "data.cache_dir"
+    elif default_dir is not None:
+        folder, where = Path(default_dir).expanduser(), "default: data.cache_dir unset, under output_dir"
+    else:
+        folder, where = user_cache_dir(), "default: data.cache_dir unset, the user cache dir"
+    if cache_limit is not None:
+        limit = parse_size(cache_limit)
+        return folder, limit, f"shard cache {folder} ({where}), limit {_gib(limit)} (data.cache_limit)"
+    mine = folder.expanduser().resolve() / f"rank-{rank}"
+    mine.mkdir(parents=True, exist_ok=True)
+    held = sum(p.stat().st_size for p in mine.glob("*.arrow"))
+    free = shutil.disk_usage(mine).free
+    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    allowed = int((free + held) * DISK_SHARE / ranks)
+    build = sum(shard_bytes)
+    limit = min(build, allowed)
+    biggest = max(shard_bytes, default=0)
+    if limit < 2 * biggest:
+        raise ParsitError(f"the shard cache {mine} has {_gib(free)} free on its disk, {_gib(allowed)} for this rank "
+                          f"({DISK_SHARE:.0%} shared by {ranks} local rank(s)), less than two shards "
+                          f"({_gib(2 * biggest)}): set data.cache_dir to a larger disk or data.cache_limit")
+    how = ("the whole build" if limit == build else
+           f"{DISK_SHARE:.0%} of {_gib(free + held)} free / {ranks} local rank(s), the build is {_gib(build)}")
+    return folder, limit, (f"shard cache {folder} ({where}), limit {_gib(limit)} "
+                           f"(default: data.cache_limit unset, {how})")
 
 
 @dataclass(frozen=True)
@@ -123,16 +180,15 @@ class ShardCache:
 
     # -- the index: lengths and modality of every row, per shard ------------------------------------
 
-    #: The columns the trainer needs of every row before the first step (lengths, images, supervision).
-    INDEX_COLUMNS = ("sample_id", "length", "num_image_tokens", "supervised_tokens")
+    #: The columns the trainer needs of every row before the first step (the format's shard index).
+    INDEX_COLUMNS = INDEX_COLUMNS
 
     def _index_path(self, k: int) -> Path:
         return self.dir / "index" / f"{self.shards[k].sha256}.arrow"
 
     def index_table(self, k: int) -> pa.Table:
         """The small columns of shard ``k`` (:data:`INDEX_COLUMNS`), from its index file."""
-        with pa.memory_map(str(self._index_path(k))) as src:
-            return pa.ipc.open_file(src).read_all()
+        return read_index_file(self._index_path(k))
 
     def index(self, k: int) -> dict[str, np.ndarray]:
         t = self.index_table(k)
@@ -141,12 +197,7 @@ class ShardCache:
                 "sample_id": np.array(t.column("sample_id").to_pylist(), dtype=object)}
 
     def write_index(self, k: int, path: Path) -> None:
-        with pa.memory_map(str(path)) as src:
-            table = pa.ipc.open_stream(src).read_all().select(list(self.INDEX_COLUMNS))
-        tmp = self._index_path(k).with_name(f".{uuid.uuid4().hex}.arrow")
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-        os.replace(tmp, self._index_path(k))
+        write_index_file(read_shard_index(path, self.INDEX_COLUMNS), self._index_path(k))
 
     def has_index(self, k: int) -> bool:
         return self._index_path(k).exists()

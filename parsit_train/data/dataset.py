@@ -138,6 +138,7 @@ class ShardDataset:
         cache_dir: str | Path | None = None,
         cache_limit: int | str | None = None,
         rank: int = 0,
+        default_cache_dir: str | Path | None = None,
     ) -> None:
         if isinstance(build_dirs, (str, Path)):
             build_dirs = [build_dirs]
@@ -177,7 +178,7 @@ class ShardDataset:
         self.build_offsets = np.concatenate([[0], np.cumsum(per_build)]).astype(np.int64)
         self._open: dict[int, _OpenShard] = {}
         #: Builds on an object store: their shards come through a local cache (parsit_train.data.cache).
-        self.cache = self._open_cache(cache_dir, cache_limit, rank, verify_checksums)
+        self.cache = self._open_cache(cache_dir, cache_limit, rank, verify_checksums, default_cache_dir)
         for k in range(len(self._paths)):
             if self.cache is not None:  # rows from the shard's index, made when it arrived verified
                 n, want = len(self.cache.index(k)["length"]), int(self._shard_starts[k + 1] - self._shard_starts[k])
@@ -197,21 +198,21 @@ class ShardDataset:
         state["_open"], state["_touched"] = {}, set()
         return state
 
-    def _open_cache(self, cache_dir, cache_limit, rank: int, verify: bool):
+    def _open_cache(self, cache_dir, cache_limit, rank: int, verify: bool, default_dir):
         remote = [isinstance(p, RemotePath) for p in self._paths]
         if not any(remote):
             return None
-        from parsit_train.data.cache import RemoteShard, ShardCache, parse_size, prepare
+        from parsit_train.data.cache import RemoteShard, ShardCache, cache_settings, prepare
 
         if not all(remote):
             raise ParsitError("a run reads either local builds or builds on an object store, not both (yet): "
                               "copy the local builds to the store or the remote ones to disk")
-        if cache_dir is None or cache_limit is None:
-            raise ParsitError("training from an object store needs a local shard cache: set data.cache_dir (a "
-                              "local folder) and data.cache_limit (e.g. 20GiB)")
         shards = [RemoteShard(p, e.path, int(e.rows), int(e.bytes), e.sha256)
                   for b in self.builds for p, e in zip(b.shard_paths, b.manifest.shards, strict=True)]
-        cache = ShardCache(cache_dir, shards, parse_size(cache_limit), rank)
+        folder, limit, self.cache_note = cache_settings(cache_dir, cache_limit, [s.bytes for s in shards], rank,
+                                                        default_dir)
+        log.info("data: %s", self.cache_note)
+        cache = ShardCache(folder, shards, limit, rank)
         self.cache_stats = prepare(cache, verify_warm=verify)
         return cache
 

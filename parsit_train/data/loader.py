@@ -152,6 +152,7 @@ def build_dataloader(
     cache_dir: str | Path | None = None,
     cache_limit: int | str | None = None,
     shuffle_window_shards: int | None = None,
+    default_cache_dir: str | Path | None = None,
 ) -> tuple[ParsitLoader, ResumableBatchSampler]:
     """Open and verify the builds and return (loader, sampler) for this rank.
 
@@ -165,13 +166,15 @@ def build_dataloader(
     trainer's ZeRO needs every rank to run the vision tower each micro-step). ``loss_weighting``: ``sample``
     makes the collator emit per-token weights 1/(the sample's supervised tokens).
     Builds given as URIs (``s3://...``) are read through a local shard cache in ``cache_dir`` of at
-    most ``cache_limit`` bytes, filled ahead in this rank's order (:mod:`parsit_train.data.cache`).
+    most ``cache_limit`` bytes, filled ahead in this rank's order (:mod:`parsit_train.data.cache`); unset, they
+    default to ``default_cache_dir`` (else the user cache dir) and a limit from the free disk (``cache_settings``).
     ``shuffle_window_shards`` shuffles within windows of that many shards instead of the whole build, so a
     small cache reads each shard once per epoch (:mod:`parsit_train.data.window_sampler`).
     """
     dirs = [build_dirs] if isinstance(build_dirs, (str, Path)) else list(build_dirs)
     probe = ShardDataset(dirs, tokenizer_path, pad_token_id=pad_token_id, max_length=max_length,
-                         verify_checksums=verify_checksums, cache_dir=cache_dir, cache_limit=cache_limit, rank=rank)
+                         verify_checksums=verify_checksums, cache_dir=cache_dir, cache_limit=cache_limit, rank=rank,
+                         default_cache_dir=default_cache_dir)
     vocab = int(probe.builds[0].manifest.tokenizer.vocab_size)
     if vocab and not 0 <= image_token_id < vocab:
         raise ParsitError(f"image_token_id {image_token_id} is outside the tokenizer's {vocab} ids: pass the model's "

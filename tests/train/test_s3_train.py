@@ -144,11 +144,9 @@ def test_a_corrupt_object_is_refused_never_a_corrupt_sample(builds, s3, tmp_path
         _loader([uri], num_workers=0, cache_dir=tmp_path / "c", cache_limit="10MiB")
 
 
-def test_cache_settings_are_required_and_checked(builds, s3, tmp_path):
+def test_cache_settings_are_checked(builds, s3, tmp_path):
     server, bucket = s3
     uri = upload(builds["b"], f"s3://{bucket}/b")
-    with pytest.raises(ParsitError, match="data.cache_dir"):
-        _loader([uri], num_workers=0)
     with pytest.raises(ParsitError, match="too small"):
         _loader([uri], num_workers=0, cache_dir=tmp_path / "c", cache_limit=100)
     with pytest.raises(ParsitError, match="too small: step"):  # two shards, but a batch of 3 reads three
@@ -156,6 +154,75 @@ def test_cache_settings_are_required_and_checked(builds, s3, tmp_path):
     with pytest.raises(ParsitError, match="cannot open"):
         _loader(["nosuchscheme://x/y"], num_workers=0, cache_dir=tmp_path / "c", cache_limit="1GiB")
     assert parse_size("10GiB") == 10 * 2**30 and parse_size("500 MB") == 500_000_000
+
+
+def test_without_cache_settings_a_default_cache_is_used_and_logged(many_shards, s3, tmp_path, monkeypatch, caplog):
+    """No data.cache_dir / data.cache_limit: the caller's folder (the trainer's output_dir/shard-cache) or the
+    user cache dir, a limit from the free disk; the log line says where and how much. Explicit ones are kept."""
+    import logging
+    from collections import namedtuple
+
+    from parsit_train.data import cache as cache_mod
+
+    server, bucket = s3
+    uri = upload(many_shards, f"s3://{bucket}/b")
+    sizes = _shard_bytes(many_shards)
+    local, _ = _loader([many_shards], num_workers=0)
+    expected = _batches(local, 1)
+    caplog.set_level(logging.INFO, logger="parsit_train.data.dataset")
+
+    # 1. The caller's default folder; a roomy disk: the whole build fits, the limit is its size.
+    remote, _ = _loader([uri], num_workers=0, default_cache_dir=tmp_path / "run" / "shard-cache")
+    try:
+        assert _batches(remote, 1) == expected
+        assert remote.dataset.cache.dir == (tmp_path / "run" / "shard-cache" / "rank-0").resolve()
+        assert remote.dataset.cache.limit == sum(sizes)
+    finally:
+        remote.fetcher.stop()
+    line = next(r.getMessage() for r in caplog.records if "shard cache" in r.getMessage())
+    assert str(tmp_path / "run" / "shard-cache") in line and "under output_dir" in line
+    assert "data.cache_limit unset, the whole build" in line
+
+    # 2. No caller folder: the user cache dir; a disk with little free: half of it per local rank (2 here).
+    usage = namedtuple("usage", "total used free")
+    free = 4 * max(sizes) * 2 * 2  # half, shared by 2 ranks: room for 4 of the 10 shards
+    monkeypatch.setattr(cache_mod.shutil, "disk_usage", lambda p: usage(10 * free, 9 * free, free))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    caplog.clear()
+    remote, _ = _loader([uri], num_workers=0)
+    try:
+        assert _batches(remote, 1) == expected
+        assert remote.dataset.cache.dir == (tmp_path / "xdg" / "parsit" / "shards" / "rank-0").resolve()
+        assert remote.dataset.cache.limit == free // 4 < sum(sizes)
+    finally:
+        remote.fetcher.stop()
+    line = next(r.getMessage() for r in caplog.records if "shard cache" in r.getMessage())
+    assert "the user cache dir" in line and "2 local rank(s)" in line
+
+    # 3. Too little free disk for two shards: a clear error naming the settings. Explicit settings win.
+    monkeypatch.setattr(cache_mod.shutil, "disk_usage", lambda p: usage(100, 99, 1))
+    with pytest.raises(ParsitError, match="set data.cache_dir to a larger disk or data.cache_limit"):
+        _loader([uri], num_workers=0)
+    remote, _ = _loader([uri], num_workers=0, cache_dir=tmp_path / "mine", cache_limit="10MiB")
+    remote.fetcher.stop()
+    assert remote.dataset.cache.limit == 10 * 2**20 and remote.dataset.cache.dir.parent == (tmp_path / "mine").resolve()
+
+
+def test_the_trainer_defaults_the_cache_under_its_output_dir(builds, s3, tmp_path):
+    """What a rank and the launcher's data check open for an s3:// build without cache settings."""
+    from parsit_train.config import load_config
+    from parsit_train.preflight import check_data
+
+    server, bucket = s3
+    uri = upload(builds["b"], f"s3://{bucket}/b")
+    cfg = load_config(write_config(tmp_path / "c.yaml", tiny_config(uri, tmp_path / "run")))
+    assert cfg.data.cache_dir is None and cfg.data.cache_limit is None
+    check_data(cfg)
+    rank0 = tmp_path / "run" / "shard-cache" / "rank-0"
+    shas = {e["sha256"] for e in json.loads((builds["b"] / "manifest.json").read_text())["shards"]}
+    assert {p.stem for p in (rank0 / "index").glob("*.arrow")} == shas  # the build was read once, into it
+    assert {p.stem for p in rank0.glob("*.arrow")} <= shas and any(rank0.glob("*.arrow"))
 
 
 # --- end to end: parsit-train on 1 and 2 gloo ranks ----------------------------------------------------
