@@ -27,7 +27,7 @@ from parsit_data.dedup.evalset import load_eval_sets
 from parsit_data.dedup.global_pass import Findings, Signatures, Thresholds, global_pass, load_signatures
 from parsit_data.dedup.section import make_section, rows_wanted
 from parsit_data.errors import ParsitError
-from parsit_data.format import atomic_write_bytes, part_path, quarantine_part_path, read_part, write_shard
+from parsit_data.format import atomic_write_bytes, read_shard_table, part_path, quarantine_part_path, read_part, write_shard
 from parsit_data.partition import iter_partitions
 from parsit_data.quarantine import quarantine_line
 from parsit_data.reasons import Reason
@@ -35,10 +35,6 @@ from parsit_data.records import Rejection
 from parsit_data.stats import PartitionStats
 
 log = logging.getLogger(__name__)
-
-
-def read_table(path) -> pa.Table:
-    return pa.ipc.open_stream(pa.py_buffer(path.read_bytes())).read_all()
 
 
 def drops_of(f: Findings, sig: Signatures, config) -> dict[int, Rejection]:
@@ -116,7 +112,7 @@ def _apply(out, p: int, meta: dict, rows: dict, items: dict, result, shard_meta,
     from parsit_data.commit import PartitionResult
 
     rel = meta["shard"]["path"]
-    table = read_table(out / rel)
+    table = read_shard_table(out / rel)
     keep = [i not in rows for i in range(table.num_rows)]
     dropped = table.filter(pa.array([not k for k in keep])).to_pydict()
     kept = table.filter(pa.array(keep))

@@ -18,7 +18,6 @@ A partition's signatures are stored next to its part file (``_parts/sig-NNNNN.ar
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -26,6 +25,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 from rensa import RMinHash
+
+from parsit_data.format import table_file_bytes, table_from_file_bytes
 
 #: MinHash permutations (and rensa's seed: fixed, part of the format of the signature files).
 NUM_PERM = 128
@@ -206,12 +207,6 @@ def sig_path(out, index: int):
     return out / PARTS_DIR / f"sig-{index:05d}.arrow"
 
 
-def table_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    with pa.ipc.new_file(sink, table.schema) as w:
-        w.write_table(table)
-    return sink.getvalue()
-
-
-def table_from_bytes(data: bytes) -> pa.Table:
-    return pa.ipc.open_file(pa.py_buffer(data)).read_all()
+#: the partition signature files' bytes: written and read by the format package (it alone reads Arrow IPC)
+table_bytes = table_file_bytes
+table_from_bytes = table_from_file_bytes

@@ -25,8 +25,8 @@ from parsit_data.format.json_schema import schema_document, schema_text, write_s
 from parsit_data.format.manifest import (Manifest, ShardEntry, SourceCounts, SourceEntry, Timing, TokenizerEntry,
                                          Totals, VisionEntry, load_manifest, write_manifest)
 from parsit_data.format.reader import (Build, MappedShard, map_shard, open_build, read_index_file, read_part,
-                                        read_shard, read_shard_index, read_shard_meta, shard_batches,
-                                        write_index_file)
+                                        read_shard, read_shard_index, read_shard_meta, read_shard_table,
+                                        shard_batches, table_file_bytes, table_from_file_bytes, write_index_file)
 from parsit_data.format.shards import ShardMeta, atomic_write_bytes, sha256_file, shard_schema, write_shard
 from parsit_data.format.tokenizer_files import (bundled_qwen3_tokenizer, token_content, fingerprint,
                                                 read_tokenizer_config, resolve_tokenizer_path)

@@ -14,6 +14,7 @@ and the build's own out-dir check. What it gives:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import mmap
 import os
@@ -106,6 +107,31 @@ def shard_batches(path: str | Path | RemotePath) -> list[pa.RecordBatch]:
     except OSError as exc:
         raise ParsitError(f"cannot read shard {path}: {exc}") from exc
     return _read_batches(pa.py_buffer(data), path)[1]
+
+
+def read_shard_table(path: str | Path | RemotePath) -> pa.Table:
+    """One shard whole as a table, local or on an object store (its schema kept, also with no rows)."""
+    if not isinstance(path, RemotePath):
+        return read_shard(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ParsitError(f"cannot read shard {path}: {exc}") from exc
+    schema, batches = _read_batches(pa.py_buffer(data), path)
+    return pa.Table.from_batches(batches, schema=schema)
+
+
+def table_file_bytes(table: pa.Table) -> bytes:
+    """A small table kept beside a build (a partition's near-duplicate signatures) as Arrow IPC file bytes."""
+    sink = io.BytesIO()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def table_from_file_bytes(data: bytes) -> pa.Table:
+    """The table :func:`table_file_bytes` wrote."""
+    return pa.ipc.open_file(pa.py_buffer(data)).read_all()
 
 
 def read_shard_index(path: str | Path | RemotePath, columns: tuple[str, ...] = INDEX_COLUMNS) -> pa.Table:

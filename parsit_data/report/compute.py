@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from parsit_data.format import Manifest, build_files, shard_batches
+from parsit_data.format.fsio import location
 from parsit_data.errors import ParsitError
 from parsit_data.reasons import explain
 from parsit_data.stats import ROW_METRICS, Histogram, PartitionStats, SourceDists, int_bin_range, top_images

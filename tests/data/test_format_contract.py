@@ -34,8 +34,9 @@ def _offences(path: Path) -> list[str]:
 
 
 def test_only_the_format_package_names_build_files_or_reads_shard_bytes():
+    # parsit_data/sources reads the users' own Arrow files (datasets' save_to_disk): inputs, not a build's files
     files = [p for pkg in ("parsit_data", "parsit_train") for p in sorted((ROOT / pkg).rglob("*.py"))
-             if "format" not in p.relative_to(ROOT).parts]
+             if "format" not in p.relative_to(ROOT).parts and p.relative_to(ROOT).parts[:2] != ("parsit_data", "sources")]
     assert len(files) > 50
     offences = [o for p in files for o in _offences(p)]
     assert offences == [], "\n".join(offences)
