@@ -18,6 +18,22 @@ import torch
 CHECKED_WITH = {"torch": "2.13.0", "deepspeed": "0.19.8", "transformers": "5.24.0"}
 
 
+# --- transformers: loading ----------------------------------------------------------------------------------
+def no_hub_kernels() -> dict:
+    """``from_pretrained`` options that keep the model's own layers.
+
+    transformers 5.x kernelizes every loaded model by default (``use_kernels=None`` means True): layers are
+    swapped for Hugging Face Hub kernels, code fetched at load time, and a model loaded without the ``kernels``
+    package raises. On a GPU offline that fails (seen on an H200 under ZeRO-3: "Version 1 of
+    'kernels-community/activation' is not available in the local cache"), and online it would train other
+    code than the tests run. Parsit loads with ``use_kernels=False``; transformers 4.x had no such default.
+    """
+    import transformers
+    from packaging.version import Version
+
+    return {"use_kernels": False} if Version(transformers.__version__) >= Version("5.0") else {}
+
+
 # --- DeepSpeed --------------------------------------------------------------------------------------------
 def disable_shm_comm_op() -> None:
     """Mark DeepSpeed's shared-memory comm op as incompatible (``deepspeed.ops.__compatible_ops__``, a

@@ -40,7 +40,7 @@ from transformers import (
 )
 
 from parsit_data.errors import ParsitError
-from parsit_train.compat import flash_attn_2_available, hf_deepspeed_config, ndim, numel, set_attn_implementation
+from parsit_train.compat import flash_attn_2_available, hf_deepspeed_config, no_hub_kernels, ndim, numel, set_attn_implementation
 from parsit_train.config import PARTS, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -190,12 +190,13 @@ def build_model(mcfg: ModelConfig, vision: dict | None = None) -> LlavaForCondit
             from transformers import CLIPVisionModel
 
             clip = model.config.vision_config.model_type == "clip_vision_model"
-            tower = (CLIPVisionModel if clip else SiglipVisionModel).from_pretrained(str(mcfg.vision_tower.path),
-                                                                                   dtype=torch.float32)
+            tower = (CLIPVisionModel if clip else SiglipVisionModel).from_pretrained(
+                str(mcfg.vision_tower.path), dtype=torch.float32, **no_hub_kernels())
             _load_part(model.model.vision_tower, tower.state_dict(), "vision tower", mcfg.vision_tower.path)
             del tower
         if mcfg.language_model.path is not None:
-            lm = AutoModelForCausalLM.from_pretrained(str(mcfg.language_model.path), dtype=torch.float32)
+            lm = AutoModelForCausalLM.from_pretrained(str(mcfg.language_model.path), dtype=torch.float32,
+                                                      **no_hub_kernels())
             _load_part(model.model.language_model, lm.model.state_dict(), "language model", mcfg.language_model.path)
             if not model.config.tie_word_embeddings:
                 model.lm_head.load_state_dict(lm.lm_head.state_dict())
@@ -234,7 +235,8 @@ def load_model(folder: Path, mcfg: ModelConfig, dtype: torch.dtype, ds_config: d
     zero3 = bool(ds_config) and int(ds_config.get("zero_optimization", {}).get("stage", 0)) == 3
     keep_alive = hf_deepspeed_config(ds_config) if zero3 else None
     model, info = model_class(family_name_of_config(cfg)).from_pretrained(
-        str(folder), config=cfg, dtype=dtype, attn_implementation=mcfg.attn_implementation, output_loading_info=True
+        str(folder), config=cfg, dtype=dtype, attn_implementation=mcfg.attn_implementation, output_loading_info=True,
+        **no_hub_kernels()
     )
     missing = sorted(info.get("missing_keys") or [])
     if missing:

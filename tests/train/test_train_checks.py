@@ -105,6 +105,20 @@ def test_vision_feature_layer_is_applied_over_an_init_from_folder(folder_at_last
     assert not torch.allclose(by_layer[-1], by_layer[-2])  # the layers differ: the check can tell them apart
 
 
+def test_a_loaded_model_keeps_its_own_layers_not_hub_kernels(folder_at_last_layer):
+    """transformers 5.x kernelizes a loaded model by default (Hub kernels fetched at load time; on an offline
+    H200 under ZeRO-3 that failed the load): Parsit's load_model turns it off."""
+    from transformers import AutoModelForImageTextToText
+
+    from parsit_train.config import ModelConfig
+    from parsit_train.model import load_model
+
+    default = AutoModelForImageTextToText.from_pretrained(str(folder_at_last_layer))
+    assert default.use_kernels  # what transformers does on its own (so the check below can fail)
+    model, _ = load_model(folder_at_last_layer, ModelConfig(init_from=folder_at_last_layer), torch.float32)
+    assert model.use_kernels is False
+
+
 def test_a_vision_feature_layer_the_tower_lacks_is_refused(folder_at_last_layer):
     from parsit_train.config import ModelConfig
     from parsit_train.model import load_model
