@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_helpers import make_build, tiny_config, write_config  # noqa: E402
+from train_helpers import free_port  # noqa: E402
 
 from parsit_data.errors import ParsitError  # noqa: E402
 from parsit_train.checkpoint_files import (  # noqa: E402
@@ -120,16 +120,10 @@ def test_marker_is_written_after_every_file_and_folder_is_fsynced(tmp_path, monk
 
 
 # --- the real trainer -----------------------------------------------------------------------------------
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(cfg: dict, path: Path) -> int:
     from parsit_train.launch import LaunchSpec, launch
 
-    return launch(LaunchSpec(config=write_config(path, cfg), nproc=1, master_port=_port(), timeout_s=180))
+    return launch(LaunchSpec(config=write_config(path, cfg), nproc=1, master_port=free_port(), timeout_s=180))
 
 
 @pytest.mark.slow

@@ -6,7 +6,6 @@ build that disagree are refused by ``launch`` before any rank starts, naming bot
 from __future__ import annotations
 
 import json
-import socket
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from family_support import family_config, make_family_build  # noqa: E402
 from train_helpers import TINY_LM, write_config  # noqa: E402
+from train_helpers import free_port, read_metrics  # noqa: E402
 
 from parsit_data.errors import ParsitError  # noqa: E402
 from parsit_train.launch import LaunchSpec, launch  # noqa: E402
@@ -29,20 +29,10 @@ LMS = {
 CLASSES = {"llava_next": "LlavaNextForConditionalGeneration", "llava_onevision": "LlavaOnevisionForConditionalGeneration"}
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def fam_builds(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("fam")
     return {f: make_family_build(root / f, f) for f in ("llava_next", "llava_onevision")}
-
-
-def _metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.timeout(120)
@@ -96,8 +86,8 @@ def test_packed_family_run_trains_and_exports_the_family(fam_builds, family, lm,
                         deepspeed={"zero_stage": zero, "bf16": False},
                         checkpoint={"export_hf": True, "export_projector": True, "every_steps": 3})
     path = write_config(tmp_path / "train.yaml", cfg)
-    assert launch(LaunchSpec(config=path, nproc=2, master_port=_port(), timeout_s=TIMEOUT)) == 0
-    rows = _metrics(out)
+    assert launch(LaunchSpec(config=path, nproc=2, master_port=free_port(), timeout_s=TIMEOUT)) == 0
+    rows = read_metrics(out)
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert all(0 < r["supervised_tokens"] < r["tokens"] <= r["padded_tokens"] for r in rows)
     init = load_file(str(out / "init" / "model.safetensors"))
@@ -127,7 +117,7 @@ def test_launch_refuses_a_model_of_another_family_or_pinpoints_before_any_rank(f
         c["model"] = {"init_from": str(tmp_path / folder), "vision_feature_layer": -1}
         path = write_config(tmp_path / f"{folder}.yaml", c)
         with pytest.raises(ParsitError) as err:
-            launch(LaunchSpec(config=path, nproc=2, master_port=_port(), timeout_s=TIMEOUT))
+            launch(LaunchSpec(config=path, nproc=2, master_port=free_port(), timeout_s=TIMEOUT))
         for w in words:
             assert w in str(err.value)
         assert not (tmp_path / folder / "out" / "metrics.jsonl").exists()
@@ -145,17 +135,17 @@ def test_a_stopped_onevision_run_resumes_with_the_same_packs_and_losses(fam_buil
                                                               "language_model": 1e-3}},
                         checkpoint={"export_hf": False, "every_steps": 1})
     ref = tmp_path / "ref"
-    assert launch(LaunchSpec(config=write_config(tmp_path / "ref.yaml", cfg), nproc=2, master_port=_port(),
+    assert launch(LaunchSpec(config=write_config(tmp_path / "ref.yaml", cfg), nproc=2, master_port=free_port(),
                              timeout_s=TIMEOUT)) == 0
     stopped = tmp_path / "stopped"
     spec = write_config(tmp_path / "stop.yaml", {**cfg, "output_dir": str(stopped)})
-    assert launch(LaunchSpec(config=spec, nproc=2, master_port=_port(), timeout_s=TIMEOUT, stop_after=1)) == 0
-    assert [r["step"] for r in _metrics(stopped)] == [1]
+    assert launch(LaunchSpec(config=spec, nproc=2, master_port=free_port(), timeout_s=TIMEOUT, stop_after=1)) == 0
+    assert [r["step"] for r in read_metrics(stopped)] == [1]
     resumed = tmp_path / "resumed"
     shutil.copytree(stopped, resumed)
     spec = write_config(tmp_path / "resume.yaml", {**cfg, "output_dir": str(resumed)})
-    assert launch(LaunchSpec(config=spec, nproc=2, master_port=_port(), timeout_s=TIMEOUT)) == 0
-    want, got = _metrics(ref), _metrics(resumed)
+    assert launch(LaunchSpec(config=spec, nproc=2, master_port=free_port(), timeout_s=TIMEOUT)) == 0
+    want, got = read_metrics(ref), read_metrics(resumed)
     assert [r["step"] for r in got] == [1, 2, 3]
     for a, b in zip(got, want, strict=True):
         assert a["sample_ids"] == b["sample_ids"] and a["tokens"] == b["tokens"], a["step"]
@@ -167,5 +157,5 @@ def test_launch_refuses_an_image_token_id_that_is_not_the_builds_token(fam_build
     cfg = family_config(fam_builds["llava_next"], tmp_path / "out")
     cfg["model"]["image_token_id"] = 151646  # not <|image_pad|>, the token the build's processor expands
     with pytest.raises(ParsitError, match=r"'<\|image_pad\|>', id 151655 .*set model.image_token_id: 151655"):
-        launch(LaunchSpec(config=write_config(tmp_path / "t.yaml", cfg), nproc=2, master_port=_port(),
+        launch(LaunchSpec(config=write_config(tmp_path / "t.yaml", cfg), nproc=2, master_port=free_port(),
                           timeout_s=TIMEOUT))

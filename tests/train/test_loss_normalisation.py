@@ -9,7 +9,6 @@ Gradients are read at the accumulation boundary through the trainer's own micro_
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 from train_helpers import TINY_LM, tiny_config, write_config
+from train_helpers import free_port
 
 from parsit_train.data import ResumableBatchSampler
 from parsit_train.data.dataset import ShardDataset
@@ -25,12 +25,6 @@ from parsit_train.data.dataset import ShardDataset
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 PACK = 1100
 HERE = Path(__file__).parent
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +81,7 @@ def _seed_with_extremes_in_step_one(build: Path, tok_path) -> tuple[int, dict[st
 def _probe(configs: list[Path], world: int, out: Path) -> dict:
     from parsit_train.launch import worker_env
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={world}", f"--master-port={_port()}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={world}", f"--master-port={free_port()}",
            str(HERE / "grad_probe.py"), *map(str, configs), str(out)]
     proc = subprocess.run(cmd, env=worker_env(), capture_output=True, text=True, timeout=200)
     lines = [x for x in proc.stderr.splitlines() if "Error" in x or "error" in x or "File" in x]

@@ -13,9 +13,7 @@ equal bit for bit); the next one also on Adam's moments and step count, restored
 
 from __future__ import annotations
 
-import json
 import shutil
-import socket
 import sys
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_helpers import make_build, tiny_config, write_config  # noqa: E402
+from train_helpers import free_port, read_metrics  # noqa: E402
 
 from parsit_train.launch import LaunchSpec, launch  # noqa: E402
 
@@ -32,18 +31,8 @@ TIMEOUT = 240
 ACCUMULATION = {2: 2, 1: 4}  # the same 4 packs per optimizer step at either world size
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
 def _run(cfg: Path, nproc: int, stop_after: int | None = None) -> int:
-    return launch(LaunchSpec(config=cfg, nproc=nproc, master_port=_port(), timeout_s=TIMEOUT, stop_after=stop_after,
+    return launch(LaunchSpec(config=cfg, nproc=nproc, master_port=free_port(), timeout_s=TIMEOUT, stop_after=stop_after,
                              overrides=(f"optim.gradient_accumulation_steps={ACCUMULATION[nproc]}",)))
 
 
@@ -57,7 +46,7 @@ def setup(tmp_path_factory):
                              "lr": {"projector": 2e-3, "vision_tower": 2e-3, "language_model": 2e-3}},
                       checkpoint={"export_hf": False, "every_steps": 1, "keep_last": STEPS})
     assert _run(write_config(root / "ref.yaml", cfg), 2) == 0
-    return root, cfg, _metrics(root / "ref")
+    return root, cfg, read_metrics(root / "ref")
 
 
 @pytest.mark.timeout(400)
@@ -71,9 +60,9 @@ def test_resume_with_another_world_size_keeps_data_and_optimizer(setup, tmp_path
             shutil.rmtree(out / "checkpoints" / f"step-{later:08d}")
     else:
         assert _run(write_config(tmp_path / "stop.yaml", {**cfg, "output_dir": str(out)}), before, stop_after=STOP) == 0
-    assert len(_metrics(out)) == (STEPS if before == 2 else STOP)
+    assert len(read_metrics(out)) == (STEPS if before == 2 else STOP)
     assert _run(write_config(tmp_path / "resume.yaml", {**cfg, "output_dir": str(out)}), after) == 0
-    resumed = _metrics(out)
+    resumed = read_metrics(out)
     assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
     assert (out / "checkpoints" / f"step-{STOP:08d}" / "universal" / "zero").is_dir()  # converted, not warm-started
     for a, b in zip(resumed, ref, strict=True):

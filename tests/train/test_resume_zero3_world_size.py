@@ -21,9 +21,7 @@ depend on the summation order (measured 8% of their 3e-6 size). The fault is far
 
 from __future__ import annotations
 
-import json
 import shutil
-import socket
 import sys
 from pathlib import Path
 
@@ -32,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_helpers import make_build, tiny_config, write_config  # noqa: E402
+from train_helpers import free_port, read_metrics  # noqa: E402
 
 from parsit_train.launch import LaunchSpec, launch  # noqa: E402
 
@@ -43,18 +42,8 @@ LRS = {"projector": 3e-3, "vision_tower": 1e-3, "language_model": 2e-3}
 REL = 1e-5
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
 def _run(cfg: Path, nproc: int, stop_after: int | None = None) -> int:
-    return launch(LaunchSpec(config=cfg, nproc=nproc, master_port=_port(), timeout_s=TIMEOUT, stop_after=stop_after,
+    return launch(LaunchSpec(config=cfg, nproc=nproc, master_port=free_port(), timeout_s=TIMEOUT, stop_after=stop_after,
                              overrides=(f"optim.gradient_accumulation_steps={ACCUMULATION[nproc]}",)))
 
 
@@ -88,7 +77,7 @@ def setup(tmp_path_factory):
                       deepspeed={"zero_stage": 3, "bf16": False},
                       checkpoint={"export_hf": False, "every_steps": 1, "keep_last": STEPS})
     assert _run(write_config(root / "ref.yaml", cfg), 2) == 0
-    return root, cfg, _metrics(root / "ref"), _adam_state(root / "ref")
+    return root, cfg, read_metrics(root / "ref"), _adam_state(root / "ref")
 
 
 @pytest.mark.timeout(400)
@@ -105,7 +94,7 @@ def test_zero3_resume_with_another_world_size_keeps_groups_and_adam_state(setup,
     assert _run(write_config(tmp_path / "resume.yaml", {**cfg, "output_dir": str(out)}), after) == 0
     assert (out / "checkpoints" / f"step-{STOP:08d}" / "universal" / "zero").is_dir()  # converted, not warm-started
 
-    resumed = _metrics(out)
+    resumed = read_metrics(out)
     assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
     for a, b in zip(resumed, ref, strict=True):
         assert sorted(a["sample_ids"]) == sorted(b["sample_ids"]), a["step"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from s3_support import FaultPlan, FaultProxy  # noqa: E402
 from train_helpers import make_build as make_tiny_build  # noqa: E402
+from train_helpers import free_port, read_metrics  # noqa: E402
 from train_helpers import tiny_config, write_config  # noqa: E402
 
 from parsit_data.errors import ParsitError  # noqa: E402
@@ -230,25 +230,15 @@ def test_the_trainer_defaults_the_cache_under_its_output_dir(builds, s3, tmp_pat
 STEPS = 8
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
 def _train(build: str | Path, out: Path, nproc: int, stop_after: int | None = None, **data) -> list[dict]:
     cfg = tiny_config(build, out, optim={"lr": {"projector": 5e-3, "vision_tower": 5e-3, "language_model": 5e-3},
                                          "micro_batch_size": 2, "max_steps": STEPS, "schedule": "constant"},
                       checkpoint={"every_steps": STEPS // 2, "export_hf": False})
     cfg["data"] = {"builds": [str(build)], **data}
     path = write_config(out.parent / f"{out.name}.yaml", cfg)
-    spec = LaunchSpec(config=path, nproc=nproc, master_port=_port(), timeout_s=240, stop_after=stop_after)
+    spec = LaunchSpec(config=path, nproc=nproc, master_port=free_port(), timeout_s=240, stop_after=stop_after)
     assert launch(spec) == 0
-    return _metrics(out)
+    return read_metrics(out)
 
 
 @pytest.mark.slow

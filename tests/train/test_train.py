@@ -7,8 +7,6 @@ Every process start has a timeout; launch() kills the whole process group when i
 
 from __future__ import annotations
 
-import json
-import socket
 import sys
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_helpers import make_build, tiny_config, write_config  # noqa: E402
+from train_helpers import free_port, read_metrics  # noqa: E402
 
 from parsit_data.errors import ParsitError  # noqa: E402
 from parsit_train.launch import LaunchSpec, launch  # noqa: E402
@@ -25,18 +24,8 @@ STEPS = 16
 LAUNCH_TIMEOUT = 240
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
 def _run(cfg_path: Path, nproc: int = 2, stop_after: int | None = None) -> int:
-    spec = LaunchSpec(config=cfg_path, nproc=nproc, master_port=_port(), timeout_s=LAUNCH_TIMEOUT, stop_after=stop_after)
+    spec = LaunchSpec(config=cfg_path, nproc=nproc, master_port=free_port(), timeout_s=LAUNCH_TIMEOUT, stop_after=stop_after)
     return launch(spec)
 
 
@@ -66,7 +55,7 @@ def full_run(build_dir, tmp_path_factory) -> Path:
 
 @pytest.mark.timeout(300)
 def test_zero2_two_ranks_loss_falls(full_run):
-    recs = _metrics(full_run)
+    recs = read_metrics(full_run)
     assert [r["step"] for r in recs] == list(range(1, STEPS + 1))
     losses = [r["loss"] for r in recs]
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
@@ -92,9 +81,9 @@ def test_resume_continues_exactly(full_run, build_dir, tmp_path):
     assert _run(cfg, stop_after=STEPS // 2) == 0
     out = tmp_path / "out"
     assert (out / "checkpoints" / "latest").read_text().strip() == f"step-{STEPS // 2:08d}"
-    assert len(_metrics(out)) == STEPS // 2
+    assert len(read_metrics(out)) == STEPS // 2
     assert _run(cfg) == 0  # resumes from `latest`
-    resumed, reference = _metrics(out), _metrics(full_run)
+    resumed, reference = read_metrics(out), read_metrics(full_run)
     assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
     for a, b in zip(resumed[STEPS // 2 :], reference[STEPS // 2 :], strict=True):
         assert a["sample_ids"] == b["sample_ids"], a["step"]
@@ -117,7 +106,7 @@ def test_zero3_two_ranks_bf16_trains_and_exports(build_dir, tmp_path):
         checkpoint={"export_hf": True},
     )
     assert _run(write_config(tmp_path / "train.yaml", cfg)) == 0
-    recs = _metrics(tmp_path / "out")
+    recs = read_metrics(tmp_path / "out")
     losses = [r["loss"] for r in recs]
     assert len(losses) == 3 and losses[-1] < losses[0]
     # One rank had a text-only micro-batch while the other had images (ZeRO-3 gathers must still pair up).
@@ -139,7 +128,7 @@ def test_zero3_two_ranks_bf16_trains_and_exports(build_dir, tmp_path):
 @pytest.mark.timeout(120)
 def test_launch_timeout_stops_the_workers(build_dir, tmp_path):
     cfg = write_config(tmp_path / "train.yaml", tiny_config(build_dir, tmp_path / "out"))
-    spec = LaunchSpec(config=cfg, nproc=2, master_port=_port(), timeout_s=3)
+    spec = LaunchSpec(config=cfg, nproc=2, master_port=free_port(), timeout_s=3)
     with pytest.raises(ParsitError, match="did not finish within"):
         launch(spec)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,17 +20,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_helpers import make_build, tiny_config, write_config  # noqa: E402
+from train_helpers import free_port  # noqa: E402
 
 from parsit_data.errors import ParsitError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 120
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +41,7 @@ def test_max_steps_with_fewer_packs_than_a_global_batch_is_refused_at_start(smal
                       optim={"micro_batch_size": 2, "max_steps": 3})
     path = write_config(tmp_path / "train.yaml", cfg)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "PARSIT_TEST_FAIL_AT")}
-    env.update(PYTHONPATH=str(ROOT), MASTER_PORT=str(_port()))
+    env.update(PYTHONPATH=str(ROOT), MASTER_PORT=str(free_port()))
     res = subprocess.run([sys.executable, "-m", "parsit_train.cli.main", "train", "--config", str(path)],
                          capture_output=True, text=True, timeout=TIMEOUT, env=env)
     assert res.returncode == 2, res.stderr[-3000:]
@@ -186,7 +180,7 @@ def test_a_resume_at_another_world_size_gives_ranks_distinct_deterministic_strea
     torch.save({"step": STEP, "world_size": 1, "sampler": saved.state_dict(), "rng": rng_state()},
                path / RANK_STATE.format(rank=0))
     write_complete_marker(path, STEP, 1, "run-a")
-    mp.spawn(_resume_rank, args=(2, str(tmp_path), _port()), nprocs=2, join=True)
+    mp.spawn(_resume_rank, args=(2, str(tmp_path), free_port()), nprocs=2, join=True)
     ranks = [_json.loads((tmp_path / f"draws-{r}.json").read_text()) for r in (0, 1)]
     for first, second in ranks:
         assert first["step"] == second["step"] == STEP and first["consumed"] == second["consumed"] == 2 * STEP

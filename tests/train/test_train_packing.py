@@ -9,9 +9,7 @@ ranks, in tests/train/test_resume_world_size.py.
 
 from __future__ import annotations
 
-import json
 import shutil
-import socket
 import sys
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_helpers import make_build, tiny_config, write_config  # noqa: E402
+from train_helpers import free_port, read_metrics  # noqa: E402
 
 from parsit_train.launch import LaunchSpec, launch  # noqa: E402
 
@@ -27,18 +26,8 @@ STEPS, STOP, PACK = 5, 1, 96
 TIMEOUT = 240
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
 def _run(cfg: Path, nproc: int, stop_after: int | None = None, overrides: tuple[str, ...] = ()) -> int:
-    return launch(LaunchSpec(config=cfg, nproc=nproc, master_port=_port(), timeout_s=TIMEOUT, stop_after=stop_after,
+    return launch(LaunchSpec(config=cfg, nproc=nproc, master_port=free_port(), timeout_s=TIMEOUT, stop_after=stop_after,
                              overrides=overrides))
 
 
@@ -53,7 +42,7 @@ def setup(tmp_path_factory):
                       checkpoint={"export_hf": False})
     path = write_config(root / "ref.yaml", cfg)
     assert _run(path, 2) == 0
-    return root, cfg, _metrics(root / "ref")
+    return root, cfg, read_metrics(root / "ref")
 
 
 @pytest.mark.timeout(300)
@@ -78,11 +67,11 @@ def test_packed_run_resumes_mid_epoch_with_the_same_packs_and_losses(setup, tmp_
     if not stopped.exists():  # one interrupted 2-rank run serves both resumes
         assert _run(write_config(root / "stop.yaml", {**cfg, "output_dir": str(stopped)}), 2, stop_after=STOP) == 0
     shutil.copytree(stopped, out)
-    first = _metrics(out)
+    first = read_metrics(out)
     assert len(first) == STOP and first[-1]["epoch"] == 0  # stopped inside the first epoch
     assert _run(mine, 2, overrides=(f"optim.micro_batch_size={micro}",
                                     f"optim.gradient_accumulation_steps={accumulation}")) == 0
-    resumed = _metrics(out)
+    resumed = read_metrics(out)
     assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
     for a, b in zip(resumed[STOP:], ref[STOP:], strict=True):
         assert sorted(a["sample_ids"]) == sorted(b["sample_ids"]), a["step"]
