@@ -161,3 +161,28 @@ def test_a_format_2_shard_reads_as_rows_without_video(demo_build, tmp_path):
     assert (row["video_path"], row["video_frames"], row["video_frame_indices"], row["video_info"],
             row["num_video_tokens"]) == (None, [], [], None, 0)
     assert got.select(table.column_names).equals(table)
+
+
+def test_parquet_with_a_video_path_column_and_the_cli_flags(tmp_path, ov_dir, clips):
+    import pyarrow.parquet as pq
+
+    from parsit_data.cli.main import main
+
+    table = pa.table({"id": ["p0", "p1"], "video": ["a.mp4", "c.avi"],
+                      "conversations": [_conv(), _conv("<video>\nAnd now?")]})
+    pq.write_table(table, tmp_path / "data.parquet")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        main(["build", str(tmp_path / "data.parquet"), "--out", str(out), "--processor", str(ov_dir),
+              "--video-root", str(clips), "--video-frames", "16", "--video-fps", "2", "--video-max-side", "100",
+              "--near-duplicates", "off", "--quiet"])
+    assert exc.value.code in (0, None)
+    m = load_manifest(out)
+    rows = [r for s in m.shards for r in read_shard(out / s.path).to_pylist()]
+    assert [r["sample_id"] for r in rows] == ["p0", "p1"]
+    # 2 fps of a 25 fps clip: every 12th frame (40 frames -> 0,12,24,36); 305 frames give 26 > 16: 16 uniform
+    assert rows[0]["video_frame_indices"] == [0, 12, 24, 36] and stored(rows[0]) == [0, 12, 24, 36]
+    assert rows[1]["video_frame_indices"] == sample_indices(305, 25.0, 16)
+    assert Image.open(io.BytesIO(rows[0]["video_frames"][0])).size == (100, 60)  # 160x96 at max side 100
+    assert rows[1]["num_video_tokens"] == 16 * 196 + 1
+    assert (m.video.frames, m.video.fps, m.video.max_side) == (16, 2.0, 100)
