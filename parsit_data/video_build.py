@@ -12,14 +12,15 @@ video) quarantines video records as ``video_unsupported``, saying so.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from parsit_data.errors import ParsitError
-from parsit_data.format import VIDEO_TOKEN_INDEX
+from parsit_data.format import VIDEO_PLACEHOLDER, VIDEO_TOKEN_INDEX
 from parsit_data.format.fsio import RemotePath, location
 from parsit_data.format.video import VideoSpec
 from parsit_data.reasons import Reason
-from parsit_data.records import Record, Reject, Rejection
+from parsit_data.records import Record, Reject, Rejection, Turn
 from parsit_data.video import LoadedVideo, VideoDecoder, VideoOptions
 
 
@@ -74,12 +75,34 @@ def video_share(tok, video: LoadedVideo, spec: VideoSpec):
     return ids.index(VIDEO_TOKEN_INDEX), spec.tokens(len(video.frames))
 
 
+def time_instruction(video: LoadedVideo) -> str:
+    """LLaVA-Video's time instruction, worded as LLaVA-NeXT's training code writes it
+    (llava/train/train.py, ``LazySupervisedDataset._get_item``, ``add_time_instruction``; the duration
+    ``total_frames / avg_fps`` and the ``"{t:.2f}s"`` list are ``process_video_with_decord``'s in
+    llava/utils.py; LLaVA-VL/LLaVA-NeXT at df17966), the missing space before "Please" included::
+
+        f"The video lasts for {video_time:.2f} seconds, and {num_frames_to_sample} frames are uniformly sampled
+        from it. These frames are located at {frame_time}.Please answer the following questions related to
+        this video."
+
+    The frame times are the stored ones (each frame's own presentation time), where LLaVA-NeXT's fps path
+    divides the frame index by its step (not seconds).
+    """
+    seconds = video.total_frames / video.avg_fps if video.avg_fps > 0 else video.duration_s
+    frame_time = ",".join(f"{f.time_s:.2f}s" for f in video.frames)
+    return (f"The video lasts for {seconds:.2f} seconds, and {len(video.frames)} frames are uniformly sampled from it. "
+            f"These frames are located at {frame_time}.Please answer the following questions related to this video.")
+
+
 def with_time_instruction(record: Record, video: LoadedVideo, spec: VideoSpec | None) -> Record:
-    """The record as rendered: with ``--video-time-instruction``, LLaVA-Video's sentence about the sampled
-    frames' times in the turn that holds the video (:func:`time_instruction`)."""
+    """The record as rendered: with ``--video-time-instruction``, the turn that holds the video becomes
+    ``"<video>\n{instruction}\n{its text without the placeholder}"``, as LLaVA-NeXT rewrites the first turn
+    (``f'{DEFAULT_IMAGE_TOKEN}\n{time_instruciton}\n{value.replace(DEFAULT_IMAGE_TOKEN, "")}'``)."""
     if spec is None or not spec.time_instruction:
         return record
-    return record
+    turns = [Turn(t.role, f"{VIDEO_PLACEHOLDER}\n{time_instruction(video)}\n{t.content.replace(VIDEO_PLACEHOLDER, '')}")
+             if VIDEO_PLACEHOLDER in t.content else t for t in record.turns]
+    return dataclasses.replace(record, turns=turns)
 
 
 def video_columns(video: LoadedVideo, num_tokens: int) -> dict:

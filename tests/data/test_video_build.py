@@ -186,3 +186,21 @@ def test_parquet_with_a_video_path_column_and_the_cli_flags(tmp_path, ov_dir, cl
     assert Image.open(io.BytesIO(rows[0]["video_frames"][0])).size == (100, 60)  # 160x96 at max side 100
     assert rows[1]["num_video_tokens"] == 16 * 196 + 1
     assert (m.video.frames, m.video.fps, m.video.max_side) == (16, 2.0, 100)
+
+
+def test_time_instruction_is_llava_video_s_sentence_from_the_stored_times(tmp_path, ov_dir, clips, qwen):
+    from parsit_data.decode import decode_ids
+
+    records = [{"id": "v", "video": "a.mp4", "conversations": _conv("What happens?\n<image>")}]
+    m, rows, q = _build(tmp_path, records, clips, processor=str(ov_dir), video_frames=3, video_time_instruction=True)
+    (r,) = rows
+    assert r["video_frame_indices"] == [0, 19, 39]
+    text = decode_ids(qwen, r["input_ids"])
+    want = ("<video>\nThe video lasts for 1.60 seconds, and 3 frames are uniformly sampled from it. These frames are "
+            "located at 0.00s,0.76s,1.56s.Please answer the following questions related to this video.\n"
+            "What happens?\n")
+    assert f"<|im_start|>user\n{want}<|im_end|>" in text
+    n_text = len(r["input_ids"]) - 1
+    assert r["length"] == n_text + 3 * 196 + 1 and m.video.time_instruction is True
+    _, plain, _ = _build(tmp_path / "off", records, clips, processor=str(ov_dir), video_frames=3)
+    assert "The video lasts" not in decode_ids(qwen, plain[0]["input_ids"])
