@@ -147,6 +147,9 @@ class VideoDecoder:
             ctx = multiprocessing.get_context("forkserver")
             self._pool = cf.ProcessPoolExecutor(1, mp_context=ctx, initializer=_limit_memory,
                                                 initargs=(self.opts.memory_limit_bytes,))
+            # Started (PyAV imported) before any clip's clock runs: the limit is for decoding one clip,
+            # not for starting the child, which takes a second or more on a loaded machine.
+            self._pool.submit(_ready).result(timeout=_START_TIMEOUT_S)
         return self._pool
 
     def _kill(self) -> None:
@@ -183,6 +186,14 @@ class VideoDecoder:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+#: How long a fresh decoder child may take to start (a system fault beyond it, not a clip's).
+_START_TIMEOUT_S = 120.0
+
+
+def _ready() -> bool:
+    return True
 
 
 def _limit_memory(limit: int) -> None:
