@@ -32,7 +32,7 @@ def video_options(config, spec: VideoSpec) -> VideoOptions:
         raise ParsitError("--video-root on an object store is not supported: clips are decoded from local files "
                           "(copy them to a local folder, or pass a local --video-root)")
     return VideoOptions(root=Path(where) if where is not None else None, frames=spec.frames, fps=spec.fps,
-                        size=spec.size, max_side=spec.max_side, jpeg_quality=spec.jpeg_quality,
+                        size=spec.size, max_side=spec.max_side, jpeg_quality=spec.jpeg_quality, resample=spec.resample,
                         max_duration_s=spec.max_duration_s, timeout_s=spec.decode_timeout_s)
 
 

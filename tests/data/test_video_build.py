@@ -204,3 +204,33 @@ def test_time_instruction_is_llava_video_s_sentence_from_the_stored_times(tmp_pa
     assert r["length"] == n_text + 3 * 196 + 1 and m.video.time_instruction is True
     _, plain, _ = _build(tmp_path / "off", records, clips, processor=str(ov_dir), video_frames=3)
     assert "The video lasts" not in decode_ids(qwen, plain[0]["input_ids"])
+
+
+def test_llava_next_policy_moves_the_video_placeholder_as_upstream_moves_its_image(tmp_path, ov_dir, clips, qwen):
+    from parsit_data.decode import decode_ids
+
+    records = [{"id": "v", "video": "a.mp4", "conversations": _conv("What happens?\n<image>")}]
+    m, rows, q = _build(tmp_path, records, clips, processor=str(ov_dir), video_frames=2, label_policy="llava-next")
+    text = decode_ids(qwen, rows[0]["input_ids"])
+    # preprocess_multimodal: the one placeholder moved to the start, "\n", the rest stripped
+    assert "<|im_start|>user\n<video>\nWhat happens?<|im_end|>" in text
+
+
+def test_the_folder_s_video_processor_config_decides_the_stored_frames_and_the_manifest(tmp_path, ov_dir, clips):
+    import shutil
+
+    folder = tmp_path / "ov-video"
+    shutil.copytree(ov_dir, folder)
+    (folder / "video_preprocessor_config.json").write_text(json.dumps({
+        "video_processor_type": "LlavaOnevisionVideoProcessor", "size": {"height": 224, "width": 320},
+        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25], "resample": 2}))
+    records = [{"id": "v", "video": "a.mp4", "conversations": _conv()}]
+    m, rows, q = _build(tmp_path, records, clips, processor=str(folder), video_frames=2)
+    assert all(Image.open(io.BytesIO(f)).size == (320, 224) for f in rows[0]["video_frames"])
+    assert (m.video.size, m.video.image_mean, m.video.image_std, m.video.resample) == (
+        {"height": 224, "width": 320}, [0.5] * 3, [0.25] * 3, "bilinear")
+    assert m.video.video_processor_source == "video_preprocessor_config.json"
+    assert m.video.video_processor["size"] == {"height": 224, "width": 320}
+    # another video config at the same path is another build (its configs are fingerprinted)
+    _, rows2, _ = _build(tmp_path / "again", records, clips, processor=str(ov_dir), video_frames=2)
+    assert load_manifest(tmp_path / "out").config_hash != load_manifest(tmp_path / "again" / "out").config_hash
