@@ -116,3 +116,23 @@ def video_columns(video: LoadedVideo, num_tokens: int) -> dict:
                        "height": video.height, "frames": video.total_frames},
         "num_video_tokens": num_tokens,
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class _SignedFrames:
+    data: bytes  # every stored frame: the exact hash covers the whole sample
+    phash: bytes  # the middle frame's perceptual hash
+
+
+def video_signature(video: LoadedVideo) -> _SignedFrames:
+    """A video as the near-duplicate pass sees it: one image (its middle sampled frame's perceptual hash, the
+    exact hash of all its frames), so two records that share their text but not their clip are not copies."""
+    import io
+
+    from PIL import Image
+
+    from parsit_data.dedup.signatures import phash
+
+    mid = video.frames[len(video.frames) // 2].data
+    with Image.open(io.BytesIO(mid)) as img:
+        return _SignedFrames(b"".join(f.data for f in video.frames), phash(img.convert("RGB")))

@@ -234,3 +234,19 @@ def test_the_folder_s_video_processor_config_decides_the_stored_frames_and_the_m
     # another video config at the same path is another build (its configs are fingerprinted)
     _, rows2, _ = _build(tmp_path / "again", records, clips, processor=str(ov_dir), video_frames=2)
     assert load_manifest(tmp_path / "out").config_hash != load_manifest(tmp_path / "again" / "out").config_hash
+
+
+def test_near_duplicates_tell_videos_apart_that_share_their_text(tmp_path, ov_dir, clips):
+    same_text = _conv()
+    records = [{"id": "a", "video": "a.mp4", "conversations": same_text},
+               {"id": "c", "video": "c.avi", "conversations": same_text},
+               {"id": "a-again", "video": "a.mp4", "conversations": same_text}]
+    src = tmp_path / "data.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    out = tmp_path / "out"
+    m = build(BuildConfig(inputs=[str(src)], out=str(out), image_root=str(clips), processor=str(ov_dir),
+                          video_frames=4, near_duplicates="quarantine"))
+    rows = [r["sample_id"] for s in m.shards for r in read_shard(out / s.path).to_pylist()]
+    q = [json.loads(x) for x in (out / "quarantine.jsonl").read_text().splitlines()]
+    assert rows == ["a", "c"]
+    assert [(x["sample_id"], x["reason"]) for x in q] == [("a-again", "near_duplicate")]
