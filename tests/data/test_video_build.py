@@ -250,3 +250,23 @@ def test_near_duplicates_tell_videos_apart_that_share_their_text(tmp_path, ov_di
     q = [json.loads(x) for x in (out / "quarantine.jsonl").read_text().splitlines()]
     assert rows == ["a", "c"]
     assert [(x["sample_id"], x["reason"]) for x in q] == [("a-again", "near_duplicate")]
+
+
+def test_truncation_cuts_at_a_turn_boundary_and_keeps_or_drops_the_whole_video(tmp_path, ov_dir, clips):
+    long_reply = " ".join(f"word{i}" for i in range(400))
+    first = {"id": "first", "video": "a.mp4", "conversations": _conv() + [
+        {"from": "human", "value": "And then?"}, {"from": "gpt", "value": long_reply}]}
+    later = {"id": "later", "video": "a.mp4", "conversations": [
+        {"from": "human", "value": "Hi."}, {"from": "gpt", "value": "Hello."},
+        {"from": "human", "value": "<video>\nWhat happens?"}, {"from": "gpt", "value": long_reply}]}
+    m, rows, q = _build(tmp_path, [first, later], clips, processor=str(ov_dir), video_frames=2,
+                        max_length=2 * 196 + 1 + 60, overlong="truncate")
+    by = {r["sample_id"]: r for r in rows}
+    assert q == [] and by["first"]["truncated"] and by["later"]["truncated"]
+    f = by["first"]  # cut after the first reply: the video stays whole
+    assert f["num_video_tokens"] == 2 * 196 + 1 and f["input_ids"].count(VIDEO_TOKEN_INDEX) == 1
+    assert f["length"] == len(f["input_ids"]) - 1 + 2 * 196 + 1 <= 2 * 196 + 1 + 60
+    lt = by["later"]  # cut before the video's turn: the row has no video left
+    assert VIDEO_TOKEN_INDEX not in lt["input_ids"]
+    assert (lt["video_path"], lt["video_frames"], lt["num_video_tokens"]) == (None, [], 0)
+    assert lt["length"] == len(lt["input_ids"])
