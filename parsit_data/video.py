@@ -25,11 +25,14 @@ kept, as JPEG.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import io
 import math
 import multiprocessing
 import os
 import resource
+import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,8 +152,11 @@ class VideoDecoder:
             self._pool = cf.ProcessPoolExecutor(1, mp_context=ctx, initializer=_limit_memory,
                                                 initargs=(self.opts.memory_limit_bytes,))
             # Started (PyAV imported) before any clip's clock runs: the limit is for decoding one clip,
-            # not for starting the child, which takes a second or more on a loaded machine.
-            self._pool.submit(_ready).result(timeout=_START_TIMEOUT_S)
+            # not for starting the child, which takes a second or more on a loaded machine. The child is
+            # started (in submit) without the parent's __main__, see _without_main.
+            with _without_main():
+                ready = self._pool.submit(_ready)
+            ready.result(timeout=_START_TIMEOUT_S)
         return self._pool
 
     def _kill(self) -> None:
@@ -187,6 +193,24 @@ class VideoDecoder:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def _without_main():
+    """Hide the parent's ``__main__`` while the decoder child starts.
+
+    forkserver (like spawn) re-runs the parent's main script in each child unless it is guarded by
+    ``if __name__ == "__main__"``: a user's script that calls ``build()`` at top level, or code piped to
+    ``python -``, would run again in the child (or fail to be found), and every clip would be lost to a
+    crashed decoder. The child needs only this module, which it imports by name.
+    """
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
 
 
 #: How long a fresh decoder child may take to start (a system fault beyond it, not a clip's).

@@ -172,3 +172,35 @@ def test_ray_with_2_workers_writes_the_local_bytes(tmp_path, ov_dir):
     assert got.keys() == want.keys() and len([k for k in got if k.startswith("shards/")]) == 2
     for name in want:
         assert got[name] == want[name], f"{name} differs between local and ray x2"
+
+
+@pytest.mark.timeout(180)
+def test_a_user_script_without_a_main_guard_runs_once_and_builds(tmp_path, ov_dir):
+    """forkserver re-runs an unguarded __main__ in each child: the decoder child must not run the user's script."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "videos"
+    root.mkdir()
+    make_clip(root / "ok.mp4", 10)
+    src = tmp_path / "data.jsonl"
+    src.write_text(json.dumps(_record("ok.mp4", 0)) + "\n")
+    runs = tmp_path / "runs.txt"
+    script = tmp_path / "user_script.py"
+    script.write_text(f"""
+from parsit_data.build import build
+from parsit_data.config import BuildConfig
+open({str(runs)!r}, "a").write("ran\\n")
+m = build(BuildConfig(inputs=[{str(src)!r}], out={str(tmp_path / 'out')!r}, video_root={str(root)!r},
+                      processor={str(ov_dir)!r}, video_frames=2, near_duplicates="off"))
+print("kept", m.totals.kept)
+""")
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    for how in ([sys.executable, str(script)], [sys.executable, "-"]):
+        runs.unlink(missing_ok=True)
+        stdin = script.read_text() if how[-1] == "-" else None
+        done = subprocess.run(how, input=stdin, capture_output=True, text=True, timeout=150, env=env,
+                              cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "kept 1" in done.stdout and runs.read_text() == "ran\n"
