@@ -43,6 +43,7 @@ def clips(tmp_path_factory) -> Path:
     make_clip(root / "a.mp4", 40, size=(160, 96))
     make_clip(root / "b.webm", 5, codec="libvpx-vp9", size=(98, 66))
     make_clip(root / "c.avi", 305, codec="mpeg4", size=(64, 48))
+    make_clip(root / "odd.mkv", 1, codec="ffv1", size=(67, 35))  # one frame, odd sizes
     Image.new("RGB", (64, 64), "blue").save(root / "img.png")
     return root
 
@@ -79,11 +80,12 @@ def test_every_spelling_builds_a_row_with_the_sampled_frames_and_exact_tokens(tm
         {"id": "both", "image": "img.png", "video": "a.mp4",
          "conversations": _conv("<image>\n<video>\nCompare.")},
         {"id": "text", "conversations": _conv("Just text.")},
+        {"id": "odd", "video": "odd.mkv", "conversations": _conv()},
     ]
     m, rows, q = _build(tmp_path, records, clips, processor=str(ov_dir), video_frames=8)
     assert q == []
     by = {r["sample_id"]: r for r in rows}
-    totals = {"llava": 40, "hf": 5, "parts": 305, "part_ref": 40, "both": 40}
+    totals = {"llava": 40, "hf": 5, "parts": 305, "part_ref": 40, "both": 40, "odd": 1}
     ref = ov_proc._get_num_multimodal_tokens(video_sizes=[(n, 384, 384) for n in (8, 5)])["num_video_tokens"]
     assert ref == [8 * 196 + 1, 5 * 196 + 1]
     for sid, total in totals.items():
@@ -102,6 +104,8 @@ def test_every_spelling_builds_a_row_with_the_sampled_frames_and_exact_tokens(tm
     assert by["hf"]["num_video_tokens"] == ref[1] and by["llava"]["num_video_tokens"] == ref[0]
     assert by["both"]["num_image_tokens"] and by["both"]["images"]
     assert by["llava"]["video_path"] == "a.mp4" and by["llava"]["video_info"]["width"] == 160
+    assert (by["odd"]["video_info"]["width"], by["odd"]["video_info"]["height"]) == (67, 35)
+    assert by["odd"]["num_video_tokens"] == 197
     t = by["text"]
     assert (t["video_path"], t["video_frames"], t["video_info"], t["num_video_tokens"]) == (None, [], None, 0)
     assert m.format_version == 3 and m.video is not None
