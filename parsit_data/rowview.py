@@ -39,6 +39,10 @@ class RowView:
     labels: list[int]
     #: per image: {"path", "width", "height", "tokens", "grid": (rows, cols) or None, "crops": int or None}
     images: list[dict] = field(default_factory=list)
+    #: the row's video: {"path", "info" (the source clip: duration_s, fps, width, height, frames), "tokens",
+    #: "frames": [(index in the clip, time in s), ...] in order, "stored": (width, height) of the first
+    #: stored frame or None}; None for a row without video
+    video: dict | None = None
     template: dict = field(default_factory=dict)
     tokenizer_path: str = ""  # the tokenizer the build names in its manifest
     pieces: list[Piece] = field(default_factory=list)
@@ -81,6 +85,7 @@ def load_row(build_dir: str | Path, index: int | None = None, sample_id: str | N
         labels=row["labels"], template=dict(build.manifest.template), tokenizer_path=build.manifest.tokenizer.path,
     )
     view.images = _image_views(build.manifest.vision, row)
+    view.video = _video_view(row)
     image_i = 0
     for run in decode_runs(row["input_ids"], row["labels"], tokenizer_decode(tok)):
         for p in run.pieces:
@@ -106,3 +111,22 @@ def _image_views(vision, row: dict) -> list[dict]:
         out.append({"path": path, "width": w, "height": h, "tokens": n, "grid": grid,
                     "crops": 1 + grid[0] * grid[1] if grid is not None else None})
     return out
+
+
+def _video_view(row: dict) -> dict | None:
+    """The row's video: the source clip, the frames sampled from it (index, time) and its video tokens."""
+    if not row.get("video_path"):
+        return None  # no video, or a shard of format 1/2 (no video columns)
+    stored = None
+    if row.get("video_frames"):
+        from io import BytesIO
+
+        from PIL import Image
+
+        try:
+            with Image.open(BytesIO(row["video_frames"][0])) as im:
+                stored = im.size
+        except OSError:  # shown, not trained on: an unreadable frame is reported by the loader
+            stored = None
+    return {"path": row["video_path"], "info": row.get("video_info") or {}, "tokens": int(row["num_video_tokens"]),
+            "frames": list(zip(row["video_frame_indices"], row["video_frame_times"])), "stored": stored}
