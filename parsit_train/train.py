@@ -41,6 +41,7 @@ from parsit_train.assemble import starting_folder
 from parsit_train.compat import disable_shm_comm_op, packs_need_one_row, zero3_consolidated_state_dict
 from parsit_train.data.collator import one_row
 from parsit_train.faults import fail_hook
+from parsit_train.video_model import configure_video, video_inputs
 from parsit_train.model import (
     PROJECTOR_FILE,
     check_compatibility,
@@ -340,6 +341,7 @@ def forward_loss(model, batch: dict, device, dtype) -> torch.Tensor:
         logits_to_keep=keep,
         use_cache=False,
         **family_inputs(batch, device),
+        **video_inputs(batch, device, dtype),
     )
     logits = out.logits.float().reshape(-1, out.logits.shape[-1])
     if empty:
@@ -432,6 +434,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
     # supervised): every rank must run the same modules each micro-step, or ZeRO-3's per-module gathers
     # pair up wrongly and ZeRO-2 misses gradients. "full" feature strategy: every patch is a token.
     loader.collator.blank_image = (vc.image_size, (vc.image_size // vc.patch_size) ** 2)
+    configure_video(loader.collator, engine.module.config)  # -201 -> the model's video token; blank video
 
     step, run_id = resume(engine, cfg, sampler, rank, cfg.output_dir / METRICS_FILE)  # restores the RNG streams too
     if step == 0:
