@@ -269,6 +269,7 @@ def export_hf(engine, cfg: TrainConfig, rank: int) -> Path:
     ``LlavaForConditionalGeneration.from_pretrained`` of it reproduce the training inputs."""
     from parsit_data.format import load_manifest, resolve_tokenizer_path
     from parsit_train.serving import write_serving_files
+    from parsit_train.video_serving import export_video_entry
 
     out = cfg.output_dir / HF_DIR
     if cfg.deepspeed.zero_stage == 3:
@@ -278,10 +279,12 @@ def export_hf(engine, cfg: TrainConfig, rank: int) -> Path:
     if rank == 0:
         state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
         engine.module.save_pretrained(str(out), state_dict=state, safe_serialization=True)
-        vision = load_manifest(cfg.data.builds[0].path).vision.model_dump(mode="json")
+        manifest = load_manifest(cfg.data.builds[0].path)
+        vision = manifest.vision.model_dump(mode="json")
         vc = engine.module.config.vision_config
         write_serving_files(out, resolve_tokenizer_path(cfg.data.tokenizer), vision, build_template(cfg),
-                            engine.module.config.image_token_id, vc.patch_size)
+                            engine.module.config.image_token_id, vc.patch_size,
+                            video=export_video_entry(cfg.data.builds))
         log.info("exported Hugging Face model to %s", out)
     torch.distributed.barrier()
     return out

@@ -121,7 +121,7 @@ class VideoPixels:
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise ParsitError(f"cannot decode frame {j} of the video of sample {sample_id!r}: {exc}; rebuild the "
                               "shard") from exc
-        return np.asarray(img.convert("RGB") if img.mode != "RGB" else img)
+        return np.array(img.convert("RGB") if img.mode != "RGB" else img)  # writable: torch.from_numpy
 
     def decode(self, frames: Sequence[bytes], sample_id: str = "?") -> torch.Tensor:
         """uint8 ``[frames, 3, H, W]`` at the processor's size (resized only when a frame is not at it)."""
@@ -130,7 +130,7 @@ class VideoPixels:
         s = self.spec
         out = []
         for j, data in enumerate(frames):
-            rgb = torch.from_numpy(np.ascontiguousarray(self.decode_frame(data, sample_id, j))).permute(2, 0, 1)
+            rgb = torch.from_numpy(self.decode_frame(data, sample_id, j)).permute(2, 0, 1)
             out.append(resize_frames(rgb[None], s.height, s.width, s.mode)[0])
         return torch.stack(out)
 

@@ -1,0 +1,91 @@
+"""The OneVision export's video processor reproduces training: pixels and ids of video records.
+
+``LlavaOnevisionVideoProcessor`` needs torchvision, which does not import beside the project venv's torch
+2.13 CPU build. These tests therefore run in a side venv with torch 2.14.1 + torchvision 0.29.1
+(``scripts/video_parity.sh`` makes it and runs this file with ``PARSIT_REQUIRE_TORCHVISION=1``; ``.ci/run``
+calls the script after the suite). In the project venv each test is SKIPPED with that reason, never passed;
+with ``PARSIT_REQUIRE_TORCHVISION=1`` a missing torchvision is a failure.
+
+1. :class:`VideoPixels` (the trainer) against the video processor on the same decoded frames: frames at the
+   processor's size (the default build), off-size frames (``--video-max-side``) with bicubic and bilinear, the
+   video processor's own mean/std (OpenAI CLIP by class default, not the image processor's).
+2. A real build of video + image + text records (tests/data/video_support.py clips, a OneVision
+   ``--processor`` folder): ``AutoProcessor.from_pretrained(export)`` given the training frames of each video
+   record and its rendered prompt gives the collator's ids (the video expanded to ``num_video_tokens`` of the
+   model's video token) and the trainer's ``pixel_values_videos``.
+3. Given the RAW clip and the build's frame count, the processor samples frames by transformers' rule
+   (``arange(N) * total // N``), not LLaVA-NeXT's ``linspace(0, total - 1, N)`` that the build uses: the test
+   asserts what is true (docs/VIDEO.md says it).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
+
+from parsit_train.data.video_pixels import VideoPixels  # noqa: E402
+
+
+def _torchvision() -> bool:
+    try:
+        import torchvision  # noqa: F401
+        from torchvision.transforms.v2 import functional  # noqa: F401
+
+        return True
+    except Exception:  # noqa: BLE001 - absent, or present but broken beside this torch
+        return False
+
+
+if not _torchvision():
+    if os.environ.get("PARSIT_REQUIRE_TORCHVISION") == "1":
+        raise RuntimeError("PARSIT_REQUIRE_TORCHVISION=1 but torchvision does not import: run scripts/video_parity.sh")
+    pytest.skip("the video processor needs torchvision, which does not import beside this venv's torch: "
+                "scripts/video_parity.sh runs these tests in a side venv (.ci/run does)", allow_module_level=True)
+
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def _jpeg(rgb: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def _frames(n: int, h: int, w: int, seed: int = 0) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    return [_jpeg(np.roll(base, 7 * i, axis=1)) for i in range(n)]
+
+
+def _decoded(frames: list[bytes]) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(io.BytesIO(f)).convert("RGB")) for f in frames])
+
+
+@pytest.mark.parametrize("shape,resample", [((56, 56), "bicubic"), ((61, 97), "bicubic"), ((90, 40), "bilinear"),
+                                            ((56, 56), "bilinear")])
+def test_trainer_pixels_are_the_video_processors(shape, resample):
+    from transformers.models.llava_onevision.video_processing_llava_onevision import LlavaOnevisionVideoProcessor
+
+    entry = {"size": {"height": 56, "width": 56}, "image_mean": CLIP_MEAN, "image_std": CLIP_STD,
+             "rescale_factor": 1 / 255, "resample": resample}
+    frames = _frames(3, *shape)
+    ours = VideoPixels(entry).process(frames, "s")
+    proc = LlavaOnevisionVideoProcessor(size={"height": 56, "width": 56}, image_mean=CLIP_MEAN, image_std=CLIP_STD,
+                                        resample={"bicubic": 3, "bilinear": 2}[resample])
+    theirs = proc(videos=[_decoded(frames)], return_tensors="pt")["pixel_values_videos"][0]
+    assert ours.shape == theirs.shape == (3, 3, 56, 56)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
