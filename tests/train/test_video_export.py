@@ -89,3 +89,38 @@ def test_trainer_pixels_are_the_video_processors(shape, resample):
     theirs = proc(videos=[_decoded(frames)], return_tensors="pt")["pixel_values_videos"][0]
     assert ours.shape == theirs.shape == (3, 3, 56, 56)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("total,frames", [(300, 8), (50, 16), (10, 4), (6, 8)])
+def test_processor_samples_a_raw_clip_by_its_own_rule_not_the_builds(tmp_path, total, frames):
+    """The export's processor, asked to sample the raw clip itself with the build's frame count
+    (``do_sample_frames=True, num_frames=N``; decoded here with transformers' own ``load_video`` on PyAV, as
+    torchcodec is not installed), takes ``arange(N) * total // N``; the build takes LLaVA-NeXT's
+    ``linspace(0, total - 1, N)``: same count, other frames (the build's last is the clip's last frame, the
+    processor's is not), and a clip shorter than N, which the build keeps whole, is an error for the processor. The frames are
+    read back from their pixels (each carries its index), not trusted from metadata."""
+    from functools import partial
+
+    from transformers.video_utils import load_video
+    from video_support import make_clip, read_index
+
+    from parsit_data.video import sample_indices
+    from parsit_train.video_serving import video_processor_for
+
+    clip = make_clip(tmp_path / "clip.mp4", total, size=(160, 96))
+    proc = video_processor_for({"size": {"height": 56, "width": 56}, "image_mean": CLIP_MEAN, "image_std": CLIP_STD,
+                                "rescale_factor": 1 / 255, "resample": "bicubic", "frames": frames})
+    assert proc.num_frames == frames and not proc.do_sample_frames
+    build = sample_indices(total, 25.0, frames)
+    if total < frames:
+        assert build == list(range(total))  # the build keeps a short clip whole
+        with pytest.raises(ValueError, match="exceeds total_num_frames"):
+            load_video(str(clip), backend="pyav", sample_indices_fn=partial(proc.sample_frames, num_frames=frames))
+        return
+    video, meta = load_video(str(clip), backend="pyav", sample_indices_fn=partial(proc.sample_frames, num_frames=frames))
+    seen = [read_index(np.asarray(f)) for f in video]
+    hf = (np.arange(frames) * total // frames).tolist()
+    assert seen == hf == list(meta.frames_indices)
+    assert build == np.linspace(0, total - 1, frames, dtype=int).tolist()
+    assert build[0] == hf[0] == 0 and build[-1] == total - 1 > hf[-1]  # the build reaches the last frame
+    assert build != hf  # the processor does not reproduce the build's frames from the raw clip
