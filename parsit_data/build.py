@@ -18,8 +18,8 @@ from parsit_data import __version__
 from parsit_data.config import BuildConfig, config_hash
 from parsit_data.errors import ParsitError
 from parsit_data.format import (FORMAT_VERSION, IGNORE_INDEX, IMAGE_TOKEN_INDEX, Manifest, ShardEntry, ShardMeta,
-                                SourceEntry, Timing, TokenizerEntry, Totals, VisionEntry, atomic_write_bytes,
-                                build_files, load_manifest, quarantine_part_path, write_manifest)
+                                SourceEntry, Timing, TokenizerEntry, Totals, VideoEntry, VisionEntry,
+                                atomic_write_bytes, build_files, load_manifest, quarantine_part_path, write_manifest)
 from parsit_data import dedup
 from parsit_data.commit import PartitionResult, reuse_finished
 from parsit_data.dedup.section import DEDUP_NAME
@@ -82,6 +82,9 @@ def build(config: BuildConfig, on_progress=None, on_start=None) -> Manifest:
     fingerprints = {"tokenizer": tok_info.sha256, "sources": [s.sha256 for s in specs]}
     if config.processor:  # the folder's configs decide the counts: another folder at the same path is another build
         fingerprints["vision"] = geometry.to_json()
+    video = config.video_spec  # a folder's unreadable video config: one error, before any work
+    if video is not None:
+        fingerprints["video"] = video.to_json()
     if config.eval_set:  # the eval sets decide contamination: their bytes are part of the build
         fingerprints["eval_sets"] = [s.sha256 for s in expand_inputs(config.eval_set, config.seed)]
     chash = config_hash(config.output_config(), fingerprints)
@@ -159,6 +162,7 @@ def _finalize(out: Path | RemotePath, config: BuildConfig, chash: str, tok_info,
         image_token_index=IMAGE_TOKEN_INDEX,
         ignore_index=IGNORE_INDEX,
         vision=VisionEntry(**config.geometry.to_json()),
+        video=VideoEntry(**video.to_json()) if (video := config.video_spec) is not None else None,
         sources=sources,
         totals=totals,
         shards=[ShardEntry(**results[i].shard) for i in indices],

@@ -119,6 +119,25 @@ class BuildConfig(_Options):
     grid_pinpoints: list[tuple[int, int]] = Field(
         default_factory=lambda: [(384, 768), (768, 384), (768, 768), (1152, 384), (384, 1152)],
         description="anyres: the grid resolutions (height, width), as transformers' image_grid_pinpoints.")
+    # videos (parsit_data/video_build.py; docs/VIDEO.md)
+    video_root: str | None = Field(None, description=(
+        "Folder that video paths are relative to; paths may not leave it. Default: --image-root."))
+    video_frames: int = Field(32, gt=0, description=(
+        "Frames sampled from each clip, uniform over the whole clip (LLaVA-NeXT's frames_upbound with force_sample); "
+        "with --video-fps the cap. A clip with fewer frames keeps all of them."))
+    video_fps: float | None = Field(None, gt=0, description=(
+        "Sample F frames per second of the clip (every round(clip_fps / F)-th frame), at most --video-frames "
+        "(more: --video-frames uniform)."))
+    video_max_side: int | None = Field(None, gt=0, description=(
+        "Store frames with their longer side at N, aspect kept (the trainer resizes them as the processor does). "
+        "Default: at exactly the video processor's input size."))
+    video_time_instruction: bool = Field(False, description=(
+        "LLaVA-Video's time instruction: prepend 'The video lasts for X seconds, and N frames are uniformly sampled "
+        "from it. These frames are located at ...' to the turn holding the video, from the sampled frames' times."))
+    video_timeout_s: float = Field(120.0, gt=0, description=(
+        "Wall time allowed to decode one clip; a decoder over it is stopped and the record quarantined (video_timeout)."))
+    video_max_duration_s: float = Field(3600.0, gt=0, description=(
+        "Clips longer than this are quarantined before decoding (video_too_long)."))
     # near duplicates and benchmark contamination (parsit_data/dedup; thresholds measured in benchmarks/dedup.py)
     near_duplicates: Literal["off", "report", "quarantine"] = Field("report", description=(
         "Near copies of an earlier sample (images within --dup-image-bits each, text above --dup-text-jaccard): "
@@ -180,6 +199,17 @@ class BuildConfig(_Options):
             signatures=self.dedup_enabled,
         )
 
+    VIDEO_FIELDS: ClassVar[tuple[str, ...]] = (
+        "video_root", "video_frames", "video_fps", "video_max_side", "video_time_instruction", "video_timeout_s",
+        "video_max_duration_s")
+
+    @property
+    def video_spec(self):
+        """How videos are sampled, stored and counted (:class:`parsit_data.format.VideoSpec`); None when the
+        build has no video rule (no --processor, or not a LlavaOnevisionProcessor): video records are then
+        quarantined as video_unsupported."""
+        return video_spec_of(self)
+
     DEDUP_FIELDS: ClassVar[tuple[str, ...]] = (
         "near_duplicates", "dup_image_bits", "dup_text_jaccard", "eval_set", "eval_image_root", "contamination",
         "eval_text_jaccard", "eval_min_chars")
@@ -202,6 +232,9 @@ class BuildConfig(_Options):
             data.pop("processor", None)
         if not self.dedup_enabled:
             for k in self.DEDUP_FIELDS:
+                data.pop(k, None)
+        if all(data.get(k) == self.default(k) for k in self.VIDEO_FIELDS):  # video options untouched: the hash of
+            for k in self.VIDEO_FIELDS:                                    # a build from before them
                 data.pop(k, None)
         return data
 
@@ -260,6 +293,21 @@ def geometry_of(processor: str | None, image_size: int, patch_size: int, aspect:
 @functools.lru_cache(maxsize=8)
 def _processor_geometry(processor: str) -> VisionGeometry:
     return VisionGeometry.from_processor_dir(processor)
+
+
+def video_spec_of(cfg: BuildConfig):
+    """:attr:`BuildConfig.video_spec` (the processor folder's video config is read once per folder)."""
+    if not cfg.processor:
+        return None
+    geometry = cfg.geometry
+    if geometry.family != "llava_onevision":
+        return None
+    from parsit_data.format.video import VideoSpec
+
+    return VideoSpec.from_processor_dir(
+        cfg.processor, geometry.tokens_per_crop, frames=cfg.video_frames, fps=cfg.video_fps,
+        max_side=cfg.video_max_side, time_instruction=cfg.video_time_instruction,
+        decode_timeout_s=cfg.video_timeout_s, max_duration_s=cfg.video_max_duration_s)
 
 
 def config_hash(output_config: dict, fingerprints: dict) -> str:

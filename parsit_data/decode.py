@@ -1,7 +1,8 @@
 """The one decoder of built rows: ``input_ids`` + ``labels`` back to text, in runs of supervised tokens.
 
 A row is cut into runs of consecutive tokens that are all supervised or all not (by its own labels,
-so what is shown is what training supervises); each run into text pieces and images (each -200).
+so what is shown is what training supervises); each run into text pieces and images (each -200; a
+video's -201 is shown as ``<video>``).
 Every reader of a row uses :func:`decode_runs`: the template mask report (:func:`marked_text`), the
 report's example rows (:func:`marked_spans`) and ``parsit-data inspect`` (:mod:`parsit_data.rowview`).
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from parsit_data.format import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
+from parsit_data.format import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX, VIDEO_PLACEHOLDER, VIDEO_TOKEN_INDEX
 
 #: Start and end markers of supervised text in a mask report.
 MARK_OPEN, MARK_CLOSE = "⟦", "⟧"
@@ -62,6 +63,11 @@ def _pieces(ids: list[int], decode: Decode) -> list[Piece]:
                 out.append(Piece(decode(text), len(text)))
                 text = []
             out.append(Piece(None, 1))
+        elif x == VIDEO_TOKEN_INDEX:  # the video's place, shown as its placeholder
+            if text:
+                out.append(Piece(decode(text), len(text)))
+                text = []
+            out.append(Piece(VIDEO_PLACEHOLDER, 1))
         else:
             text.append(x)
     if text:

@@ -1,7 +1,7 @@
 """Segments to ``input_ids`` and ``labels``, batched over a partition.
 
-Each text segment is split at ``<image>`` (each placeholder becomes the single id -200, the LLaVA
-convention, as ``tokenizer_image_token`` does at inference) and every piece is encoded on its own with
+Each text segment is split at ``<image>`` and ``<video>`` (each placeholder becomes the single id -200 or
+-201, the LLaVA convention, as ``tokenizer_image_token`` does at inference) and every piece is encoded on its own with
 ``add_special_tokens=False``; control-token segments map straight to their id. Labels equal the ids of
 supervised segments and -100 elsewhere; this is the one place the mask becomes labels.
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from tokenizers import Tokenizer
 
-from parsit_data.format import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
+from parsit_data.format import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX, VIDEO_PLACEHOLDER, VIDEO_TOKEN_INDEX
 from parsit_data.errors import ParsitError
 from parsit_data.templates.base import Segment
 
@@ -91,9 +91,9 @@ class SegmentTokenizer:
                 if is_special:
                     if text not in special:
                         self.special_id(text)  # an unknown control token fails here, in the caller
-                elif IMAGE_PLACEHOLDER in text:
-                    for p in text.split(IMAGE_PLACEHOLDER):
-                        if p and p not in cache:
+                elif IMAGE_PLACEHOLDER in text or VIDEO_PLACEHOLDER in text:
+                    for p in split_placeholders(text):
+                        if type(p) is str and p not in cache:
                             todo[p] = None
                 elif text and text not in cache:
                     todo[text] = None
@@ -121,11 +121,11 @@ class SegmentTokenizer:
                 start = len(ids)
                 if is_special:
                     add_one(special[text])
-                elif IMAGE_PLACEHOLDER in text:
-                    for k, p in enumerate(text.split(IMAGE_PLACEHOLDER)):
-                        if k:
-                            add_one(IMAGE_TOKEN_INDEX)
-                        if p:
+                elif IMAGE_PLACEHOLDER in text or VIDEO_PLACEHOLDER in text:
+                    for p in split_placeholders(text):
+                        if type(p) is int:
+                            add_one(p)
+                        else:
                             e = get(p)
                             add(e if e is not None else cache[p])
                 elif text:
@@ -151,6 +151,20 @@ class SegmentTokenizer:
                         supervised += 1
             out.append(Tokenized(ids, labels, turn_ends, supervised))
         return out
+
+
+def split_placeholders(text: str) -> list[str | int]:
+    """``text`` as its non-empty pieces and, for each ``<image>`` / ``<video>``, its sentinel id (-200 / -201)."""
+    out: list[str | int] = []
+    for k, part in enumerate(text.split(IMAGE_PLACEHOLDER)):
+        if k:
+            out.append(IMAGE_TOKEN_INDEX)
+        for j, p in enumerate(part.split(VIDEO_PLACEHOLDER)):
+            if j:
+                out.append(VIDEO_TOKEN_INDEX)
+            if p:
+                out.append(p)
+    return out
 
 
 class PendingBatch:

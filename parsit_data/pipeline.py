@@ -16,8 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from parsit_data.commit import PartitionResult, commit_partition
-from parsit_data.encode import PendingBatch
-from parsit_data.format import IMAGE_PLACEHOLDER
+from parsit_data.encode import PendingBatch, split_placeholders
 from parsit_data.images import LoadedImage
 from parsit_data.partition import Partition
 from parsit_data.reasons import Reason
@@ -26,6 +25,8 @@ from parsit_data.rows import PartitionRows, fit_length
 from parsit_data.sources import RawItem
 from parsit_data.templates import Segment
 from parsit_data.validate import check_item, sample_id_of
+from parsit_data.video import LoadedVideo
+from parsit_data.video_build import with_time_instruction
 from parsit_data.worker import WorkerContext
 
 #: Records validated and rendered per tokenizer call. While the tokenizer encodes one chunk (in Rust,
@@ -96,6 +97,7 @@ class _Chunk:
     good: list[tuple[int, Record, list[LoadedImage], RawItem]]  # (position in partition, ...)
     tokens: PendingBatch
     segments: list[list[Segment]]  # what was submitted, to find the culprit when the batch fails
+    videos: dict[int, LoadedVideo]  # position in partition -> its sampled clip (records with a video)
 
 
 class _PartitionWork:
@@ -110,10 +112,14 @@ class _PartitionWork:
         ctx, cfg, rows = self.ctx, self.ctx.config, self.rows
         good: list[tuple[int, Record, list[LoadedImage], RawItem]] = []
         segs: list[list[Segment]] = []
+        videos: dict[int, LoadedVideo] = {}
         rows.read(len(items))
         for k, item in enumerate(items, start):
             try:
                 record, images, notes = check_item(item, ctx.vopts, ctx.iopts)
+                if record.video is not None:  # decoded in the worker's decoder child, bounded
+                    videos[k] = ctx.videos.load(record)
+                    record = with_time_instruction(record, videos[k], ctx.videos.spec)
                 rendered = ctx.template.render(record, cfg.system_prompt, cfg.label_policy)  # may Reject
             except Reject as r:
                 sid = sample_id_of(item.value, item.source, item.position) if item.value is not None else None
@@ -122,7 +128,7 @@ class _PartitionWork:
             rows.passed(notes)
             good.append((k, record, images, item))
             segs.append(rendered)
-        return _Chunk(good, ctx.tokenizer.submit(segs, ctx.unmask), segs)
+        return _Chunk(good, ctx.tokenizer.submit(segs, ctx.unmask), segs, videos)
 
     def _tokens(self, chunk: _Chunk) -> list:
         """The chunk's tokenized rows; a record whose text the tokenizer refuses is quarantined on its own.
@@ -140,7 +146,8 @@ class _PartitionWork:
         except Exception as batch_exc:  # noqa: BLE001 - narrowed below by re-encoding record by record
             tok, culprits = self.ctx.tokenizer, {}
             for n, segs in enumerate(chunk.segments):
-                pieces = [p for text, special, _, _ in segs if not special for p in text.split(IMAGE_PLACEHOLDER) if p]
+                pieces = [p for text, special, _, _ in segs if not special for p in split_placeholders(text)
+                          if type(p) is str]
                 try:
                     tok._encode(pieces)
                 except MemoryError:
@@ -165,7 +172,9 @@ class _PartitionWork:
         for (k, record, images, item), tok in zip(chunk.good, self._tokens(chunk)):
             if tok is None:  # quarantined by the tokenizer
                 continue
-            row = fit_length(record, tok, images, geometry, cfg.max_length, cfg.overlong)
+            video = chunk.videos.get(k)
+            row = fit_length(record, tok, images, geometry, cfg.max_length, cfg.overlong,
+                             video, self.ctx.videos.spec)
             if type(row) is Rejection:
                 rows.reject(k, item, record.sample_id, row)
             else:

@@ -45,6 +45,13 @@ class Reason(StrEnum):
     EVAL_CONTAMINATION = "eval_contamination"
     BAD_CONTENT_PART = "bad_content_part"
     UNREADABLE_INPUT = "unreadable_input"
+    VIDEO_MISSING = "video_missing"
+    VIDEO_OUTSIDE_ROOT = "video_outside_root"
+    VIDEO_UNREADABLE = "video_unreadable"
+    VIDEO_TOO_LONG = "video_too_long"
+    VIDEO_TOO_LARGE = "video_too_large"
+    VIDEO_TIMEOUT = "video_timeout"
+    VIDEO_PLACEHOLDER_MISMATCH = "video_placeholder_mismatch"
 
 
 REASONS: dict[Reason, str] = {
@@ -64,7 +71,9 @@ REASONS: dict[Reason, str] = {
     Reason.IMAGE_UNREADABLE: "an image file is empty, truncated, or not an image Pillow can decode",
     Reason.IMAGE_TOO_LARGE: "an image has more pixels than the limit (decompression bomb guard)",
     Reason.IMAGE_TOO_SMALL: "an image's shorter side is below --min-image-side",
-    Reason.VIDEO_UNSUPPORTED: "the record has a video; Parsit does not build video samples",
+    Reason.VIDEO_UNSUPPORTED: "the record has a video but the build has no video rule: pass --processor with a "
+                              "LlavaOnevisionProcessor folder (LLaVA and LLaVA-NeXT processors take no video); "
+                              "or a record with more than one video",
     Reason.SPECIAL_TOKEN_IN_TEXT: "text contains a literal control token of the template or tokenizer (e.g. <|im_start|>)",
     Reason.OVERLONG: "the multimodal length exceeds --max-length and cannot be truncated at a turn boundary",
     Reason.DUPLICATE_ID: "another record of this build already has this id",
@@ -84,7 +93,22 @@ REASONS: dict[Reason, str] = {
                              "or a text part without a 'text' string",
     Reason.UNREADABLE_INPUT: "the container cannot be read at this record: a corrupt Parquet row group, an Arrow file "
                              "that breaks off, a truncated tar member or header",
+    Reason.VIDEO_MISSING: "a video file does not exist under the video root",
+    Reason.VIDEO_OUTSIDE_ROOT: "a video path is absolute, uses '..', or is a symlink that leads outside the video root",
+    Reason.VIDEO_UNREADABLE: "a video file is empty, truncated, corrupt, a still image, not a regular file (FIFO, "
+                             "symlink loop), has no video track or no decoder for its codec, or its decoder crashed "
+                             "or ran out of memory",
+    Reason.VIDEO_TOO_LONG: "a clip lasts longer than the duration limit (checked before decoding)",
+    Reason.VIDEO_TOO_LARGE: "a clip's frames have more pixels than the limit (8K), or the file is over the byte limit",
+    Reason.VIDEO_TIMEOUT: "decoding one clip took longer than the per-clip time limit; the decoder was stopped",
+    Reason.VIDEO_PLACEHOLDER_MISMATCH: "a record with a video lacks its one placeholder (<video>, or a single <image> "
+                                       "when the record has no images), has more than one, or a <video> placeholder "
+                                       "appears without a video or outside a user turn",
 }
+
+#: The codes a clip itself can be refused with (parsit_data.video raises them).
+VIDEO_REASONS = frozenset({Reason.VIDEO_MISSING, Reason.VIDEO_OUTSIDE_ROOT, Reason.VIDEO_UNREADABLE,
+                           Reason.VIDEO_TOO_LONG, Reason.VIDEO_TOO_LARGE, Reason.VIDEO_TIMEOUT})
 
 assert set(REASONS) == set(Reason), "every reason code needs its line of help"
 

@@ -84,8 +84,8 @@ InputTurn = Annotated[
 class InputRecord(BaseModel):
     """One input record (a JSONL line or an element of a JSON list).
 
-    Other top-level fields are allowed and ignored (LLaVA datasets carry e.g. ``source``), except
-    ``video``, which is refused (``video_unsupported``). Beyond this schema, validation requires:
+    Other top-level fields are allowed and ignored (LLaVA datasets carry e.g. ``source``). Beyond this
+    schema, validation requires:
     turns alternate user/assistant after an optional leading system turn, at least one assistant
     turn, no empty or whitespace-only text, one ``<image>`` per image (in user turns), and no literal
     control token of the template or tokenizer.
@@ -98,6 +98,9 @@ class InputRecord(BaseModel):
     image: str | list[str] | None = Field(
         None, validation_alias=AliasChoices("image", "images"),
         description="image path(s) relative to the image root ('images' is accepted as another name)")
+    video: str | None = Field(
+        None, description="one video path relative to the video root; its place in the text is '<video>', or the "
+                          "single '<image>' of a record without images (LLaVA-Video's spelling)")
     id: str | int | None = Field(None, description="the record's id; must be unique within a build")
 
 
@@ -122,6 +125,8 @@ class Record:
     turns: list[Turn]
     #: Paths under the image root, or :class:`~parsit_data.sources.EmbeddedImage` (bytes from the input).
     images: list = field(default_factory=list)
+    #: The clip's path under the video root (at most one video per record), or None.
+    video: str | None = None
 
 
 # --- output: quarantine -----------------------------------------------------------------------------
@@ -167,3 +172,14 @@ class Reject(Exception):
     def __init__(self, reason: Reason | str, detail: str):
         self.rejection = Rejection(reason, detail)
         super().__init__(f"{self.rejection.reason.value}: {detail}")
+
+    def __reduce__(self):  # picklable: a video's Reject crosses the decoder process
+        return (type(self), (self.rejection.reason.value, self.rejection.detail))
+
+    @property
+    def reason(self) -> Reason:
+        return self.rejection.reason
+
+    @property
+    def detail(self) -> str:
+        return self.rejection.detail

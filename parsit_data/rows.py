@@ -14,13 +14,16 @@ from dataclasses import dataclass
 
 from parsit_data.dedup.signatures import SignatureRows
 from parsit_data.encode import Tokenized
-from parsit_data.format import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from parsit_data.format import IGNORE_INDEX, IMAGE_TOKEN_INDEX, VIDEO_COLUMNS
+from parsit_data.format.constants import NO_VIDEO
 from parsit_data.images import LoadedImage
 from parsit_data.quarantine import quarantine_line
 from parsit_data.reasons import Reason
 from parsit_data.records import Record, Rejection
 from parsit_data.sources import RawItem
 from parsit_data.stats import PartitionStats
+from parsit_data.video import LoadedVideo
+from parsit_data.video_build import video_columns, video_share
 
 
 @dataclass(slots=True)
@@ -33,6 +36,8 @@ class Row:
     image_tokens: list[int]  # visual tokens per image
     length: int  # multimodal length: text tokens - placeholders + visual tokens
     truncated: bool
+    video: LoadedVideo | None = None  # the sampled frames (parsit_data.video_build)
+    video_tokens: int = 0
 
 
 def image_counts(geometry, images: list[LoadedImage]) -> list[int]:
@@ -41,12 +46,14 @@ def image_counts(geometry, images: list[LoadedImage]) -> list[int]:
     return [geometry.tokens_for(im.width, im.height, len(images)) for im in images]
 
 
-def truncate(tok: Tokenized, record: Record, counts, max_length: int) -> tuple[Tokenized, int] | None:
+def truncate(tok: Tokenized, record: Record, counts, max_length: int,
+             video_at: tuple[int, int] | None = None) -> tuple[Tokenized, int] | None:
     """Cut after the last assistant turn that fits, never inside an image. None when nothing fits.
 
     ``counts(n)`` gives the visual tokens of the first ``n`` images when only those are kept (a cut
     can change the others' counts: OneVision's multi-image rule). Returns the cut tokens and how many
-    of the record's images they keep.
+    of the record's images they keep. ``video_at``: the video sentinel's position and its visual tokens
+    (a cut before it drops the video).
     """
     # Images sit inside user turns, so a turn boundary never splits an image's tokens.
     best = None
@@ -55,7 +62,8 @@ def truncate(tok: Tokenized, record: Record, counts, max_length: int) -> tuple[T
         if end is None or turn.role != "assistant":
             continue
         n_img = tok.input_ids[:end].count(IMAGE_TOKEN_INDEX)
-        if end - n_img + sum(counts(n_img)) <= max_length:
+        extra = video_at[1] - 1 if video_at is not None and video_at[0] < end else 0
+        if end - n_img + sum(counts(n_img)) + extra <= max_length:
             best = (end, n_img)
     if best is None:
         return None
@@ -65,28 +73,35 @@ def truncate(tok: Tokenized, record: Record, counts, max_length: int) -> tuple[T
 
 
 def fit_length(record: Record, tok: Tokenized, images: list[LoadedImage], geometry, max_length: int | None,
-               overlong: str) -> Row | Rejection:
+               overlong: str, video: LoadedVideo | None = None, video_spec=None) -> Row | Rejection:
     """The length policy: a row within ``max_length`` (cut at a turn boundary with ``overlong="truncate"``),
-    or an ``overlong`` rejection. ``geometry`` gives each image's visual token count."""
+    or an ``overlong`` rejection. ``geometry`` gives each image's visual token count, ``video_spec`` the
+    video's (:func:`parsit_data.video_build.video_share`)."""
     image_tokens = image_counts(geometry, images)
-    length = len(tok.input_ids) - len(images) + sum(image_tokens)
+    vshare = video_share(tok, video, video_spec) if video is not None else None
+    if type(vshare) is Rejection:
+        return vshare
+    vtokens = vshare[1] if vshare is not None else 0
+    length = len(tok.input_ids) - len(images) + sum(image_tokens) + (vtokens - 1 if vshare is not None else 0)
     if max_length is None or length <= max_length:
-        return Row(record, tok, images, image_tokens, length, False)
+        return Row(record, tok, images, image_tokens, length, False, video, vtokens)
     cut = None
     if overlong == "truncate":
-        cut = truncate(tok, record, lambda n: image_counts(geometry, images[:n]), max_length)
+        cut = truncate(tok, record, lambda n: image_counts(geometry, images[:n]), max_length, vshare)
     if cut is None:
         return Rejection(Reason.OVERLONG, f"multimodal length {length} exceeds --max-length {max_length}")
     tok, n_img = cut
     images = images[:n_img]
     image_tokens = image_counts(geometry, images)
-    length = len(tok.input_ids) - n_img + sum(image_tokens)
-    return Row(record, tok, images, image_tokens, length, True)
+    if vshare is not None and vshare[0] >= len(tok.input_ids):  # the cut dropped the turn holding the video
+        video, vtokens = None, 0
+    length = len(tok.input_ids) - n_img + sum(image_tokens) + (vtokens - 1 if video is not None else 0)
+    return Row(record, tok, images, image_tokens, length, True, video, vtokens)
 
 
 #: The shard's columns, in schema order (:data:`parsit_data.format.SHARD_SCHEMA`).
 COLUMNS = ("sample_id", "source", "input_ids", "labels", "length", "num_image_tokens", "images", "image_sizes",
-           "image_paths", "num_turns", "supervised_tokens", "truncated")
+           "image_paths", "num_turns", "supervised_tokens", "truncated") + VIDEO_COLUMNS
 
 
 class PartitionRows:
@@ -135,6 +150,8 @@ class PartitionRows:
         cols["num_turns"].append(len(record.turns))
         cols["supervised_tokens"].append(supervised)
         cols["truncated"].append(row.truncated)
+        for name, value in (NO_VIDEO if row.video is None else video_columns(row.video, row.video_tokens)).items():
+            cols[name].append(value)
         if self.sigs is not None:
             self.sigs.add(record.sample_id, record.position, record.turns, images)
         if row.truncated:

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from parsit_data.format import IMAGE_PLACEHOLDER
+from parsit_data.format import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
 from parsit_data.images import ImageInfo, ImageOptions, LoadedImage, inspect_image, load_image
 from parsit_data.records import FromValueTurn, InputRecord, Record, Reject, Turn
 from parsit_data.sources import RawItem
@@ -57,7 +57,7 @@ def control_tokens_of(template, tokenizer=None) -> frozenset[str]:
     tokens = set(template.control_tokens)
     if tokenizer is not None:
         tokens |= {t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special}
-    return frozenset(t for t in tokens if t and t != IMAGE_PLACEHOLDER)
+    return frozenset(t for t in tokens if t and t not in (IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER))
 
 
 def sample_id_of(value: Any, source: str, position: int) -> str:
@@ -111,6 +111,8 @@ def _reject_from(exc: ValidationError) -> Reject:
         return Reject("bad_turn", f"turn {i}: {key!r}: {msg} (got {type(e['input']).__name__})")
     if top in ("image", "images"):
         return Reject("bad_field", f"'{top}' must be a string or a list of strings, got {_short(e['input'])}")
+    if top in ("video", "videos"):
+        return Reject("bad_field", f"'{top}' must be a string (one video path), got {_short(e['input'])}")
     if top == "id":
         return Reject("bad_field", f"'id' must be a string or an integer, got {_short(e['input'])}")
     return Reject("bad_field", f"{'.'.join(map(str, loc)) or 'record'}: {msg}")  # not reached by today's model
@@ -121,8 +123,6 @@ def check_record(value: Any, source: str, position: int, opts: ValidationOptions
     notes: list[str] = []
     if not isinstance(value, dict):
         raise Reject("not_an_object", f"the record is a {type(value).__name__}, expected a JSON object")
-    if "video" in value:
-        raise Reject("video_unsupported", "the record has a 'video' field; video samples are not supported")
     original = value
     value, embedded = normalize(value)  # chat messages with content parts; embedded images set aside
     try:
@@ -157,6 +157,8 @@ def check_record(value: Any, source: str, position: int, opts: ValidationOptions
                 raise Reject("special_token_in_text", f"turn {i} contains the control token {m.group(0)!r}")
 
     img = rec.image
+    if rec.video is not None and not images_given(img):  # LLaVA-Video: the one <image> stands for the video
+        turns = video_from_image_placeholder(turns)
     images = with_embedded([] if img is None else [img] if isinstance(img, str) else list(img), embedded)
     n_placeholders = sum(t.content.count(IMAGE_PLACEHOLDER) for t in turns)
     if images and n_placeholders == 0 and opts.fix_missing_placeholder and len(images) == 1:
@@ -171,6 +173,8 @@ def check_record(value: Any, source: str, position: int, opts: ValidationOptions
         )
     if any(IMAGE_PLACEHOLDER in t.content for t in turns if t.role != "user"):
         raise Reject("image_placeholder_mismatch", "an <image> placeholder is outside a user turn")
+    if rec.video is not None or any(VIDEO_PLACEHOLDER in t.content for t in turns):
+        turns = check_video_placeholder(turns, rec.video, bool(images))
 
     record = Record(
         sample_id=sample_id_of(original, source, position),
@@ -178,8 +182,37 @@ def check_record(value: Any, source: str, position: int, opts: ValidationOptions
         position=position,
         turns=turns,
         images=images,
+        video=rec.video,
     )
     return record, notes
+
+
+def images_given(img) -> bool:
+    return img is not None and img != []
+
+
+def video_from_image_placeholder(turns: list[Turn]) -> list[Turn]:
+    """A record with a video and no images (LLaVA-NeXT / LLaVA-Video data) marks the video with ``<image>``:
+    its single ``<image>`` becomes ``<video>`` (with none, or more than one, the counts below refuse it)."""
+    n = sum(t.content.count(IMAGE_PLACEHOLDER) for t in turns)
+    if n != 1 or any(VIDEO_PLACEHOLDER in t.content for t in turns):
+        return turns
+    return [Turn(t.role, t.content.replace(IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER)) for t in turns]
+
+
+def check_video_placeholder(turns: list[Turn], video: str | None, has_images: bool) -> list[Turn]:
+    """One ``<video>`` in a user turn for the record's video; none without one."""
+    n = sum(t.content.count(VIDEO_PLACEHOLDER) for t in turns)
+    if video is None:
+        raise Reject("video_placeholder_mismatch", f"{n} {VIDEO_PLACEHOLDER} placeholder(s) in the text but the "
+                                                   "record has no video")
+    if n != 1:
+        hint = "" if n else (" (with images beside the video, mark the video with <video>)" if has_images else "")
+        raise Reject("video_placeholder_mismatch", f"{n} {VIDEO_PLACEHOLDER} placeholder(s) in the text for one "
+                                                   f"video{hint}")
+    if any(VIDEO_PLACEHOLDER in t.content for t in turns if t.role != "user"):
+        raise Reject("video_placeholder_mismatch", "the video placeholder is outside a user turn")
+    return turns
 
 
 def check_item(item: RawItem, vopts: ValidationOptions, iopts: ImageOptions, *, load: bool = True

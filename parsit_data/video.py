@@ -36,32 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from parsit_data.images import _open_fd, resolve_image_path
-from parsit_data.records import Reject as _ImageReject
-
-#: The reasons a clip is refused, one line of help each. They join ``parsit_data.reasons`` (and
-#: docs/REASONS.md) when video records reach the build; until then only this module raises them.
-VIDEO_REASONS: dict[str, str] = {
-    "video_missing": "a video file does not exist under the video root",
-    "video_outside_root": "a video path is absolute, uses '..', or is a symlink that leads outside the video root",
-    "video_unreadable": "a video file is empty, truncated, corrupt, a still image, has no video track or no decoder "
-                        "for its codec, or its decoder crashed",
-    "video_too_long": "a clip lasts longer than --video-max-duration (checked before decoding)",
-    "video_too_large": "a clip's frames have more pixels than the limit (8K), or the file is over the byte limit",
-    "video_timeout": "decoding one clip took longer than the per-clip time limit; the decoder was stopped",
-}
-
-
-class Reject(Exception):
-    """A clip refused with one of :data:`VIDEO_REASONS` (picklable: it crosses the decoder process)."""
-
-    def __init__(self, reason: str, detail: str):
-        if reason not in VIDEO_REASONS:
-            raise ValueError(f"unknown video reason {reason!r}")
-        self.reason, self.detail = reason, detail
-        super().__init__(reason, detail)
-
-    def __str__(self) -> str:
-        return f"{self.reason}: {self.detail}"
+from parsit_data.reasons import VIDEO_REASONS  # noqa: F401  (the codes this module raises, re-exported)
+from parsit_data.records import Reject
 
 #: Container formats that hold one still picture, not a video: an image named ``clip.mp4``.
 _STILL_FORMATS = {"image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "gif", "gif_pipe",
@@ -77,7 +53,11 @@ class VideoOptions:
     root: Path | None = None
     frames: int = 32  # --video-frames: uniform frames, or the cap with --video-fps
     fps: float | None = None  # --video-fps
-    max_side: int = 384  # sampled frames are stored with their longer side at most this
+    #: (height, width): each sampled frame squashed to exactly this (the video processor's input size, PIL
+    #: bicubic); None: kept at its own size, or at ``max_side`` when that is set
+    size: tuple[int, int] | None = None
+    max_side: int | None = None  # --video-max-side: the longer side at most this, aspect kept (overrides size)
+    jpeg_quality: int = 95
     max_duration_s: float = 3600.0  # a longer clip is video_too_long (checked before any decode)
     max_pixels: int = 4096 * 2304  # per frame: an 8K clip is video_too_large
     max_file_bytes: int = 8 << 30
@@ -89,7 +69,7 @@ class VideoOptions:
             raise ValueError(f"--video-frames must be >= 1, got {self.frames}")
         if self.fps is not None and not (self.fps > 0 and math.isfinite(self.fps)):
             raise ValueError(f"--video-fps must be a positive number, got {self.fps}")
-        if self.max_side < 1:
+        if self.max_side is not None and self.max_side < 1:
             raise ValueError(f"--video-max-side must be >= 1, got {self.max_side}")
 
 
@@ -143,7 +123,7 @@ def resolve_video_path(rel: str, root: Path | None) -> Path:
     """The image rules, with the video reason codes."""
     try:
         return resolve_image_path(rel, root)
-    except _ImageReject as rej:
+    except Reject as rej:
         r = rej.rejection
         code = {"image_missing": "video_missing", "image_outside_root": "video_outside_root"}.get(
             r.reason.value, "video_unreadable")
@@ -231,7 +211,7 @@ def decode_video(path: str, rel: str, opts: VideoOptions) -> LoadedVideo:
     av_errors = (av.error.FFmpegError,) + _AV_ERRORS_FALLBACK
     try:
         f = _open_fd(Path(path), rel)
-    except _ImageReject as rej:
+    except Reject as rej:
         raise Reject("video_unreadable", rej.rejection.detail.replace("image", "video", 1)) from None
     with f:
         size = os.fstat(f.fileno()).st_size
@@ -330,7 +310,7 @@ def _decode_sampled(container, stream, wanted: list[int], first_pts: int, tb: fl
     for i, frame in enumerate(_frames_in_order(container, stream)):
         if i in keep:
             pts = frame.pts if frame.pts is not None else 0
-            out.append(_to_jpeg(frame, i, max(0.0, (pts - first_pts) * tb), opts.max_side))
+            out.append(_to_jpeg(frame, i, max(0.0, (pts - first_pts) * tb), opts))
         if i >= last:
             break
     return out
@@ -342,14 +322,21 @@ def _frames_in_order(container, stream):
         yield frame
 
 
-def _to_jpeg(frame, index: int, time_s: float, max_side: int) -> SampledFrame:
-    img = frame.to_image()  # RGB
-    scale = min(1.0, max_side / max(img.size))
-    if scale < 1.0:
-        from PIL import Image
+def _to_jpeg(frame, index: int, time_s: float, opts: VideoOptions) -> SampledFrame:
+    """The frame as stored: squashed to ``opts.size`` (as the video processor resizes, PIL bicubic), or with
+    ``opts.max_side`` its longer side at most that (aspect kept; the trainer then resizes as the processor
+    would), re-encoded as JPEG."""
+    from PIL import Image
 
-        size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-        img = img.resize(size, Image.Resampling.BICUBIC)
+    img = frame.to_image()  # RGB
+    if opts.max_side is not None:
+        scale = min(1.0, opts.max_side / max(img.size))
+        if scale < 1.0:
+            size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+            img = img.resize(size, Image.Resampling.BICUBIC)
+    elif opts.size is not None and (img.height, img.width) != tuple(opts.size):
+        h, w = opts.size
+        img = img.resize((w, h), Image.Resampling.BICUBIC)
     buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=90)
+    img.save(buf, format="JPEG", quality=opts.jpeg_quality)
     return SampledFrame(index=index, time_s=round(time_s, 6), data=buf.getvalue(), width=img.width, height=img.height)

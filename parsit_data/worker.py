@@ -17,6 +17,7 @@ from parsit_data.format.fsio import RemotePath, location
 from parsit_data.templates import get_template
 from parsit_data.tokenizer import load_tokenizer
 from parsit_data.validate import ValidationOptions
+from parsit_data.video_build import VideoLoader
 
 
 @dataclass(frozen=True)
@@ -45,5 +46,11 @@ class WorkerContext:
         self.vopts = ValidationOptions(spec.control_tokens, config.fix_missing_placeholder)
         self.iopts = config.image_options
         self.geometry = config.geometry
+        #: The worker's clips: its own decoder child, started at the first video record.
+        self.videos = VideoLoader(config)
         #: What every shard of the build says about the build (its schema metadata).
         self.shard_meta = ShardMeta(spec.config_hash, fingerprint(config.tokenizer), config.template)
+
+    def close(self) -> None:
+        """Stop what the worker started (the video decoder child)."""
+        self.videos.close()

@@ -12,5 +12,8 @@ from parsit_data.worker import WorkerContext, WorkerSpec
 
 def run(partitions: Iterable[Partition], spec: WorkerSpec, on_result: Callable[[PartitionResult], None]) -> None:
     ctx = WorkerContext(spec)
-    for result in process_partitions(partitions, ctx):
-        on_result(result)
+    try:
+        for result in process_partitions(partitions, ctx):
+            on_result(result)
+    finally:
+        ctx.close()

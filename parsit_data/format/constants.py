@@ -12,17 +12,25 @@ from pathlib import Path
 import pyarrow as pa
 
 #: Version 2 adds the build's config hash, tokenizer fingerprint and template name to each shard's
-#: schema metadata (docs/FORMAT.md); rows, quarantine and manifest are as in version 1.
-FORMAT_VERSION = 2
-#: Versions this reader opens: a version 1 build differs only in its shards' schema metadata.
-READABLE_VERSIONS = (1, 2)
+#: schema metadata (docs/FORMAT.md); rows, quarantine and manifest are as in version 1. Version 3 appends
+#: the video columns (:data:`VIDEO_COLUMNS`) and the manifest's ``video`` entry.
+FORMAT_VERSION = 3
+#: Versions this reader opens: a version 1 build differs only in its shards' schema metadata; a version 1
+#: or 2 shard has no video columns and reads as rows without video (:func:`.reader.map_shard` adds them).
+READABLE_VERSIONS = (1, 2, 3)
 
 #: One image placeholder in ``input_ids`` (the LLaVA convention). The collator expands it.
 IMAGE_TOKEN_INDEX = -200
+#: The video's place in ``input_ids`` (one per record at most); the collator expands it to
+#: ``num_video_tokens`` copies of the model's video token id. Its label is :data:`IGNORE_INDEX`.
+VIDEO_TOKEN_INDEX = -201
 #: Label value of a position that is not supervised.
 IGNORE_INDEX = -100
 #: The placeholder as it is written in record text.
 IMAGE_PLACEHOLDER = "<image>"
+#: The video's placeholder in record text (the HF spelling; LLaVA's ``<image>`` beside a ``video`` field is
+#: rewritten to it when the record is validated).
+VIDEO_PLACEHOLDER = "<video>"
 
 MANIFEST_NAME = "manifest.json"
 QUARANTINE_NAME = "quarantine.jsonl"
@@ -81,6 +89,28 @@ def quarantine_part_path(out: Path, index: int) -> Path:
 
 IMAGE_SIZE_TYPE = pa.struct([("width", pa.int32()), ("height", pa.int32())])
 
+#: The source clip of a row's video: duration, average frame rate, size and frame count.
+VIDEO_INFO_TYPE = pa.struct([("duration_s", pa.float64()), ("fps", pa.float64()), ("width", pa.int32()),
+                             ("height", pa.int32()), ("frames", pa.int32())])
+
+#: The video columns (format version 3), appended after the others, and their value in a row without video.
+VIDEO_FIELDS = (
+    # the clip's path as the record named it (relative to --video-root); null without video
+    pa.field("video_path", pa.string(), nullable=True),
+    # JPEG of each sampled frame, in time order, each frame once
+    pa.field("video_frames", pa.list_(pa.binary()), nullable=False),
+    # index of each sampled frame in the decoded stream (0-based)
+    pa.field("video_frame_indices", pa.list_(pa.int32()), nullable=False),
+    # seconds of each sampled frame from the clip's first frame
+    pa.field("video_frame_times", pa.list_(pa.float32()), nullable=False),
+    pa.field("video_info", VIDEO_INFO_TYPE, nullable=True),
+    # visual tokens of the video, exactly what the build's processor makes (0 without video)
+    pa.field("num_video_tokens", pa.int32(), nullable=False),
+)
+VIDEO_COLUMNS = tuple(f.name for f in VIDEO_FIELDS)
+NO_VIDEO = {"video_path": None, "video_frames": [], "video_frame_indices": [], "video_frame_times": [],
+            "video_info": None, "num_video_tokens": 0}
+
 #: The columns of every row the trainer needs before the first step (lengths, modality, supervision): a
 #: shard's *index*, read without the rows' token lists and image bytes (:func:`.reader.read_shard_index`).
 INDEX_COLUMNS = ("sample_id", "length", "num_image_tokens", "supervised_tokens")
@@ -112,6 +142,7 @@ SHARD_SCHEMA = pa.schema(
         pa.field("num_turns", pa.int32(), nullable=False),
         pa.field("supervised_tokens", pa.int32(), nullable=False),
         pa.field("truncated", pa.bool_(), nullable=False),
+        *VIDEO_FIELDS,
     ],
     metadata={META_FORMAT_VERSION: str(FORMAT_VERSION).encode()},
 )

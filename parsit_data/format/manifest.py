@@ -76,6 +76,35 @@ class VisionEntry(BaseModel):
                                          if k in self.model_fields_set})
 
 
+class VideoEntry(BaseModel):
+    """How the build sampled and stored video frames and counted their tokens
+    (:class:`parsit_data.format.video.VideoSpec`, see :meth:`spec`); the trainer's pixel parameters."""
+
+    model_config = _OPEN
+    frames: int = Field(gt=0, description="--video-frames: uniform frames over the clip, or the cap with fps")
+    fps: float | None = Field(None, description="--video-fps: frames sampled per second (null: uniform)")
+    max_side: int | None = Field(None, description="--video-max-side: frames stored at this longer side, aspect kept "
+                                                   "(null: squashed to size)")
+    size: dict[str, int] = Field(description="the video processor's input {height, width}")
+    image_mean: list[float]
+    image_std: list[float]
+    rescale_factor: float
+    resample: str = Field(description="PIL filter of the resize to size")
+    tokens_per_frame: int = Field(gt=0, description="pooled tokens of one frame; a video is frames * this + 1")
+    video_token: str
+    time_instruction: bool
+    decode_timeout_s: float
+    video_processor: dict | None = Field(None, description="the processor folder's video processor config verbatim "
+                                                           "(null: the class defaults)")
+    video_processor_source: str
+
+    def spec(self):
+        """The :class:`~parsit_data.format.video.VideoSpec` this entry describes."""
+        from parsit_data.format.video import VideoSpec
+
+        return VideoSpec.from_json(self.model_dump())
+
+
 class SourceCounts(BaseModel):
     """What became of one source's records: the counters the manifest and the report show.
 
@@ -172,6 +201,7 @@ class Manifest(BaseModel):
     image_token_index: int = Field(description="the id of one image placeholder in input_ids (-200)")
     ignore_index: int = Field(description="the label of an unsupervised position (-100)")
     vision: VisionEntry
+    video: VideoEntry | None = Field(None, description="video sampling and pixels (null: the build took no video)")
     sources: list[SourceEntry]
     totals: Totals
     shards: list[ShardEntry]

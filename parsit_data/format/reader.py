@@ -27,7 +27,8 @@ import numpy as np
 import pyarrow as pa
 
 from parsit_data.errors import ParsitError
-from parsit_data.format.constants import INDEX_COLUMNS, MANIFEST_NAME, SHARD_SCHEMA, part_path
+from parsit_data.format.constants import (INDEX_COLUMNS, MANIFEST_NAME, SHARD_SCHEMA, VIDEO_COLUMNS, VIDEO_FIELDS,
+                                          part_path)
 from parsit_data.format.manifest import Manifest, ShardEntry, load_manifest
 from parsit_data.format.fsio import RemotePath, arrow_input, check_objects, location
 from parsit_data.format.shards import ShardMeta, sha256_file
@@ -82,14 +83,35 @@ def _read_batches(buf: pa.Buffer, path) -> tuple[pa.Schema, list[pa.RecordBatch]
     except (OSError, ValueError, pa.ArrowInvalid) as exc:
         raise ParsitError(f"cannot read shard {path}: {exc}; restore it or rebuild") from exc
     schema = reader.schema
-    missing = [c for c in SHARD_SCHEMA.names if c not in schema.names]
+    missing = [c for c in SHARD_SCHEMA.names if c not in schema.names and c not in VIDEO_COLUMNS]
     if missing:
         raise ParsitError(f"shard {path} lacks columns {missing}: it was not written by this parsit-data")
     for name in ("input_ids", "labels"):
         if schema.field(name).type != SHARD_SCHEMA.field(name).type:
             raise ParsitError(f"shard {path}: column {name} is {schema.field(name).type}, expected "
                               f"{SHARD_SCHEMA.field(name).type}; rebuild it")
+    if not any(c in schema.names for c in VIDEO_COLUMNS):  # format 1 or 2: rows without video
+        schema, batches = _without_video(schema, batches)
+    elif missing := [c for c in VIDEO_COLUMNS if c not in schema.names]:
+        raise ParsitError(f"shard {path} has some video columns but lacks {missing}: rebuild it")
     return schema, batches
+
+
+def _without_video(schema: pa.Schema, batches: list[pa.RecordBatch]) -> tuple[pa.Schema, list[pa.RecordBatch]]:
+    """A format 1/2 shard's batches with the video columns of rows without video appended (the existing
+    columns stay zero copy; the new ones are a few bytes per row)."""
+    full = pa.schema(list(schema) + list(VIDEO_FIELDS), metadata=schema.metadata)
+    out = []
+    for b in batches:
+        n = b.num_rows
+        extra = [pa.nulls(n, pa.string()), _empty_lists(n, pa.binary()), _empty_lists(n, pa.int32()),
+                 _empty_lists(n, pa.float32()), pa.nulls(n, VIDEO_FIELDS[4].type), pa.array(np.zeros(n, np.int32))]
+        out.append(pa.RecordBatch.from_arrays(list(b.columns) + extra, schema=full))
+    return full, out
+
+
+def _empty_lists(n: int, value_type: pa.DataType) -> pa.Array:
+    return pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, np.int32)), pa.array([], value_type))
 
 
 def read_shard(path: str | Path) -> pa.Table:

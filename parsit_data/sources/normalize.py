@@ -6,7 +6,11 @@ LLaVA spelling of the same turn means (docs/FORMATS.md):
 
 - ``{"type": "image"}`` (or ``{"type": "image", "image": ref}``) becomes ``<image>\\n``;
 - ``{"type": "text", "text": s}`` becomes ``s``, as written;
-- ``{"type": "video"}`` is ``video_unsupported``; any other part ``bad_content_part``.
+- ``{"type": "video"}`` (or ``{"type": "video", "video": ref}``) becomes ``<video>\n``; any other part
+  ``bad_content_part``.
+
+The video comes from the part itself, or from the record's ``videos`` (or ``video``) list; a record holds at
+most one video (more is ``video_unsupported``) and it ends up as the record's ``video`` path.
 
 Images come from the record's ``images`` (or ``image``) list in part order, or from the parts
 themselves (``"image": ref``); both at once, or a text part holding a literal ``<image>`` beside image
@@ -18,14 +22,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from parsit_data.format import IMAGE_PLACEHOLDER
+from parsit_data.format import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
 from parsit_data.records import Reject
 from parsit_data.sources.raw import EmbeddedImage
 
 _PART_IMAGE_KEYS = ("image", "path", "url")
 
 
-def _parts_text(parts: list, t: int, refs: list) -> str:
+def _parts_text(parts: list, t: int, refs: list, vrefs: list) -> str:
     out: list[str] = []
     for p, part in enumerate(parts):
         if not isinstance(part, dict):
@@ -47,7 +51,9 @@ def _parts_text(parts: list, t: int, refs: list) -> str:
                 refs.append(ref)
             out.append(IMAGE_PLACEHOLDER + "\n")
         elif kind == "video":
-            raise Reject("video_unsupported", f"turn {t} part {p} is a video; video samples are not supported")
+            ref = next((part[k] for k in ("video", "path", "url") if part.get(k) is not None), None)
+            vrefs.append(ref)
+            out.append(VIDEO_PLACEHOLDER + "\n")
         else:
             raise Reject("bad_content_part", f"turn {t} part {p} has type {kind!r}: parts are text, image "
                                              "(or video)")
@@ -61,13 +67,16 @@ def normalize(value: dict) -> tuple[dict, list[EmbeddedImage | None]]:
     if isinstance(turns, list) and "conversations" not in value and \
             any(isinstance(t, dict) and isinstance(t.get("content"), list) for t in turns):
         refs: list = []
+        vrefs: list = []
         new_turns = []
         for t, turn in enumerate(turns):
             if isinstance(turn, dict) and isinstance(turn.get("content"), list):
-                turn = {**turn, "content": _parts_text(turn["content"], t, refs)}
+                turn = {**turn, "content": _parts_text(turn["content"], t, refs, vrefs)}
             new_turns.append(turn)
         value = {k: v for k, v in value.items() if k != "messages"}
         value["conversations"] = new_turns
+        if vrefs:
+            value = _video_of_parts(value, vrefs)
         if refs:
             given = value.get("images", value.get("image"))
             if given not in (None, []):
@@ -83,6 +92,22 @@ def normalize(value: dict) -> tuple[dict, list[EmbeddedImage | None]]:
         return ({**value, field: [x.where if isinstance(x, EmbeddedImage) else x for x in imgs]},
                 [x if isinstance(x, EmbeddedImage) else None for x in imgs])
     return value, []
+
+
+def _video_of_parts(value: dict, vrefs: list) -> dict:
+    """The record's one ``video`` path, from its video parts or its ``videos`` / ``video`` list."""
+    given = value.pop("videos", None) if "videos" in value else value.pop("video", None)
+    named = [r for r in vrefs if r is not None]
+    if named and given not in (None, []):
+        raise Reject("video_placeholder_mismatch", "videos are given both in the content parts and in the record's "
+                                                   "'videos': use one")
+    refs = named or ([given] if isinstance(given, str) else given if isinstance(given, list) else [])
+    if len(vrefs) > 1 or len(refs) > 1:
+        raise Reject("video_unsupported", f"the record has {max(len(vrefs), len(refs))} videos; a record holds at most "
+                                          "one (LLaVA-OneVision's training data has one)")
+    if len(refs) != len(vrefs) or (named and len(named) != len(vrefs)):
+        raise Reject("video_placeholder_mismatch", f"{len(vrefs)} video part(s) but {len(refs)} video(s) named")
+    return {**value, "video": refs[0]}
 
 
 def with_embedded(paths: list[str], embedded: list[EmbeddedImage | None]) -> list[Any]:

@@ -25,7 +25,9 @@ What is left out, and why:
   report's ``image_crops`` distributions and ``top_images``, and the report page's "Images" and
   "Tokenizer and vision" sections (which show them);
 - the report page's "Sources" table, to which issue 23 added each source's format (its numbers are in
-  ``report.json``, which is still compared whole).
+  ``report.json``, which is still compared whole);
+- what issue 20 (video, format version 3) added: the shards' video columns (each batch is hashed without
+  them, so the other columns must be byte-identical) and the manifest's ``video`` entry.
 """
 
 from __future__ import annotations
@@ -43,10 +45,16 @@ def _h(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+#: The columns issue 20 appended (format version 3), left out of the digest.
+_VIDEO_COLUMNS = ("video_path", "video_frames", "video_frame_indices", "video_frame_times", "video_info",
+                  "num_video_tokens")
+
+
 def shard_digest(path: Path) -> dict:
     reader = pa.ipc.open_stream(pa.memory_map(str(path)))
-    batches = [_h(b.serialize().to_pybytes()) for b in reader]
-    schema = reader.schema.remove_metadata()
+    keep = [n for n in reader.schema.names if n not in _VIDEO_COLUMNS]
+    batches = [_h(b.select(keep).serialize().to_pybytes()) for b in reader]
+    schema = pa.schema([reader.schema.field(n) for n in keep])
     return {"schema": _h(schema.serialize().to_pybytes()), "batches": batches}
 
 
@@ -74,6 +82,7 @@ def _json_norm(data):
     _drop_issue24(data)
     data.pop("format_version", None)
     data.pop("timing", None)
+    data.pop("video", None)  # issue 20
     tok = data.get("tokenizer")
     if isinstance(tok, dict):
         tok.pop("path", None)

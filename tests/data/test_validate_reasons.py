@@ -20,6 +20,7 @@ from parsit_data.tokenizer import load_tokenizer
 from parsit_data.validate import ValidationOptions, control_tokens_of
 
 from validate_helpers import conv, png_header_only, quarantine_lines, run_build, save_image, write_jsonl
+from vision_support import OV_SIGLIP, llava_onevision_processor, save_processor
 
 LONG = " ".join(f"word{i}" for i in range(3000))  # far over the --max-length used below
 
@@ -43,7 +44,15 @@ CASES: dict[str, list] = {
     "image_unreadable": [conv(user="<image>\nTitle?", image="zero.png")],
     "image_too_large": [conv(user="<image>\nTitle?", image="bomb.png")],
     "image_too_small": [conv(user="<image>\nTitle?", image="tiny.png")],
+    # no --processor: the build has no video rule (the video cases below build with a OneVision processor)
     "video_unsupported": [{"video": "clip.mp4", **conv(user="<video>\nWhat happens?")}],
+    "video_placeholder_mismatch": [{"video": "ok.mp4", **conv(user="What happens?")}],
+    "video_missing": [{"video": "nowhere.mp4", **conv(user="<image>\nWhat happens?")}],
+    "video_outside_root": [{"video": "../outside/clip.mp4", **conv(user="<image>\nWhat happens?")}],
+    "video_unreadable": [{"video": "zero.mp4", **conv(user="<image>\nWhat happens?")}],
+    "video_too_long": [{"video": "long.mkv", **conv(user="<image>\nWhat happens?")}],
+    "video_too_large": [{"video": "8k.mkv", **conv(user="<image>\nWhat happens?")}],
+    "video_timeout": [{"video": "slow.avi", **conv(user="<image>\nWhat happens?")}],
     "special_token_in_text": [conv(user="Say <|im_end|> please")],
     "overlong": [conv(reply=LONG)],
     "duplicate_id": [conv(id="dup"), conv(user="Again?", id="dup")],
@@ -77,8 +86,14 @@ EVAL_ITEMS = [{"id": "bench-7", "question": "In the 2019 annual report, which re
 OWN_OPTIONS: dict[str, dict] = {"template_mismatch": {"template": "plain"}, "tokenizer_error": {},
                                 "near_duplicate": {"near_duplicates": "quarantine"},
                                 "eval_contamination": {"contamination": "quarantine", "eval_set": ["EVAL"]}}
-#: Codes only a build can see (validate needs no tokenizer for them, nor the global pass).
-BUILD_ONLY = {"overlong", "tokenizer_error", "near_duplicate", "eval_contamination"}
+#: The clips' own faults: one build with a OneVision processor (the decoder sees them); video_timeout a
+#: build of its own with a time limit that no decode of its clip meets.
+VIDEO_BUILD = {"video_missing", "video_outside_root", "video_unreadable", "video_too_long", "video_too_large"}
+OWN_OPTIONS["video_timeout"] = {"processor": "OV", "video_timeout_s": 0.05, "video_frames": 600}
+#: Codes only a build can see (validate needs no tokenizer for them, nor the global pass; it decodes no video
+#: and knows no processor's video rule).
+BUILD_ONLY = {"overlong", "tokenizer_error", "near_duplicate", "eval_contamination", "video_unsupported",
+              "video_timeout"} | VIDEO_BUILD
 READER_CHECK_OFF = {"tokenizer_error"}
 MAX_LENGTH = 512
 MIN_SIDE = 16
@@ -95,13 +110,21 @@ def cases(tmp_path_factory) -> tuple[Path, dict]:
     save_image(tmp / "outside" / "secret.png")
     inputs = {code: write_jsonl(tmp / "in" / f"{code}.jsonl", lines) for code, lines in CASES.items()}
     common = dict(image_root=str(root), max_length=MAX_LENGTH, min_image_side=MIN_SIDE)
-    shared = [p for code, p in inputs.items() if code not in OWN_OPTIONS]
+    shared = [p for code, p in inputs.items() if code not in OWN_OPTIONS and code not in VIDEO_BUILD]
     results = {}
     manifest = run_build(shared, tmp / "out", **common)
     for code in CASES:
         results[code] = (tmp / "out", manifest)
+    ov = str(save_processor(llava_onevision_processor(**OV_SIGLIP), tmp / "ov"))
+    videos = _hostile_videos(root, tmp)
+    vcommon = dict(common, max_length=None, video_root=str(videos), video_frames=2)
+    vbuild = run_build([inputs[c] for c in sorted(VIDEO_BUILD)], tmp / "out-video", **vcommon, processor=ov)
+    results |= {code: (tmp / "out-video", vbuild) for code in VIDEO_BUILD}
     for code, opts in OWN_OPTIONS.items():
         out = tmp / f"out-{code}"
+        if opts.get("processor") == "OV":
+            results[code] = (out, run_build([inputs[code]], out, **dict(vcommon, **dict(opts, processor=ov))))
+            continue
         with pytest.MonkeyPatch.context() as mp:
             if code in READER_CHECK_OFF:
                 mp.setattr(sources, "_lone_surrogate_at", lambda value: None)
@@ -109,6 +132,24 @@ def cases(tmp_path_factory) -> tuple[Path, dict]:
                 opts = dict(opts, eval_set=[str(write_jsonl(tmp / "eval.jsonl", EVAL_ITEMS))])
             results[code] = (out, run_build([inputs[code]], out, **common, **opts))
     return results
+
+
+def _hostile_videos(image_root: Path, tmp: Path) -> Path:
+    from fractions import Fraction
+
+    from video_support import make_clip
+
+    videos = tmp / "videos"
+    videos.mkdir()
+    make_clip(image_root / "ok.mp4", 3)  # (the shared build's placeholder case names it under the image root)
+    (videos / "zero.mp4").write_bytes(b"")
+    (tmp / "outside").mkdir(exist_ok=True)
+    make_clip(tmp / "outside" / "clip.mp4", 3)
+    # 2 frames 2 hours apart: over the default 1-hour limit, read from the container without decoding
+    make_clip(videos / "long.mkv", 2, codec="ffv1", size=(32, 32), pts=[0, 2 * 3600 * 1000], time_base=Fraction(1, 1000))
+    make_clip(videos / "8k.mkv", 1, codec="mjpeg", size=(7680, 4320), pix_fmt="yuvj420p")
+    make_clip(videos / "slow.avi", 600, codec="mpeg4", size=(320, 240))
+    return videos
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +207,8 @@ def test_reason_code_has_a_triggering_record(code, cases, validated):
     if code == "eval_contamination":
         assert "'eval'" in q["detail"] and "'bench-7'" in q["detail"]  # names the eval set and the item
         return  # validate never tokenizes; with the reader's check on, this record is invalid_unicode there
+    if code.startswith("video_") and code in BUILD_ONLY:
+        return  # validate decodes no clip and knows no processor's video rule
     result, vlines = validated[code]
     v = result.stats.sources[code]
     if code == "overlong":

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from parsit_data.video import (VIDEO_REASONS, Reject, VideoDecoder, VideoOptions, decode_video,
+from parsit_data.records import Reject
+from parsit_data.video import (VIDEO_REASONS, VideoDecoder, VideoOptions, decode_video,
                                onevision_video_tokens, sample_indices)
 from video_support import make_audio_only, make_clip, read_index
 
@@ -87,7 +88,7 @@ def test_the_sampled_frames_are_the_frames_stored(tmp_path, name, codec, n, size
     assert stored_indices(video) == want  # read back from the JPEG pixels
     assert [f.time_s for f in video.frames] == pytest.approx([i / 25 for i in want], abs=1e-3)
     assert (video.width, video.height) == size and video.avg_fps == pytest.approx(25.0)
-    assert all((f.width, f.height) == size for f in video.frames)  # under max_side: kept at its size
+    assert all((f.width, f.height) == size for f in video.frames)  # no size given: kept at its own
 
 
 def test_frames_are_stored_at_most_max_side(tmp_path):
@@ -185,7 +186,7 @@ def test_a_decode_over_the_time_limit_is_stopped_and_the_next_clip_decodes(tmp_p
 
 def test_the_decoder_s_memory_is_capped(tmp_path):
     make_clip(tmp_path / "8k.mkv", 1, codec="mjpeg", size=(7680, 4320), pix_fmt="yuvj420p")  # ~150 MB decoded
-    opts = VideoOptions(root=tmp_path, frames=1, max_pixels=7680 * 4320, timeout_s=60)
+    opts = VideoOptions(root=tmp_path, frames=1, max_pixels=7680 * 4320, timeout_s=60, max_side=384)
     with VideoDecoder(VideoOptions(**{**opts.__dict__, "memory_limit_bytes": 48 << 20})) as dec:
         rej = reject_of(dec, "8k.mkv")
         assert rej.reason == "video_unreadable" and "MiB" in rej.detail
@@ -234,3 +235,10 @@ def test_fuzzed_clips_end_in_frames_or_a_reason_never_a_traceback_or_a_hang(tmp_
     assert set(outcomes.values()) <= set(VIDEO_REASONS) | {"decoded"}
     assert "video_unreadable" in outcomes.values()  # the fuzz did break some clips
     assert elapsed < 120
+
+
+def test_frames_are_squashed_to_the_processor_size_when_given(tmp_path):
+    make_clip(tmp_path / "wide.mp4", 4, size=(320, 96))
+    video = decode_video(str(tmp_path / "wide.mp4"), "wide.mp4", VideoOptions(root=tmp_path, frames=4, size=(64, 48)))
+    assert [(f.width, f.height) for f in video.frames] == [(48, 64)] * 4  # (height, width) = (64, 48)
+    assert stored_indices(video) == [0, 1, 2, 3]

@@ -1,0 +1,188 @@
+"""Video records through the build: every spelling, the sampled frames in the shard, exact token counts.
+
+Clips are made here (video_support.py: each frame carries its index in its pixels), the processor folder
+is a real LlavaOnevisionProcessor's (vision_support.py); the counts are checked against transformers'
+``_get_num_multimodal_tokens(video_sizes=...)``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from parsit_data.build import build
+from parsit_data.config import BuildConfig
+from parsit_data.format import (IGNORE_INDEX, SHARD_SCHEMA, VIDEO_COLUMNS, VIDEO_TOKEN_INDEX, load_manifest,
+                                read_shard)
+from parsit_data.video import onevision_video_tokens, sample_indices
+from video_support import make_clip, read_index
+from vision_support import OV_SIGLIP, llava_next_processor, llava_onevision_processor, save_processor, NEXT_CLIP
+
+pytest.importorskip("av")
+
+
+@pytest.fixture(scope="module")
+def ov_proc():
+    return llava_onevision_processor(**OV_SIGLIP)
+
+
+@pytest.fixture(scope="module")
+def ov_dir(tmp_path_factory, ov_proc) -> Path:
+    return save_processor(ov_proc, tmp_path_factory.mktemp("ov") / "proc")
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("clips")
+    make_clip(root / "a.mp4", 40, size=(160, 96))
+    make_clip(root / "b.webm", 5, codec="libvpx-vp9", size=(98, 66))
+    make_clip(root / "c.avi", 305, codec="mpeg4", size=(64, 48))
+    Image.new("RGB", (64, 64), "blue").save(root / "img.png")
+    return root
+
+
+def _build(tmp_path: Path, records: list[dict], root: Path, **kw):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    src = tmp_path / "data.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    out = tmp_path / "out"
+    m = build(BuildConfig(inputs=[str(src)], out=str(out), image_root=str(root), near_duplicates="off", **kw))
+    rows = [r for s in m.shards for r in read_shard(out / s.path).to_pylist()]
+    q = [json.loads(x) for x in (out / "quarantine.jsonl").read_text().splitlines()]
+    return m, rows, q
+
+
+def _conv(text="<image>\nWhat happens?"):
+    return [{"from": "human", "value": text}, {"from": "gpt", "value": "A counter goes up."}]
+
+
+def stored(row) -> list[int]:
+    return [read_index(np.asarray(Image.open(io.BytesIO(f)).convert("RGB"))) for f in row["video_frames"]]
+
+
+def test_every_spelling_builds_a_row_with_the_sampled_frames_and_exact_tokens(tmp_path, ov_dir, ov_proc, clips):
+    records = [
+        {"id": "llava", "video": "a.mp4", "conversations": _conv()},  # LLaVA-Video: <image> for the video
+        {"id": "hf", "video": "b.webm", "conversations": _conv("<video>\nWhat happens?")},
+        {"id": "parts", "videos": ["c.avi"], "messages": [
+            {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens?"}]},
+            {"role": "assistant", "content": "A counter goes up."}]},
+        {"id": "part_ref", "messages": [
+            {"role": "user", "content": [{"type": "video", "video": "a.mp4"}, {"type": "text", "text": "Why?"}]},
+            {"role": "assistant", "content": "Because."}]},
+        {"id": "both", "image": "img.png", "video": "a.mp4",
+         "conversations": _conv("<image>\n<video>\nCompare.")},
+        {"id": "text", "conversations": _conv("Just text.")},
+    ]
+    m, rows, q = _build(tmp_path, records, clips, processor=str(ov_dir), video_frames=8)
+    assert q == []
+    by = {r["sample_id"]: r for r in rows}
+    totals = {"llava": 40, "hf": 5, "parts": 305, "part_ref": 40, "both": 40}
+    ref = ov_proc._get_num_multimodal_tokens(video_sizes=[(n, 384, 384) for n in (8, 5)])["num_video_tokens"]
+    assert ref == [8 * 196 + 1, 5 * 196 + 1]
+    for sid, total in totals.items():
+        r = by[sid]
+        want = sample_indices(total, 25.0, 8)
+        assert r["video_frame_indices"] == want
+        assert stored(r) == want  # the pixels say which frames they are
+        assert r["video_frame_times"] == pytest.approx([i / 25 for i in want], abs=1e-3)
+        assert r["num_video_tokens"] == onevision_video_tokens(len(want), 729) == len(want) * 196 + 1
+        assert r["input_ids"].count(VIDEO_TOKEN_INDEX) == 1
+        assert r["labels"][r["input_ids"].index(VIDEO_TOKEN_INDEX)] == IGNORE_INDEX
+        n_img = r["input_ids"].count(-200)
+        assert r["length"] == len(r["input_ids"]) - n_img - 1 + sum(r["num_image_tokens"]) + r["num_video_tokens"]
+        assert r["video_info"]["frames"] == total and r["video_info"]["fps"] == pytest.approx(25.0)
+        assert all(Image.open(io.BytesIO(f)).size == (384, 384) for f in r["video_frames"])
+    assert by["hf"]["num_video_tokens"] == ref[1] and by["llava"]["num_video_tokens"] == ref[0]
+    assert by["both"]["num_image_tokens"] and by["both"]["images"]
+    assert by["llava"]["video_path"] == "a.mp4" and by["llava"]["video_info"]["width"] == 160
+    t = by["text"]
+    assert (t["video_path"], t["video_frames"], t["video_info"], t["num_video_tokens"]) == (None, [], None, 0)
+    assert m.format_version == 3 and m.video is not None
+    assert m.video.size == {"height": 384, "width": 384} and m.video.frames == 8 and m.video.tokens_per_frame == 196
+    assert m.video.video_processor_source == "class defaults"
+    assert m.video.image_mean == pytest.approx([0.48145466, 0.4578275, 0.40821073])
+    assert load_manifest(tmp_path / "out").video == m.video
+
+
+def test_without_a_video_capable_processor_video_records_are_quarantined_saying_so(tmp_path, clips):
+    next_dir = save_processor(llava_next_processor(**NEXT_CLIP), tmp_path / "next")
+    records = [{"id": "v", "video": "a.mp4", "conversations": _conv()}, {"id": "t", "conversations": _conv("Hi.")}]
+    for kw in ({}, {"processor": str(next_dir)}):
+        m, rows, q = _build(tmp_path / str(len(kw)), records, clips, **kw)
+        assert [r["sample_id"] for r in rows] == ["t"] and m.video is None
+        assert [x["reason"] for x in q] == ["video_unsupported"] and "--processor" in q[0]["detail"]
+
+
+def test_max_length_counts_the_video_and_never_cuts_it(tmp_path, ov_dir, clips):
+    long = {"id": "v", "video": "a.mp4", "conversations": _conv() + [
+        {"from": "human", "value": "More?"}, {"from": "gpt", "value": "No."}]}
+    m, rows, q = _build(tmp_path / "drop", [long], clips, processor=str(ov_dir), video_frames=4, max_length=4 * 196)
+    assert rows == [] and [x["reason"] for x in q] == ["overlong"]
+    m, rows, q = _build(tmp_path / "fit", [long], clips, processor=str(ov_dir), video_frames=4, max_length=4 * 196 + 60)
+    assert q == [] and rows[0]["length"] <= 4 * 196 + 60 and rows[0]["num_video_tokens"] == 4 * 196 + 1
+
+
+def test_video_placeholder_mismatches_are_quarantined(tmp_path, ov_dir, clips):
+    records = [
+        {"id": "none", "video": "a.mp4", "conversations": _conv("No placeholder.")},
+        {"id": "two", "video": "a.mp4", "conversations": _conv("<video><video>Two.")},
+        {"id": "stray", "conversations": _conv("<video>\nNo video.")},
+        {"id": "two_videos", "videos": ["a.mp4", "b.webm"], "messages": [
+            {"role": "user", "content": [{"type": "video"}, {"type": "video"}]},
+            {"role": "assistant", "content": "x"}]},
+    ]
+    m, rows, q = _build(tmp_path, records, clips, processor=str(ov_dir), video_frames=4)
+    assert rows == []
+    assert {x["sample_id"]: x["reason"] for x in q} == {
+        "none": "video_placeholder_mismatch", "two": "video_placeholder_mismatch",
+        "stray": "video_placeholder_mismatch", "two_videos": "video_unsupported"}
+
+
+def test_a_format_2_shard_reads_as_rows_without_video(demo_build, tmp_path):
+    from parsit_data.format import map_shard
+
+    old_fields = [f for f in SHARD_SCHEMA if f.name not in VIDEO_COLUMNS]
+    table = map_shard(next((demo_build / "shards").glob("*.arrow"))).table().select([f.name for f in old_fields])
+    old = pa.schema(old_fields, metadata={b"parsit.format_version": b"2"})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, old) as w:
+        w.write_table(table.cast(old))
+    (tmp_path / "v2.arrow").write_bytes(sink.getvalue().to_pybytes())
+    got = read_shard(tmp_path / "v2.arrow")
+    assert got.schema.names == SHARD_SCHEMA.names and got.num_rows == table.num_rows
+    row = got.slice(0, 1).to_pylist()[0]
+    assert (row["video_path"], row["video_frames"], row["video_frame_indices"], row["video_info"],
+            row["num_video_tokens"]) == (None, [], [], None, 0)
+    assert got.select(table.column_names).equals(table)
+
+
+def test_parquet_with_a_video_path_column_and_the_cli_flags(tmp_path, ov_dir, clips):
+    import pyarrow.parquet as pq
+
+    from parsit_data.cli.main import main
+
+    table = pa.table({"id": ["p0", "p1"], "video": ["a.mp4", "c.avi"],
+                      "conversations": [_conv(), _conv("<video>\nAnd now?")]})
+    pq.write_table(table, tmp_path / "data.parquet")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        main(["build", str(tmp_path / "data.parquet"), "--out", str(out), "--processor", str(ov_dir),
+              "--video-root", str(clips), "--video-frames", "16", "--video-fps", "2", "--video-max-side", "100",
+              "--near-duplicates", "off", "--quiet"])
+    assert exc.value.code in (0, None)
+    m = load_manifest(out)
+    rows = [r for s in m.shards for r in read_shard(out / s.path).to_pylist()]
+    assert [r["sample_id"] for r in rows] == ["p0", "p1"]
+    # 2 fps of a 25 fps clip: every 12th frame (40 frames -> 0,12,24,36); 305 frames give 26 > 16: 16 uniform
+    assert rows[0]["video_frame_indices"] == [0, 12, 24, 36] and stored(rows[0]) == [0, 12, 24, 36]
+    assert rows[1]["video_frame_indices"] == sample_indices(305, 25.0, 16)
+    assert Image.open(io.BytesIO(rows[0]["video_frames"][0])).size == (100, 60)  # 160x96 at max side 100
+    assert rows[1]["num_video_tokens"] == 16 * 196 + 1
+    assert (m.video.frames, m.video.fps, m.video.max_side) == (16, 2.0, 100)
