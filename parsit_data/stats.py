@@ -416,8 +416,9 @@ class PartitionStats:
             sup = cols["supervised_tokens"][i]
             digests[i] = content_digest(ids, cols["images"][i] + (frames[i] if frames else []))
             if tokenizer is not None:
-                # Prefer a row with an image, then one with several rounds, then any supervised one.
-                score = 4 * bool(cols["images"][i]) + 2 * (cols["num_turns"][i] >= 4) + bool(sup)
+                # Prefer a row with an image (or a video), then one with several rounds, then any supervised one.
+                visual = bool(cols["images"][i]) or bool(frames and frames[i])
+                score = 4 * visual + 2 * (cols["num_turns"][i] >= 4) + bool(sup)
                 if d.example is None or score > d.example["score"]:
                     d.example = {"sample_id": cols["sample_id"][i], "score": score,
                                  "images": len(cols["images"][i]), "length": cols["length"][i],

@@ -12,7 +12,7 @@ from rich.text import Text
 
 console = Console()
 
-STYLES = {"supervised": "bold black on green", "text": "", "image": "bold magenta"}
+STYLES = {"supervised": "bold black on green", "text": "", "image": "bold magenta", "video": "bold magenta"}
 
 
 def inspect_command(
@@ -57,6 +57,9 @@ def inspect_command(
     legend.append("supervised", STYLES["supervised"])
     legend.append("  not supervised  ")
     legend.append("<image k: N visual tokens>", STYLES["image"])
+    if vid is not None:
+        legend.append("  ")
+        legend.append("<video: F frames, N visual tokens>", STYLES["video"])
     console.print(legend)
     console.rule()
     body = Text()
@@ -65,12 +68,14 @@ def inspect_command(
     console.print(body, highlight=False, markup=False)
     console.rule()
     if ids:
+        from parsit_data.format import IMAGE_TOKEN_INDEX, VIDEO_TOKEN_INDEX
         from parsit_data.tokenizer import load_tokenizer
 
         tok = load_tokenizer(tokenizer or view.tokenizer_path)
         t = Table("pos", "id", "label", "token")
         for k, (x, y) in enumerate(zip(view.input_ids, view.labels)):
-            token = "<image>" if x == -200 else repr(tok.decode([x], skip_special_tokens=False))
+            token = ("<image>" if x == IMAGE_TOKEN_INDEX else "<video>" if x == VIDEO_TOKEN_INDEX else
+                     repr(tok.decode([x], skip_special_tokens=False)))
             t.add_row(str(k), str(x), str(y), token, style="green" if y != -100 else None)
         console.print(t)
 

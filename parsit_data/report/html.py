@@ -130,7 +130,8 @@ def _spans_html(spans) -> str:
     parts = []
     for s in spans:
         text, sup = (s.text, s.supervised) if hasattr(s, "text") else (s.get("text", ""), s.get("supervised"))
-        t = escape(text).replace("&lt;image&gt;", '<span class="img">&lt;image&gt;</span>')
+        t = escape(text).replace("&lt;image&gt;", '<span class="img">&lt;image&gt;</span>').replace(
+            "&lt;video&gt;", '<span class="img">&lt;video&gt;</span>')
         parts.append(f'<span class="sup">{t}</span>' if sup else t)
     return '<pre class="example">' + "".join(parts) + "</pre>"
 

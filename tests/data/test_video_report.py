@@ -66,3 +66,116 @@ def test_video_statistics_merge_to_the_whole_and_stay_out_of_builds_without_vide
     plain.observe_partition(0, "s", _video_cols([None, None]), [])
     assert "video_hists" not in plain.dists["s"].to_json() and not SourceDists.from_json(
         plain.dists["s"].to_json()).video_hists
+
+
+# -- a real build ------------------------------------------------------------------------------------
+
+import math  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import jsonschema  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from parsit_data.build import build  # noqa: E402
+from parsit_data.config import BuildConfig  # noqa: E402
+from parsit_data.format import read_shard  # noqa: E402
+from parsit_data.report.model import report_json_schema  # noqa: E402
+
+FRAMES = 8  # --video-frames
+#: name -> (frames, fps, (width, height), codec): a short clip keeps all its frames.
+CLIPS = {"a.mp4": (40, 25, (160, 96), "libx264"), "b.mp4": (5, 10, (98, 66), "libx264"),
+         "c.avi": (120, 30, (64, 48), "mpeg4")}
+PER_FRAME = math.ceil(27 / 2) ** 2  # SigLIP-384/14: 27x27 patches, pooled 2x2 -> 14x14 per frame
+
+
+def _conv(q: str) -> list[dict]:
+    return [{"from": "human", "value": q}, {"from": "gpt", "value": "A counter goes up."}]
+
+
+@pytest.fixture(scope="module")
+def video_build(tmp_path_factory) -> Path:
+    """Three clips kept, one missing and one that is not a video refused, one text row."""
+    pytest.importorskip("av")
+    from video_support import make_clip
+    from vision_support import OV_SIGLIP, llava_onevision_processor, save_processor
+
+    root = tmp_path_factory.mktemp("video-report")
+    clips = root / "clips"
+    clips.mkdir()
+    for name, (n, fps, size, codec) in CLIPS.items():
+        make_clip(clips / name, n, size=size, fps=fps, codec=codec)
+    (clips / "notes.mp4").write_text("these are not video bytes\n" * 20)
+    records = [{"id": f"v-{name}", "video": name, "conversations": _conv("<image>\nWhat happens?")} for name in CLIPS]
+    records += [{"id": "gone", "video": "gone.mp4", "conversations": _conv("<video>\nWhat happens?")},
+                {"id": "fake", "video": "notes.mp4", "conversations": _conv("<video>\nWhat happens?")},
+                {"id": "text", "conversations": _conv("Say hi.")}]
+    src = root / "data.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = root / "out"
+    proc = save_processor(llava_onevision_processor(**OV_SIGLIP), root / "ov")
+    build(BuildConfig(inputs=[str(src)], out=str(out), processor=str(proc), video_root=str(clips),
+                      video_frames=FRAMES, near_duplicates="off"))
+    return out
+
+
+def test_report_has_the_videos_kept_and_refused(video_build):
+    rep = json.loads((video_build / "report.json").read_text())
+    jsonschema.validate(rep, report_json_schema())
+    rows = [r for p in sorted((video_build / "shards").iterdir()) for r in read_shard(p).to_pylist()]
+    vids = [r for r in rows if r["video_path"]]
+    sampled = {name: min(FRAMES, n) for name, (n, *_) in CLIPS.items()}
+    v = rep["video"]
+    assert v["rows"] == 3 and v["frames"] == sum(sampled.values()) == 21
+    assert v["tokens"] == sum(s * PER_FRAME + 1 for s in sampled.values())
+    assert v["rejected_by_reason"] == {"video_missing": 1, "video_unreadable": 1} and v["rejected"] == 2
+    assert v["sampling"]["frames"] == FRAMES and len(v["sizes"]) == 3
+    # Each distribution against the shards read back (an independent path) and the clips as made.
+    o = rep["overall"]
+    info = {r["video_path"]: r["video_info"] for r in vids}
+    for name, (n, fps, (w, h), _) in CLIPS.items():
+        assert info[name]["frames"] == n and (info[name]["width"], info[name]["height"]) == (w, h)
+        assert info[name]["duration_s"] == pytest.approx(n / fps, abs=0.11) and info[name]["fps"] == pytest.approx(fps)
+    for metric, values in {
+        "video_duration_ms": [round(i["duration_s"] * 1000) for i in info.values()],
+        "video_fps_centi": [round(i["fps"] * 100) for i in info.values()],
+        "video_width": [i["width"] for i in info.values()], "video_height": [i["height"] for i in info.values()],
+        "video_source_frames": [i["frames"] for i in info.values()],
+        "video_frames": [len(r["video_frame_indices"]) for r in vids],
+        "video_tokens": [r["num_video_tokens"] for r in vids],
+    }.items():
+        q = o[metric]["quantiles"]
+        assert (q["n"], q["min"], q["max"]) == (3, min(values), max(values)), metric
+        assert q["mean"] == pytest.approx(np.mean(values), rel=1e-4) and o[metric]["unit"] == "video"
+    assert {b["lo"]: b["count"] for b in o["video_frames"]["bins"]} == {5: 1, 8: 2}
+    assert rep["sources"][0]["distributions"]["video_tokens"]["quantiles"]["n"] == 3
+    html = (video_build / "report.html").read_text()
+    assert '<a href="#videos">Videos</a>' in html and '<section id="videos"><h2>Videos</h2>' in html
+    section = html[html.index('<section id="videos">'):html.index("</section>", html.index('<section id="videos">'))]
+    assert "video_missing" in section and "a video file does not exist under the video root" in section
+    assert "source clip duration (s)" in section and "frames sampled per clip" in section
+    assert section.count("<img ") == 7  # duration, frame rate, sizes, source frames, sampled, tokens, refusals
+
+
+def test_inspect_shows_the_sampled_frames_of_a_video_row(video_build, capsys):
+    from parsit_data.cli.main import main
+    from parsit_data.rowview import load_row
+
+    n, fps, (w, h), _ = CLIPS["a.mp4"]
+    want = np.linspace(0, n - 1, FRAMES, dtype=int).tolist()  # LLaVA-NeXT's uniform rule
+    view = load_row(video_build, sample_id="v-a.mp4")
+    assert [i for i, _ in view.video["frames"]] == want
+    assert [t for _, t in view.video["frames"]] == pytest.approx([i / fps for i in want], abs=1e-3)
+    assert view.video["stored"] == (384, 384) and view.video["tokens"] == FRAMES * PER_FRAME + 1
+    assert [p.kind for p in view.pieces].count("video") == 1
+    with pytest.raises(SystemExit) as exc:
+        main(["inspect", str(video_build), "--id", "v-a.mp4", "--ids"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert f"a.mp4 {w}x{h}, {n / fps:.2f} s at {fps} frames/s, {n} frames; {FRAMES} sampled, stored at 384x384, " \
+           f"{FRAMES * PER_FRAME + 1} video tokens" in text
+    assert " ".join(f"#{i} {i / fps:.2f}s" for i in want) in text
+    assert f"<video: {FRAMES} frames, {FRAMES * PER_FRAME + 1} visual tokens>" in text
+    assert f"+ 0 image + {FRAMES * PER_FRAME + 1} video tokens" in text and "'<video>'" not in text
+    # A row without video shows no video lines.
+    assert load_row(video_build, sample_id="text").video is None
