@@ -179,3 +179,22 @@ def test_inspect_shows_the_sampled_frames_of_a_video_row(video_build, capsys):
     assert f"+ 0 image + {FRAMES * PER_FRAME + 1} video tokens" in text and "'<video>'" not in text
     # A row without video shows no video lines.
     assert load_row(video_build, sample_id="text").video is None
+
+
+@pytest.mark.timeout(300)
+def test_video_report_renders_in_a_browser(video_build, tmp_path):
+    from parsit_data.report.html import sections
+    from test_report_browser import PROBE, _Dom, run_chromium
+
+    html = (video_build / "report.html").read_text()
+    probed = tmp_path / "probed.html"
+    probed.write_text(html.replace("</body>", PROBE + "</body>"))
+    dom = _Dom()
+    dom.feed(run_chromium("--virtual-time-budget=15000", "--dump-dom", probed.as_uri()).stdout)
+    assert dom.body.get("data-probed") == "yes"
+    assert dom.h2 == [title for _, title in sections(False, video=True)] and "Videos" in dom.h2
+    videos = [img for img in dom.imgs if img.get("alt") in ("video sizes", "videos refused by reason")
+              or img.get("alt", "").startswith(("source clip", "source frame", "frames ", "video tokens"))]
+    assert len(videos) == 7
+    for img in videos:  # each video plot decodes and is laid out at a visible size
+        assert int(img["data-nw"]) > 100 and int(img["data-nh"]) > 50 and int(img["data-cw"]) > 100, img.get("alt")
