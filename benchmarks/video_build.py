@@ -20,7 +20,7 @@ and one LLaVA-style record per clip (``"video"`` + ``<image>``), measured in one
   the loader with the faster of the two full baselines.
 
 Every loader runs in the same ``DataLoader`` settings (workers, batch size, prefetch); each number is
-the median of ``--repeats`` runs. Defaults take about 1.5 minutes on 2 shared cores::
+the median of ``--repeats`` runs. Defaults take 1 to 3 minutes on 2 shared cores, depending on their load::
 
     python benchmarks/video_build.py [--frames 32] [--repeats 3] [--workers 1]
 

@@ -155,6 +155,12 @@ def test_report_has_the_videos_kept_and_refused(video_build):
     assert "video_missing" in section and "a video file does not exist under the video root" in section
     assert "source clip duration (s)" in section and "frames sampled per clip" in section
     assert section.count("<img ") == 7  # duration, frame rate, sizes, source frames, sampled, tokens, refusals
+    # `parsit-data report` redraws it from the part files alone: the same bytes.
+    from parsit_data.report import regenerate
+
+    before = (video_build / "report.json").read_bytes(), html
+    regenerate(video_build)
+    assert ((video_build / "report.json").read_bytes(), (video_build / "report.html").read_text()) == before
 
 
 def test_inspect_shows_the_sampled_frames_of_a_video_row(video_build, capsys):
