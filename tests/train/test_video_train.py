@@ -76,6 +76,18 @@ def test_video_rows_reach_the_logits_and_train_the_vision_side(video_build, tmp_
         assert forward_loss(model, moved, "cpu", torch.float32).item() != pytest.approx(loss.item(), rel=1e-6)
 
 
+@pytest.mark.timeout(120)
+def test_loader_video_throughput_counts_every_video_row_of_an_epoch(video_build):
+    """The benchmark's loader measure (parsit_train.data.video_throughput) over one epoch: every video row's
+    frames reached a batch (9 videos, 3 of them the 3-frame clip), nothing else counted as video."""
+    from parsit_train.data.video_throughput import loader_video_throughput
+
+    r = loader_video_throughput(video_build, "qwen3", batch_size=4, num_workers=0, warmup_batches=0)
+    assert r["samples"] == 20 and r["video_samples"] == 9
+    assert r["frames"] == 3 * 3 + 6 * VIDEO_FRAMES
+    assert r["video_samples_per_s"] > 0 and r["seconds"] > 0
+
+
 def _run_cfg(build: Path, out: Path, zero: int, **over) -> dict:
     return family_config(build, out, lm=QWEN2,
                          data={"builds": [str(build)], "pack_length": 120, "max_images_per_pack": 6},
