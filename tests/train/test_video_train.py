@@ -76,6 +76,19 @@ def test_video_rows_reach_the_logits_and_train_the_vision_side(video_build, tmp_
         assert forward_loss(model, moved, "cpu", torch.float32).item() != pytest.approx(loss.item(), rel=1e-6)
 
 
+def test_video_tokens_count_as_vision_work_for_rank_balance(video_build, tmp_path):
+    """The packer balances the vision tower's work across ranks by ``visual_tokens``: a video row's tokens
+    count there as an image's do (the build's length already holds them)."""
+    from parsit_train.data.dataset import ShardDataset
+
+    ds = ShardDataset(video_build, "qwen3")
+    work = ds.visual_tokens()
+    for i in range(len(ds)):
+        item = ds[i]
+        assert work[i] == sum(item["num_image_tokens"]) + item["num_video_tokens"], item["sample_id"]
+    assert sum(ds[i]["num_video_tokens"] > 0 for i in range(len(ds))) == 9
+
+
 @pytest.mark.timeout(120)
 def test_loader_video_throughput_counts_every_video_row_of_an_epoch(video_build):
     """The benchmark's loader measure (parsit_train.data.video_throughput) over one epoch: every video row's
