@@ -101,6 +101,18 @@ def test_loader_video_throughput_counts_every_video_row_of_an_epoch(video_build)
     assert r["video_samples_per_s"] > 0 and r["seconds"] > 0
 
 
+@pytest.mark.timeout(120)
+def test_a_model_whose_video_token_is_not_the_builds_is_refused(video_build, tmp_path):
+    from parsit_data.errors import ParsitError
+    from parsit_train.video_model import configure_video
+
+    model, loader = _model_and_loader(video_build, tmp_path)
+    assert loader.collator.video_processor.video_token_id == VIDEO_ID  # <|video_pad|> in the run's tokenizer
+    model.config.video_token_id = 151647
+    with pytest.raises(ParsitError, match="set model.video_token_id: 151656"):
+        configure_video(loader.collator, model.config)
+
+
 def _run_cfg(build: Path, out: Path, zero: int, **over) -> dict:
     return family_config(build, out, lm=QWEN2,
                          data={"builds": [str(build)], "pack_length": 120, "max_images_per_pack": 6},
