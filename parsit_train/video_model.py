@@ -81,6 +81,11 @@ def configure_video(collator, config) -> None:
     if video_id is None or not hasattr(config, "vision_aspect_ratio"):
         raise ParsitError(f"the builds hold videos but the model ({type(config).__name__}) takes none: train a "
                           "LLaVA-OneVision model (build with a OneVision --processor)")
+    built = getattr(processor, "video_token_id", None)
+    if built is not None and int(built) != int(video_id):
+        raise ParsitError(f"the model's video_token_id is {video_id}, but the build's video token "
+                          f"{processor.video_token!r} is id {built} in this tokenizer (the export's processor expands "
+                          f"that token): set model.video_token_id: {built}")
     want = tokens_per_frame(config)
     if processor.tokens_per_frame is None:
         processor.tokens_per_frame = want

@@ -35,7 +35,7 @@ from parsit_data.errors import ParsitError
 from parsit_data.format import (IGNORE_INDEX, IMAGE_TOKEN_INDEX, Build, MappedShard, fingerprint, map_shard,
                                 open_build, resolve_tokenizer_path)
 from parsit_data.format.fsio import RemotePath
-from parsit_train.data.video_batch import video_item
+from parsit_train.data.video_batch import video_item, video_tokens
 
 log = logging.getLogger(__name__)
 
@@ -283,8 +283,8 @@ class ShardDataset:
         return self._column("num_image_tokens", lambda c: np.diff(c.offsets.to_numpy())).astype(np.int64)
 
     def visual_tokens(self) -> np.ndarray:
-        """Visual tokens of every row (int64), for balancing the vision tower's work across ranks."""
-        return self._column("num_image_tokens", _list_sums).astype(np.int64)
+        """Visual tokens of every row (int64; images and video), for balancing the vision tower's work across ranks."""
+        return self._column("num_image_tokens", _list_sums).astype(np.int64) + video_tokens(self)
 
     def supervised_tokens(self) -> np.ndarray:
         """Supervised tokens of every row (int64): the denominators of the token-exact loss."""

@@ -182,7 +182,7 @@ def build_dataloader(
                           "image token id (Qwen3: 151655, <|image_pad|>)")
     processor = image_processor_for(probe.vision, image_mean, image_std) if probe.vision else None
     probe.image_processor = processor
-    probe.video_pixels = video_pixels_for(probe.builds)  # None unless a build took video
+    probe.video_pixels = video_pixels_for(probe.builds, tokenizer_path)  # None unless a build took video
     dataset = probe
     if pack_length is not None and max_length > pack_length:
         longest = int(dataset.lengths().max()) if len(dataset) else 0

@@ -134,3 +134,17 @@ def append_blank_video(out: dict, processor, video_token_id: int, pad_token_id: 
     out["pixel_values_videos"] = [processor.normalise(processor.blank())]
     out["num_padded"] = int(out["input_ids"].numel())
     return out
+
+
+def video_tokens(dataset) -> np.ndarray:
+    """Video tokens of every row (int64) of a :class:`~parsit_train.data.dataset.ShardDataset`, for balancing
+    the vision work across ranks beside the image tokens (zeros for builds without video; a build read
+    through the shard cache has no such index column and counts images only)."""
+    n = len(dataset)
+    if dataset.cache is not None:
+        return np.zeros(n, dtype=np.int64)
+    try:
+        col = dataset._column("num_video_tokens", lambda c: c.to_numpy(zero_copy_only=False))
+    except KeyError:
+        return np.zeros(n, dtype=np.int64)
+    return np.asarray(col, dtype=np.int64) if len(col) == n else np.zeros(n, dtype=np.int64)

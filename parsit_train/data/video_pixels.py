@@ -105,6 +105,9 @@ class VideoPixels:
         self.spec = VideoPixelSpec.from_manifest(video)
         #: pooled tokens of one frame as the build counted them (a video is frames * this + 1)
         self.tokens_per_frame = None if video.get("tokens_per_frame") is None else int(video["tokens_per_frame"])
+        #: the build's video token (the export's processor expands it) and its id in the run's tokenizer
+        self.video_token: str | None = video.get("video_token")
+        self.video_token_id: int | None = None
         self.max_pixels = int(max_pixels)
         s = self.spec
         # The processor's fused rescale + normalise (``_fuse_mean_std_and_rescale_factor``), in float32.
@@ -155,10 +158,11 @@ def video_entry(manifest) -> dict | None:
     return entry.model_dump(mode="json") if hasattr(entry, "model_dump") else dict(entry)
 
 
-def video_pixels_for(builds) -> VideoPixels | None:
+def video_pixels_for(builds, tokenizer_path=None) -> VideoPixels | None:
     """The run's :class:`VideoPixels` from its builds' manifests (None when none took video). Builds whose
     frames were made for different pixel parameters or token counts are refused: one model, one video
-    processor."""
+    processor. With ``tokenizer_path``, the build's video token is looked up in the run's tokenizer
+    (``video_token_id``; checked against the model's by ``parsit_train.video_model.configure_video``)."""
     entries = [(b.root, e) for b in builds if (e := video_entry(b.manifest)) is not None]
     if not entries:
         return None
@@ -167,4 +171,13 @@ def video_pixels_for(builds) -> VideoPixels | None:
         raise ParsitError("the builds' videos were made for different video processors ("
                           + "; ".join(f"{root}: {VideoPixelSpec.from_manifest(e)}" for root, e in entries)
                           + "): rebuild them with one --processor")
-    return VideoPixels(entries[0][1])
+    pixels = VideoPixels(entries[0][1])
+    if tokenizer_path is not None and pixels.video_token:
+        from tokenizers import Tokenizer
+
+        from parsit_data.format import resolve_tokenizer_path
+
+        path = resolve_tokenizer_path(tokenizer_path) / "tokenizer.json"
+        if path.is_file():
+            pixels.video_token_id = Tokenizer.from_file(str(path)).token_to_id(pixels.video_token)
+    return pixels

@@ -124,3 +124,58 @@ def test_processor_samples_a_raw_clip_by_its_own_rule_not_the_builds(tmp_path, t
     assert build == np.linspace(0, total - 1, frames, dtype=int).tolist()
     assert build[0] == hf[0] == 0 and build[-1] == total - 1 > hf[-1]  # the build reaches the last frame
     assert build != hf  # the processor does not reproduce the build's frames from the raw clip
+
+
+@pytest.mark.timeout(300)
+def test_export_processor_reproduces_training_ids_and_pixels_of_video_records(tmp_path):
+    """A real build (video, image, text records; a 3-frame clip kept whole beside 4-frame ones): the export's
+    ``AutoProcessor`` given each video record's stored frames and its rendered prompt makes the ids the
+    collator trains on up to the reply (the video expanded to the row's ``num_video_tokens`` of the model's
+    video token) and the trainer's ``pixel_values_videos``; image and text records as before."""
+    import json
+
+    from PIL import Image
+    from transformers import AutoProcessor
+    from video_train_support import make_video_build
+
+    from parsit_data.format import bundled_qwen3_tokenizer
+    from parsit_train.data.collator import Collator
+    from parsit_train.data.dataset import ShardDataset
+    from parsit_train.data.pixels import FamilyPixels
+    from parsit_train.serving import write_serving_files
+
+    build_dir = make_video_build(tmp_path / "b")
+    manifest = json.loads((build_dir / "manifest.json").read_text())
+    export = tmp_path / "hf"
+    write_serving_files(export, bundled_qwen3_tokenizer(), manifest["vision"], manifest["template"], 151655,
+                        video=manifest["video"])
+    processor = AutoProcessor.from_pretrained(str(export))
+    assert type(processor).__name__ == "LlavaOnevisionProcessor" and processor.video_token_id == 151656
+    pixels, frames_px = FamilyPixels(manifest["vision"]), VideoPixels(manifest["video"])
+    ds = ShardDataset(build_dir, "qwen3", image_processor=pixels)
+    ds.video_pixels = frames_px
+    collate = Collator(ds.pad_token_id, 151655, 256, image_processor=pixels, video_processor=frames_px)
+    collate.video_token_id = 151656
+    records = {json.loads(line)["id"]: json.loads(line) for line in (tmp_path / "b" / "records.jsonl").read_text().splitlines()}
+    counts = set()
+    for i in range(len(ds)):
+        item = ds[i]
+        rec = records[item["sample_id"]]
+        if "video" not in rec:
+            continue
+        batch = collate([item])
+        ids, labels = batch["input_ids"][0].numpy(), batch["labels"][0].numpy()
+        start = int(np.flatnonzero(labels != -100)[0])
+        question = rec["conversations"][0]["value"].replace("<image>", "<video>")  # the build's spelling
+        prompt = processor.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                               tokenize=False)
+        keep, ds.video_pixels = ds.video_pixels, None
+        jpegs = ds[i]["video_frames"]
+        ds.video_pixels = keep
+        frames = np.stack([np.asarray(Image.open(io.BytesIO(f)).convert("RGB")) for f in jpegs])
+        enc = processor(text=prompt, videos=[frames], return_tensors="pt")
+        assert enc["input_ids"][0].tolist() == ids[:start].tolist(), item["sample_id"]
+        assert int((enc["input_ids"] == 151656).sum()) == item["num_video_tokens"]
+        torch.testing.assert_close(enc["pixel_values_videos"][0], batch["pixel_values_videos"][0], rtol=0, atol=1e-5)
+        counts.add(len(jpegs))
+    assert counts == {3, 4}
