@@ -92,8 +92,9 @@ def make_processor(folder: Path) -> Path:
 
 def run_build(src: Path, clips: Path, processor: Path, out: Path, frames: int) -> tuple[float, float]:
     """(whole build, its records phase) in seconds. The records phase runs from the engine's start to the
-    last partition's result: reading, decoding, tokenising and writing the records, without the build's
-    fixed start-up (tokenizer, processor folder) and end (manifest, report), which a large dataset amortises."""
+    last partition's result: reading, decoding (the decoder child's start included), tokenising and writing
+    the records, without the build's fixed start-up (tokenizer, processor folder) and end (manifest,
+    report), which a large dataset amortises."""
     from parsit_data.build import build
     from parsit_data.config import BuildConfig
 
@@ -296,8 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, vals in rates.items():
         med = statistics.median(vals)
         print(f"| {name} | {med:.2f} samples/s | {', '.join(f'{v:.2f}' for v in vals)} | {med / base:.2f}x |")
-    print(f"# baseline for the ratio: {base_name}. Build B = the records phase (what grows with the data; the "
-          "fixed start-up and the report are in the end-to-end row); the decoder stage is the per-clip work alone. "
+    print(f"# baseline for the ratio: {base_name}. Build B = the records phase (what grows with the data, plus the "
+          "start of the decoder child; the build's fixed start-up and its report are in the end-to-end row); the "
+          "decoder stage is the per-clip work alone. "
           "Loader and baselines: one epoch each, first batch (worker start-up) not timed.")
     print(f"video: build {clips_s:.2f} clips/s, loader {loader_rate:.2f} samples/s vs per-epoch decoding "
           f"{base:.2f} samples/s ({loader_rate / base:.1f}x)")
