@@ -9,7 +9,17 @@ known clip by clip.
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
+import jsonschema
+import numpy as np
+import pytest
+
+from parsit_data.build import build
+from parsit_data.config import BuildConfig
+from parsit_data.format import read_shard
+from parsit_data.report.model import report_json_schema
 from parsit_data.stats import PartitionStats, SourceDists
 
 
@@ -69,18 +79,6 @@ def test_video_statistics_merge_to_the_whole_and_stay_out_of_builds_without_vide
 
 
 # -- a real build ------------------------------------------------------------------------------------
-
-import math  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import jsonschema  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from parsit_data.build import build  # noqa: E402
-from parsit_data.config import BuildConfig  # noqa: E402
-from parsit_data.format import read_shard  # noqa: E402
-from parsit_data.report.model import report_json_schema  # noqa: E402
 
 FRAMES = 8  # --video-frames
 #: name -> (frames, fps, (width, height), codec): a short clip keeps all its frames.
