@@ -2,7 +2,8 @@
 
 A row is found by its position in the build (rows counted across shards in shard order) or by its
 ``sample_id``; its ``input_ids`` are decoded in runs of supervised and unsupervised tokens, and each
-image placeholder (-200) is reported with the number of visual tokens the collator will expand it to
+image placeholder (-200) and a video's (-201) is reported with the number of visual tokens the collator will
+expand it to; a video also with the frames sampled from its clip
 (the decoding is :func:`parsit_data.decode.decode_runs`, the one every reader of a row uses).
 """
 
@@ -12,16 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from parsit_data.errors import ParsitError
-from parsit_data.format import Build, open_build
+from parsit_data.format import VIDEO_TOKEN_INDEX, Build, open_build
 from parsit_data.decode import decode_runs, tokenizer_decode
 from parsit_data.tokenizer import load_tokenizer
 
 
 @dataclass
 class Piece:
-    kind: str  # "text" (not supervised), "supervised", or "image"
+    kind: str  # "text" (not supervised), "supervised", "image" or "video"
     text: str
-    tokens: int  # text tokens in the piece, or the image's visual tokens
+    tokens: int  # text tokens in the piece, or the image's (video's) visual tokens
 
 
 @dataclass
@@ -39,6 +40,10 @@ class RowView:
     labels: list[int]
     #: per image: {"path", "width", "height", "tokens", "grid": (rows, cols) or None, "crops": int or None}
     images: list[dict] = field(default_factory=list)
+    #: the row's video: {"path", "info" (the source clip: duration_s, fps, width, height, frames), "tokens",
+    #: "frames": [(index in the clip, time in s), ...] in order, "stored": (width, height) of the first
+    #: stored frame or None}; None for a row without video
+    video: dict | None = None
     template: dict = field(default_factory=dict)
     tokenizer_path: str = ""  # the tokenizer the build names in its manifest
     pieces: list[Piece] = field(default_factory=list)
@@ -81,10 +86,17 @@ def load_row(build_dir: str | Path, index: int | None = None, sample_id: str | N
         labels=row["labels"], template=dict(build.manifest.template), tokenizer_path=build.manifest.tokenizer.path,
     )
     view.images = _image_views(build.manifest.vision, row)
-    image_i = 0
-    for run in decode_runs(row["input_ids"], row["labels"], tokenizer_decode(tok)):
+    view.video = _video_view(row)
+    image_i = pos = 0
+    ids = row["input_ids"]
+    for run in decode_runs(ids, row["labels"], tokenizer_decode(tok)):
         for p in run.pieces:
-            if p.text is not None:
+            at, pos = pos, pos + p.tokens
+            if p.text is not None and ids[at] == VIDEO_TOKEN_INDEX and p.tokens == 1:  # the video's one sentinel
+                n = view.video["tokens"] if view.video else 0
+                frames = len(view.video["frames"]) if view.video else 0
+                view.pieces.append(Piece("video", f"<video: {frames} frames, {n} visual tokens>", n))
+            elif p.text is not None:
                 view.pieces.append(Piece("supervised" if run.supervised else "text", p.text, p.tokens))
             else:
                 n = row["num_image_tokens"][image_i] if image_i < len(row["num_image_tokens"]) else 0
@@ -106,3 +118,22 @@ def _image_views(vision, row: dict) -> list[dict]:
         out.append({"path": path, "width": w, "height": h, "tokens": n, "grid": grid,
                     "crops": 1 + grid[0] * grid[1] if grid is not None else None})
     return out
+
+
+def _video_view(row: dict) -> dict | None:
+    """The row's video: the source clip, the frames sampled from it (index, time) and its video tokens."""
+    if not row.get("video_path"):
+        return None  # no video, or a shard of format 1/2 (no video columns)
+    stored = None
+    if row.get("video_frames"):
+        from io import BytesIO
+
+        from PIL import Image
+
+        try:
+            with Image.open(BytesIO(row["video_frames"][0])) as im:
+                stored = im.size
+        except OSError:  # shown, not trained on: an unreadable frame is reported by the loader
+            stored = None
+    return {"path": row["video_path"], "info": row.get("video_info") or {}, "tokens": int(row["num_video_tokens"]),
+            "frames": list(zip(row["video_frame_indices"], row["video_frame_times"])), "stored": stored}

@@ -165,6 +165,41 @@ ROW_METRICS: dict[str, str] = {
     "image_crops": "int",  # crops the vision tower encodes per image (base + anyres grid)
 }
 
+#: Per-clip values of the report's video section, one value per kept video. Integers, so durations and
+#: frame rates are kept in milli-seconds and centi-frames per second (the report shows s and frames/s).
+#: A source only carries them once it has a video row: a build without video reports as before.
+VIDEO_METRICS: dict[str, str] = {
+    "video_duration_ms": "int",  # the source clip's duration (video_info.duration_s)
+    "video_fps_centi": "int",  # the source clip's average frame rate x 100 (video_info.fps)
+    "video_width": "int",  # the source clip's size
+    "video_height": "int",
+    "video_source_frames": "int",  # frames in the source clip (video_info.frames)
+    "video_frames": "int",  # frames sampled and stored per clip
+    "video_tokens": "int",  # num_video_tokens
+}
+
+
+def video_values(cols: dict[str, list]) -> dict[str, list[int]] | None:
+    """The :data:`VIDEO_METRICS` values of the rows of ``cols`` that carry a video, or None when none does
+    (or the columns predate video: a format 1/2 shard)."""
+    paths = cols.get("video_path")
+    if not paths or all(p is None for p in paths):
+        return None
+    vals: dict[str, list[int]] = {k: [] for k in VIDEO_METRICS}
+    for i, path in enumerate(paths):
+        if path is None:
+            continue
+        info = cols["video_info"][i] or {}
+        vals["video_duration_ms"].append(round(float(info.get("duration_s") or 0) * 1000))
+        vals["video_fps_centi"].append(round(float(info.get("fps") or 0) * 100))
+        vals["video_width"].append(int(info.get("width") or 0))
+        vals["video_height"].append(int(info.get("height") or 0))
+        vals["video_source_frames"].append(int(info.get("frames") or 0))
+        vals["video_frames"].append(len(cols["video_frame_indices"][i]))
+        vals["video_tokens"].append(int(cols["num_video_tokens"][i]))
+    return vals
+
+
 #: How many of the images with the most visual tokens the report lists.
 TOP_IMAGES = 10
 
@@ -186,7 +221,8 @@ MAX_DETAIL = 400
 
 
 def content_digest(input_ids, images) -> int:
-    """8-byte digest of a row's content: its ``input_ids`` and its image bytes (length-prefixed)."""
+    """8-byte digest of a row's content: its ``input_ids`` and its image bytes (length-prefixed); a video
+    row passes its sampled frames after its images."""
     h = hashlib.blake2b(digest_size=8)
     h.update(np.asarray(input_ids, dtype="<i4").tobytes())
     for im in images:
@@ -212,11 +248,18 @@ class SourceDists:
     #: The images with the most visual tokens: {"sample_id", "image", "path", "width", "height", "tokens",
     #: "grid" [rows, cols], "crops", "row_length"}
     top_images: list[dict] = field(default_factory=list)
+    #: :data:`VIDEO_METRICS` histograms, empty until the source has a kept video row.
+    video_hists: dict[str, Histogram] = field(default_factory=dict)
+    #: Source clip (width, height) in 2-D bins, as ``image_sizes``.
+    video_sizes: Counter = field(default_factory=Counter)
 
     def merge(self, other: "SourceDists") -> None:
         for k, h in other.hists.items():
             self.hists.setdefault(k, Histogram(h.scheme)).merge(h)
         self.image_sizes.update(other.image_sizes)
+        for k, h in other.video_hists.items():
+            self.video_hists.setdefault(k, Histogram(h.scheme)).merge(h)
+        self.video_sizes.update(other.video_sizes)
         for r, ex in other.reason_examples.items():
             self.reason_examples.setdefault(r, ex)
         if other.example is not None and (self.example is None or other.example["score"] > self.example["score"]):
@@ -238,7 +281,7 @@ class SourceDists:
         return np.concatenate(ds), np.concatenate(parts), np.concatenate(rows)
 
     def to_json(self) -> dict:
-        return {
+        d = {
             "hists": {k: h.to_json() for k, h in self.hists.items()},
             "image_sizes": dict(sorted(self.image_sizes.items())),
             "reason_examples": dict(sorted(self.reason_examples.items())),
@@ -246,6 +289,10 @@ class SourceDists:
             "digests": [list(x) for x in self.digests],
             "top_images": self.top_images,
         }
+        if self.video_hists:  # only a source with video rows: part files of other builds stay as they were
+            d["video_hists"] = {k: h.to_json() for k, h in self.video_hists.items()}
+            d["video_sizes"] = dict(sorted(self.video_sizes.items()))
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> "SourceDists":
@@ -257,6 +304,8 @@ class SourceDists:
         s.example = d.get("example")
         s.digests = [(int(p), b) for p, b in d.get("digests", [])]
         s.top_images = list(d.get("top_images", []))
+        s.video_hists = {k: Histogram.from_json(h) for k, h in d.get("video_hists", {}).items()}
+        s.video_sizes = Counter(d.get("video_sizes", {}))
         return s
 
 
@@ -359,14 +408,17 @@ class PartitionStats:
         h["image_tokens"].add_many([vt for row in cols["num_image_tokens"] for vt in row])
         if geometry is not None:
             self._observe_crops(d, cols, geometry)
+        self._observe_videos(d, cols)
         d.image_sizes.update(f"{w},{ht}" for w, ht in zip(bin_indices("int", widths).tolist(),
                                                          bin_indices("int", heights).tolist()))
+        frames = cols.get("video_frames")  # a video row's content is its sampled frames too
         for i, ids in enumerate(cols["input_ids"]):
             sup = cols["supervised_tokens"][i]
-            digests[i] = content_digest(ids, cols["images"][i])
+            digests[i] = content_digest(ids, cols["images"][i] + (frames[i] if frames else []))
             if tokenizer is not None:
-                # Prefer a row with an image, then one with several rounds, then any supervised one.
-                score = 4 * bool(cols["images"][i]) + 2 * (cols["num_turns"][i] >= 4) + bool(sup)
+                # Prefer a row with an image (or a video), then one with several rounds, then any supervised one.
+                visual = bool(cols["images"][i]) or bool(frames and frames[i])
+                score = 4 * visual + 2 * (cols["num_turns"][i] >= 4) + bool(sup)
                 if d.example is None or score > d.example["score"]:
                     d.example = {"sample_id": cols["sample_id"][i], "score": score,
                                  "images": len(cols["images"][i]), "length": cols["length"][i],
@@ -395,6 +447,17 @@ class PartitionStats:
                                    "grid": list(grid), "crops": crops[-1], "row_length": int(cols["length"][i])})
         d.hists["image_crops"].add_many(crops)
         d.top_images = top_images(d.top_images + candidates)
+
+    @staticmethod
+    def _observe_videos(d: SourceDists, cols: dict[str, list]) -> None:
+        """The video section's per-clip values of the partition's kept video rows (none: nothing added)."""
+        vals = video_values(cols)
+        if vals is None:
+            return
+        for k, scheme in VIDEO_METRICS.items():
+            d.video_hists.setdefault(k, Histogram(scheme)).add_many(vals[k])
+        wb, hb = bin_indices("int", vals["video_width"]).tolist(), bin_indices("int", vals["video_height"]).tolist()
+        d.video_sizes.update(f"{w},{h}" for w, h in zip(wb, hb))
 
     def to_json(self) -> dict:
         return {"sources": {k: v.to_json() for k, v in self.sources.items()},

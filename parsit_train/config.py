@@ -97,6 +97,8 @@ class ModelConfig(_Strict):
     projector: Literal["mlp2x_gelu"] = "mlp2x_gelu"
     projector_weights: Path | None = Field(None, description="projector.safetensors of a pretrain run to start from")
     image_token_id: int = Field(151655, ge=0, description="Qwen3 <|image_pad|>; must agree with the collator")
+    video_token_id: int = Field(151656, ge=0, description="Qwen3 <|video_pad|>: OneVision's video token of a model "
+                                "built from towers (an init_from folder keeps its own)")
     vision_feature_layer: int | None = Field(
         None, description="hidden state of the vision tower fed to the projector (-1: the last layer's). Unset: -2, "
         "or with init_from the folder's own; set with init_from, it replaces the folder's (logged)"

@@ -67,7 +67,8 @@ def family_name_of_config(cfg) -> str | None:
     return None
 
 
-def model_config(g: VisionGeometry, vc, tc, image_token_id: int, vision_feature_layer: int):
+def model_config(g: VisionGeometry, vc, tc, image_token_id: int, vision_feature_layer: int,
+                 video_token_id: int | None = None):
     """The anyres family's transformers config for a vision tower config ``vc`` and a causal LM config ``tc``."""
     from transformers import LlavaNextConfig, LlavaOnevisionConfig
 
@@ -81,7 +82,8 @@ def model_config(g: VisionGeometry, vc, tc, image_token_id: int, vision_feature_
     if g.family == "llava_next":
         return LlavaNextConfig(**common, image_seq_length=g.tokens_per_crop)
     if g.family == "llava_onevision":
-        return LlavaOnevisionConfig(**common, vision_aspect_ratio=g.vision_aspect_ratio)
+        video = {} if video_token_id is None else {"video_token_index": int(video_token_id)}
+        return LlavaOnevisionConfig(**common, vision_aspect_ratio=g.vision_aspect_ratio, **video)
     raise ParsitError(f"model_config is for the anyres families, not {g.family!r}")
 
 

@@ -98,7 +98,7 @@ def feature_layer(mcfg: ModelConfig) -> int:
 
 def llava_config(mcfg: ModelConfig, vision: dict | None = None) -> LlavaConfig:
     vc, tc = vision_config_of(mcfg.vision_tower), text_config_of(mcfg.language_model)
-    return combine_configs(vc, tc, mcfg.image_token_id, feature_layer(mcfg), vision)
+    return combine_configs(vc, tc, mcfg.image_token_id, feature_layer(mcfg), vision, mcfg.video_token_id)
 
 
 def apply_feature_layer(config: LlavaConfig, wanted: int | None, source: Path) -> None:
@@ -120,12 +120,13 @@ def apply_feature_layer(config: LlavaConfig, wanted: int | None, source: Path) -
 
 
 def combine_configs(vc: SiglipVisionConfig, tc: Qwen3Config, image_token_id: int,
-                    vision_feature_layer: int, vision: dict | None = None) -> LlavaConfig:
+                    vision_feature_layer: int, vision: dict | None = None,
+                    video_token_id: int | None = None) -> LlavaConfig:
     """The model config: plain LLaVA, or the build's anyres family (``vision``: the manifest's block)."""
     if vision and (vision.get("family") or "llava") != "llava":
         from parsit_train.families import geometry_of, model_config
 
-        return model_config(geometry_of(vision), vc, tc, image_token_id, vision_feature_layer)
+        return model_config(geometry_of(vision), vc, tc, image_token_id, vision_feature_layer, video_token_id)
     tokens = (vc.image_size // vc.patch_size) ** 2
     return LlavaConfig(
         vision_config=vc,
@@ -261,6 +262,9 @@ def finish_model(model: LlavaForConditionalGeneration, mcfg: ModelConfig) -> Lla
     if mcfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
+    from parsit_train.video_model import enable_ragged_videos
+
+    enable_ragged_videos(model)  # OneVision: videos of different frame counts in one micro-batch
     return model
 
 

@@ -41,23 +41,27 @@ log = logging.getLogger(__name__)
 
 IMAGE_TOKEN = "<|image_pad|>"
 IMAGE_PLACEHOLDER = "<image>"
+VIDEO_PLACEHOLDER = "<video>"  # the build's video placeholder (parsit_data.format.VIDEO_PLACEHOLDER)
 SERVING_FILE = "parsit_serving.json"
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
 CHATML_TEMPLATES = ("qwen_1_5", "parsit", "qwen3")
 
 
-def chatml_jinja(system_prompt: str | None, image_token: str = IMAGE_TOKEN) -> str:
-    """A chat template rendering Parsit's ChatML templates (policy ``native``) character for character."""
+def chatml_jinja(system_prompt: str | None, image_token: str = IMAGE_TOKEN, video_token: str | None = None) -> str:
+    """A chat template rendering Parsit's ChatML templates (policy ``native``) character for character; with
+    ``video_token`` a ``{"type": "video"}`` part or a literal ``<video>`` renders as the video token."""
     default = json.dumps(system_prompt, ensure_ascii=False) if system_prompt is not None else "none"
     tok = json.dumps(image_token)
     ph = json.dumps(IMAGE_PLACEHOLDER)
+    vid = "" if video_token is None else " | replace(" + json.dumps(VIDEO_PLACEHOLDER) + ", " + json.dumps(video_token) + ")"
+    vpart = "" if video_token is None else "{%- elif part.type == 'video' -%}{{- " + json.dumps(video_token) + " -}}"
     return (
         "{%- macro render(content) -%}"
-        "{%- if content is string -%}{{- content | replace(" + ph + ", " + tok + ") -}}"
+        "{%- if content is string -%}{{- content | replace(" + ph + ", " + tok + ")" + vid + " -}}"
         "{%- else -%}{%- for part in content -%}"
-        "{%- if part.type == 'image' -%}{{- " + tok + " -}}"
-        "{%- elif part.type == 'text' -%}{{- part.text | replace(" + ph + ", " + tok + ") -}}{%- endif -%}"
+        "{%- if part.type == 'image' -%}{{- " + tok + " -}}" + vpart +
+        "{%- elif part.type == 'text' -%}{{- part.text | replace(" + ph + ", " + tok + ")" + vid + " -}}{%- endif -%}"
         "{%- endfor -%}{%- endif -%}"
         "{%- endmacro -%}"
         "{%- set default_system = " + default + " -%}"
@@ -110,12 +114,14 @@ def llava_next_jinja(system_prompt: str, image_token: str = IMAGE_TOKEN) -> str:
     )
 
 
-def chat_template_for(template: dict, image_token: str = IMAGE_TOKEN) -> tuple[str | None, str]:
+def chat_template_for(template: dict, image_token: str = IMAGE_TOKEN, video_token: str | None = None
+                      ) -> tuple[str | None, str]:
     """(Jinja source or None, a sentence saying what is reproduced) for a manifest's ``template`` block."""
     name = template.get("name")
     policy = template.get("label_policy", "native")
     if name in CHATML_TEMPLATES and policy == "native":
-        return chatml_jinja(template.get("system_prompt"), image_token), f"chat template {name!r} reproduced exactly"
+        return (chatml_jinja(template.get("system_prompt"), image_token, video_token),
+                f"chat template {name!r} reproduced exactly")
     if name == "qwen_1_5" and policy == "llava-next":
         return (llava_next_jinja(template.get("system_prompt") or "You are a helpful assistant.", image_token),
                 "chat template qwen_1_5 with label policy llava-next (LLaVA-NeXT preprocess_qwen) reproduced")
@@ -144,7 +150,16 @@ def image_processor_for(vision: dict):
     return proc, f"image processor: LlavaImageProcessor, aspect {aspect!r}, {size}x{size}"
 
 
-def family_processor(vision: dict, tok, chat: str | None, image_token: str):
+def family_video_token(vision: dict, tok, video: dict | None = None) -> str:
+    """The OneVision export's video token: the build's (its video entry, else its processor's), else Qwen's
+    ``<|video_pad|>``, else ``<video>``."""
+    token = (video or {}).get("video_token") or ((vision or {}).get("processor") or {}).get("video_token") or "<|video_pad|>"
+    if tok.convert_tokens_to_ids(token) in (None, tok.unk_token_id):
+        token = "<video>"
+    return token
+
+
+def family_processor(vision: dict, tok, chat: str | None, image_token: str, video: dict | None = None):
     """(processor, sentence) of a LLaVA-NeXT / OneVision build: transformers' own processor class, configured
     exactly as the build counted (the trainer's pixels come from the same image processor)."""
     from transformers import LlavaNextProcessor, LlavaOnevisionProcessor
@@ -158,13 +173,11 @@ def family_processor(vision: dict, tok, chat: str | None, image_token: str):
                                   vision_feature_select_strategy=g.vision_feature_select_strategy, chat_template=chat,
                                   image_token=image_token, num_additional_image_tokens=g.num_additional_image_tokens)
     else:
-        from transformers.models.llava_onevision.video_processing_llava_onevision import LlavaOnevisionVideoProcessor
+        from parsit_train.video_serving import video_processor_for
 
         allow_onevision_processor()
-        video_token = (g.processor or {}).get("video_token") or "<|video_pad|>"
-        if tok.convert_tokens_to_ids(video_token) in (None, tok.unk_token_id):
-            video_token = "<video>"
-        proc = LlavaOnevisionProcessor(image_processor=ip, tokenizer=tok, video_processor=LlavaOnevisionVideoProcessor(),
+        video_token = family_video_token(vision, tok, video)
+        proc = LlavaOnevisionProcessor(image_processor=ip, tokenizer=tok, video_processor=video_processor_for(video),
                                        num_image_tokens=g.tokens_per_crop,
                                        vision_feature_select_strategy=g.vision_feature_select_strategy,
                                        chat_template=chat, image_token=image_token, video_token=video_token,
@@ -173,7 +186,7 @@ def family_processor(vision: dict, tok, chat: str | None, image_token: str):
 
 
 def write_serving_files(out: Path, tokenizer_dir: Path, vision: dict, template: dict, image_token_id: int,
-                        patch_size: int | None = None) -> dict:
+                        patch_size: int | None = None, video: dict | None = None) -> dict:
     """Processor, chat template and generation config into ``out``; returns what was written (also saved
     as ``parsit_serving.json``)."""
     from transformers import AutoTokenizer, GenerationConfig, LlavaProcessor
@@ -187,9 +200,10 @@ def write_serving_files(out: Path, tokenizer_dir: Path, vision: dict, template: 
     if tok.convert_tokens_to_ids(token) != image_token_id:
         raise ParsitError(f"the tokenizer's {token} is id {tok.convert_tokens_to_ids(token)}, the model's "
                           f"image token id is {image_token_id}: they must be the same token")
-    chat, chat_note = chat_template_for(template, token)
+    onevision = family == "llava_onevision"
+    chat, chat_note = chat_template_for(template, token, family_video_token(vision, tok, video) if onevision else None)
     if family != "llava":
-        processor, image_note = family_processor(vision, tok, chat, token)
+        processor, image_note = family_processor(vision, tok, chat, token, video)
         image_proc = None
     else:
         processor = None
@@ -212,7 +226,8 @@ def write_serving_files(out: Path, tokenizer_dir: Path, vision: dict, template: 
     note = {"format": "parsit.serving.v1", "image_token": token, "image_token_id": image_token_id,
             "family": family, "tokens_per_image": (int(vision["image_size"]) // patch) ** 2, "vision": vision,
             "template": {k: template.get(k) for k in ("name", "system_prompt", "label_policy")},
-            "chat_template": chat_note, "image_processor": image_note, "eos_token": "<|im_end|>"}
+            "chat_template": chat_note, "image_processor": image_note, "eos_token": "<|im_end|>",
+            "video": video}
     (out / SERVING_FILE).write_text(json.dumps(note, indent=2) + "\n", encoding="utf-8")
     for msg in (chat_note, image_note):
         if msg.startswith("no "):

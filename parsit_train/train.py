@@ -41,6 +41,7 @@ from parsit_train.assemble import starting_folder
 from parsit_train.compat import disable_shm_comm_op, packs_need_one_row, zero3_consolidated_state_dict
 from parsit_train.data.collator import one_row
 from parsit_train.faults import fail_hook
+from parsit_train.video_model import configure_video, video_inputs
 from parsit_train.model import (
     PROJECTOR_FILE,
     check_compatibility,
@@ -268,6 +269,7 @@ def export_hf(engine, cfg: TrainConfig, rank: int) -> Path:
     ``LlavaForConditionalGeneration.from_pretrained`` of it reproduce the training inputs."""
     from parsit_data.format import load_manifest, resolve_tokenizer_path
     from parsit_train.serving import write_serving_files
+    from parsit_train.video_serving import export_video_entry
 
     out = cfg.output_dir / HF_DIR
     if cfg.deepspeed.zero_stage == 3:
@@ -277,10 +279,12 @@ def export_hf(engine, cfg: TrainConfig, rank: int) -> Path:
     if rank == 0:
         state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
         engine.module.save_pretrained(str(out), state_dict=state, safe_serialization=True)
-        vision = load_manifest(cfg.data.builds[0].path).vision.model_dump(mode="json")
+        manifest = load_manifest(cfg.data.builds[0].path)
+        vision = manifest.vision.model_dump(mode="json")
         vc = engine.module.config.vision_config
         write_serving_files(out, resolve_tokenizer_path(cfg.data.tokenizer), vision, build_template(cfg),
-                            engine.module.config.image_token_id, vc.patch_size)
+                            engine.module.config.image_token_id, vc.patch_size,
+                            video=export_video_entry(cfg.data.builds))
         log.info("exported Hugging Face model to %s", out)
     torch.distributed.barrier()
     return out
@@ -340,6 +344,7 @@ def forward_loss(model, batch: dict, device, dtype) -> torch.Tensor:
         logits_to_keep=keep,
         use_cache=False,
         **family_inputs(batch, device),
+        **video_inputs(batch, device, dtype),
     )
     logits = out.logits.float().reshape(-1, out.logits.shape[-1])
     if empty:
@@ -432,6 +437,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
     # supervised): every rank must run the same modules each micro-step, or ZeRO-3's per-module gathers
     # pair up wrongly and ZeRO-2 misses gradients. "full" feature strategy: every patch is a token.
     loader.collator.blank_image = (vc.image_size, (vc.image_size // vc.patch_size) ** 2)
+    configure_video(loader.collator, engine.module.config)  # -201 -> the model's video token; blank video
 
     step, run_id = resume(engine, cfg, sampler, rank, cfg.output_dir / METRICS_FILE)  # restores the RNG streams too
     if step == 0:

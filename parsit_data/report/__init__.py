@@ -35,8 +35,9 @@ def write_report(out: Path, manifest: Manifest, stats: PartitionStats) -> Report
     files = build_files(out)
     report = build_report(manifest, stats, out)
     dump = report.model_dump(mode="json")
-    if dump.get("near_duplicates") is None:  # no global pass: report.json as before it existed
-        dump.pop("near_duplicates", None)
+    for section in ("near_duplicates", "video"):  # no global pass / no video: report.json as before them
+        if dump.get(section) is None:
+            dump.pop(section, None)
     data = json.dumps(dump, indent=1, ensure_ascii=False) + "\n"
     atomic_write_bytes(files.report_json, data.encode())
     atomic_write_bytes(files.report_html, render_html(report, str(out)).encode())

@@ -16,10 +16,11 @@ from parsit_data.format import Manifest, build_files, shard_batches
 from parsit_data.format.fsio import location
 from parsit_data.errors import ParsitError
 from parsit_data.reasons import explain
-from parsit_data.stats import ROW_METRICS, Histogram, PartitionStats, SourceDists, int_bin_range, top_images
+from parsit_data.stats import (ROW_METRICS, VIDEO_METRICS, Histogram, PartitionStats, SourceDists, int_bin_range,
+                               top_images)
 from parsit_data.report.model import (Bin, Check, Distribution, DuplicateGroup, Duplicates, MaskedExample,
                                       MixtureRow, Quantiles, ReasonExample, ReasonRow, Report, SizeBin,
-                                      SourceReport, Summary, TemplateReport, TopImage)
+                                      SourceReport, Summary, TemplateReport, TopImage, VideoReport)
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,17 @@ LABELS = {
     "image_height": ("image height (px, original)", "image"),
     "image_tokens": ("visual tokens per image", "image"),
     "image_crops": ("crops per image (base + anyres grid)", "image"),
+    "video_duration_ms": ("source clip duration (ms)", "video"),
+    "video_fps_centi": ("source frame rate (frames/s x 100)", "video"),
+    "video_width": ("source clip width (px)", "video"),
+    "video_height": ("source clip height (px)", "video"),
+    "video_source_frames": ("frames in the source clip", "video"),
+    "video_frames": ("frames sampled per clip", "video"),
+    "video_tokens": ("video tokens per clip", "video"),
 }
+
+#: The prefix of every video quarantine reason (parsit_data.reasons): "videos rejected by reason".
+VIDEO_REASON_PREFIX = "video_"
 
 PRECISION = (
     "Quantiles are nearest-rank, read from fixed-bin histograms merged over partitions: integer values "
@@ -152,14 +163,19 @@ def build_report(manifest: Manifest, stats: PartitionStats, out: Path | None = N
     dists = {n: stats.dists.get(n) or SourceDists() for n in names}
     dup, dup_per_source = _duplicates(dists, out)
 
-    overall_h = {k: Histogram(s) for k, s in ROW_METRICS.items()}
-    overall_sizes = SourceDists().image_sizes
+    has_video = any(d.video_hists for d in dists.values())
+    metrics = {**ROW_METRICS, **(VIDEO_METRICS if has_video else {})}
+    overall_h = {k: Histogram(s) for k, s in metrics.items()}
+    overall_sizes, video_sizes = SourceDists().image_sizes, SourceDists().video_sizes
     sources: list[SourceReport] = []
     for s in manifest.sources:
         d = dists[s.name]
-        for k, h in d.hists.items():
+        hists = {**d.hists, **({k: d.video_hists.get(k) or Histogram(v) for k, v in VIDEO_METRICS.items()}
+                               if has_video else {})}
+        for k, h in hists.items():
             overall_h[k].merge(h)
         overall_sizes.update(d.image_sizes)
+        video_sizes.update(d.video_sizes)
         q = sum(s.quarantined.values())
         sources.append(SourceReport(
             name=s.name, path=s.path, format=s.format, sampling=s.sampling,
@@ -169,7 +185,7 @@ def build_report(manifest: Manifest, stats: PartitionStats, out: Path | None = N
             placeholder_inserted=s.placeholder_inserted, tokens=s.tokens,
             text_tokens=s.text_tokens, supervised_tokens=s.supervised_tokens,
             images=s.images, duplicate_rows=dup_per_source.get(s.name, 0),
-            distributions={k: distribution(k, h) for k, h in d.hists.items()},
+            distributions={k: distribution(k, h) for k, h in hists.items()},
             image_sizes=_size_bins(d.image_sizes)))
 
     top = top_images([{**im, "source": n} for n, d in dists.items() for im in d.top_images])
@@ -206,9 +222,26 @@ def build_report(manifest: Manifest, stats: PartitionStats, out: Path | None = N
         overall={k: distribution(k, h) for k, h in overall_h.items()}, image_sizes=_size_bins(overall_sizes),
         top_images=[TopImage(**im) for im in top],
         reasons=reasons, duplicates=dup, mixture=mixture, template=template, near_duplicates=near,
+        video=_video(manifest, overall_h, video_sizes, reasons),
         tokenizer=manifest.tokenizer.model_dump(mode="json"), vision=manifest.vision.model_dump(mode="json"),
         image_token_index=manifest.image_token_index, ignore_index=manifest.ignore_index,
         precision=PRECISION)
+
+
+def _video(manifest: Manifest, overall: dict[str, Histogram], sizes, reasons: list[ReasonRow]) -> VideoReport | None:
+    """The video section: kept clips from the ``video_*`` histograms, refused ones from the video reasons.
+    None when the build kept no video and refused none (its report is what it was before video)."""
+    rejected = {r.reason: r.count for r in reasons if r.reason.startswith(VIDEO_REASON_PREFIX)}
+    if "video_frames" not in overall and not rejected:
+        return None
+    h = {k: overall.get(k) or Histogram(v) for k, v in VIDEO_METRICS.items()}
+    sampling = getattr(manifest, "video", None)
+    if hasattr(sampling, "model_dump"):
+        sampling = sampling.model_dump(mode="json")
+    return VideoReport(rows=h["video_frames"].n, frames=int(h["video_frames"].total),
+                       tokens=int(h["video_tokens"].total), duration_s=round(h["video_duration_ms"].total / 1000, 3),
+                       rejected=sum(rejected.values()), rejected_by_reason=rejected, sizes=_size_bins(sizes),
+                       sampling=sampling)
 
 
 def _reasons(sources: list[SourceReport], dists: dict[str, SourceDists]) -> list[ReasonRow]:

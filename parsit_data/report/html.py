@@ -47,14 +47,24 @@ SECTIONS = [("summary", "Summary"), ("sources", "Sources"), ("reasons", "Quarant
             ("mixture", "Mixture"), ("template", "Template and labels"), ("tokenizer", "Tokenizer and vision")]
 
 NEAR_DUPLICATES = ("near-duplicates", "Near duplicates and contamination")
+VIDEOS = ("videos", "Videos")
+
+#: Metrics binned in one unit and shown in another: metric -> (factor, label as shown).
+DISPLAY = {"video_duration_ms": (0.001, "source clip duration (s)"),
+           "video_fps_centi": (0.01, "source frame rate (frames/s)")}
 
 
-def sections(near_duplicates: bool) -> list[tuple[str, str]]:
-    """The page's sections in order: with the near-duplicates section when the build ran the global pass."""
-    if not near_duplicates:
-        return list(SECTIONS)
-    k = [key for key, _ in SECTIONS].index("duplicates") + 1
-    return SECTIONS[:k] + [NEAR_DUPLICATES] + SECTIONS[k:]
+def sections(near_duplicates: bool, video: bool = False) -> list[tuple[str, str]]:
+    """The page's sections in order: with the videos section when the build saw videos, and the
+    near-duplicates section when it ran the global pass."""
+    out = list(SECTIONS)
+    if video:
+        k = [key for key, _ in out].index("images") + 1
+        out = out[:k] + [VIDEOS] + out[k:]
+    if near_duplicates:
+        k = [key for key, _ in out].index("duplicates") + 1
+        out = out[:k] + [NEAR_DUPLICATES] + out[k:]
+    return out
 
 
 def _n(v) -> str:
@@ -93,9 +103,10 @@ def _quantile_rows(dists: dict[str, Distribution], metrics: list[str], name: str
         if d is None:
             continue
         q = d.quantiles
-        fmt = _pct if d.scheme == "share" else _n
+        scale, label = DISPLAY.get(m, (1.0, d.label))
+        fmt = _pct if d.scheme == "share" else (lambda v: _n(round(v * scale, 3))) if scale != 1.0 else _n
         first = [escape(name)] if name is not None else []
-        rows.append(first + [escape(d.label), _n(q.n), *(fmt(v) if v is not None else "–" for v in (
+        rows.append(first + [escape(label), _n(q.n), *(fmt(v) if v is not None else "–" for v in (
             q.mean, q.p50, q.p90, q.p99, q.max))])
     return rows
 
@@ -119,7 +130,8 @@ def _spans_html(spans) -> str:
     parts = []
     for s in spans:
         text, sup = (s.text, s.supervised) if hasattr(s, "text") else (s.get("text", ""), s.get("supervised"))
-        t = escape(text).replace("&lt;image&gt;", '<span class="img">&lt;image&gt;</span>')
+        t = escape(text).replace("&lt;image&gt;", '<span class="img">&lt;image&gt;</span>').replace(
+            "&lt;video&gt;", '<span class="img">&lt;video&gt;</span>')
         parts.append(f'<span class="sup">{t}</span>' if sup else t)
     return '<pre class="example">' + "".join(parts) + "</pre>"
 
@@ -176,8 +188,8 @@ def render_html(r: Report, title: str = "") -> str:
         f"format v{r.format_version} · config <code>{escape(r.config_hash[:16])}</code> · template "
         f"<code>{escape(r.template.name)}</code> / <code>{escape(r.template.label_policy)}</code> · tokenizer pad "
         f"<code>{escape(str(r.tokenizer.get('pad_token')))}</code></p>")
-    add("<nav>" + "".join(f'<a href="#{k}">{escape(v)}</a>' for k, v in sections(r.near_duplicates is not None))
-        + "</nav>")
+    add("<nav>" + "".join(f'<a href="#{k}">{escape(v)}</a>'
+                          for k, v in sections(r.near_duplicates is not None, r.video is not None)) + "</nav>")
 
     # Summary
     add('<section id="summary"><h2>Summary</h2>')
@@ -246,7 +258,8 @@ def render_html(r: Report, title: str = "") -> str:
         if not d.quantiles.n:
             return f"<figure><p class=muted>{escape(d.label)}: no data</p></figure>"
         per = {x.name: x.distributions[metric] for x in r.sources if metric in x.distributions}
-        return _img(plots.histogram(per, d, max_length), d.label, caption)
+        scale, label = DISPLAY.get(metric, (1.0, d.label))
+        return _img(plots.histogram(per, d, max_length, scale, label), label, caption)
 
     # Lengths
     add('<section id="lengths"><h2>Lengths and supervision</h2>')
@@ -280,6 +293,11 @@ def render_html(r: Report, title: str = "") -> str:
                      _n(t.crops), _n(t.tokens), f"{t.tokens / max(t.row_length, 1):.0%}"] for t in r.top_images],
                    {5, 6, 7}))
     add("</section>")
+
+    if r.video is not None:
+        from parsit_data.report.video_html import render_videos
+
+        add(render_videos(r, hist))
 
     # Duplicates
     d = r.duplicates

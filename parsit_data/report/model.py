@@ -51,7 +51,8 @@ class Bin(_M):
 class Distribution(_M):
     metric: str
     label: str
-    unit: str = Field(description="'row' (one value per kept sample) or 'image' (one per image)")
+    unit: str = Field(description="'row' (one value per kept sample), 'image' (one per image) or 'video' (one per "
+                                  "kept video clip)")
     scheme: Literal["int", "share"]
     quantiles: Quantiles
     bins: list[Bin]
@@ -159,6 +160,20 @@ class TemplateReport(_M):
                                                     "carries one")
 
 
+class VideoReport(_M):
+    """The build's videos: the kept clips (their distributions are ``video_*`` metrics in ``overall`` and in
+    each source's ``distributions``) and the refused ones, by reason. Absent when the build saw no video."""
+
+    rows: int = Field(description="kept rows with a video")
+    frames: int = Field(description="sampled frames stored, over all kept videos")
+    tokens: int = Field(description="video tokens of the kept rows (num_video_tokens)")
+    duration_s: float = Field(description="total duration of the kept source clips")
+    rejected: int = Field(description="records quarantined with a video reason (video_*)")
+    rejected_by_reason: dict[str, int] = Field(description="video reason -> records, most frequent first")
+    sizes: list[SizeBin] = Field(description="the source clips' width x height")
+    sampling: dict[str, Any] | None = Field(description="the manifest's video block: frames, fps, size, ...")
+
+
 class Summary(_M):
     verdict: Literal["go", "review", "no-go"]
     sources: int
@@ -217,6 +232,7 @@ class Report(_M):
     image_token_index: int
     ignore_index: int
     precision: str = Field(description="how quantiles are computed and how exact they are")
+    video: VideoReport | None = Field(None, description="the video section; absent when the build saw no video")
     near_duplicates: dict[str, Any] | None = Field(None, description=(
         "near duplicates and benchmark contamination (DIR/dedup.json, parsit_data.dedup.section); absent when the "
         "build ran no global pass"))

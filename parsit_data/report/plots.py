@@ -54,9 +54,11 @@ def _slots(overall: Distribution) -> list[tuple[float, float]]:
     return list(zip(edges[:-1], edges[1:]))
 
 
-def histogram(per_source: dict[str, Distribution], overall: Distribution, max_length: int | None = None) -> bytes:
+def histogram(per_source: dict[str, Distribution], overall: Distribution, max_length: int | None = None,
+              scale: float = 1.0, label: str | None = None) -> bytes:
     """Stacked per-source bars over the fixed bins (or a coarser even grid when there are many), with
-    the p50/p90/p99 of all sources marked."""
+    the p50/p90/p99 of all sources marked. ``scale`` and ``label`` show the x axis in another unit (a clip's
+    duration binned in ms, shown in s); the bins stay the stored ones."""
     slots = _slots(overall)
     starts = np.array([lo for lo, _ in slots])
     widths = np.array([hi - lo for lo, hi in slots])
@@ -76,15 +78,18 @@ def histogram(per_source: dict[str, Distribution], overall: Distribution, max_le
     ax.set_ylim(0, bottom.max() * 1.05)
     if integer:
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    if scale != 1.0:
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v * scale:,.6g}"))
     q = overall.quantiles
     if q.max != q.min:
-        fmt = (lambda v: f"{v:.0%}") if overall.scheme == "share" else (lambda v: f"{v:,.0f}")
+        fmt = ((lambda v: f"{v:.0%}") if overall.scheme == "share" else
+               (lambda v: f"{v:,.0f}") if scale == 1.0 else (lambda v: f"{v * scale:,.4g}"))
         for name, v, style in (("p50", q.p50, ":"), ("p90", q.p90, "--"), ("p99", q.p99, "-.")):
             ax.axvline(v, color="#222", linestyle=style, linewidth=1.1, label=f"{name} {fmt(v)}")
     if max_length is not None:
         ax.axvline(max_length, color="#c0392b", linewidth=1.6, label=f"--max-length {max_length:,}")
-    ax.set_xlabel(overall.label, fontsize=9)
-    ax.set_ylabel("images" if overall.unit == "image" else "samples", fontsize=9)
+    ax.set_xlabel(label or overall.label, fontsize=9)
+    ax.set_ylabel({"image": "images", "video": "videos"}.get(overall.unit, "samples"), fontsize=9)
     ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.tick_params(labelsize=8)
     if overall.scheme == "share":
@@ -93,7 +98,7 @@ def histogram(per_source: dict[str, Distribution], overall: Distribution, max_le
     return _svg(fig)
 
 
-def image_sizes(bins: list[SizeBin]) -> bytes:
+def image_sizes(bins: list[SizeBin], title: str = "original image sizes (dashed: square)") -> bytes:
     """Width x height of every image (2-D fixed bins; marker area grows with the count)."""
     fig, ax = _fig(5.2, 3.4)
     w = np.array([(b.width_lo + b.width_hi) / 2 for b in bins])
@@ -107,7 +112,7 @@ def image_sizes(bins: list[SizeBin]) -> bytes:
     ax.set_xlabel("width (px)", fontsize=9)
     ax.set_ylabel("height (px)", fontsize=9)
     ax.tick_params(labelsize=8)
-    ax.set_title("original image sizes (dashed: square)", fontsize=9)
+    ax.set_title(title, fontsize=9)
     return _svg(fig)
 
 
@@ -133,14 +138,14 @@ def mixture(rows: list[MixtureRow]) -> bytes:
     return _svg(fig)
 
 
-def reasons(rows: list[ReasonRow]) -> bytes:
+def reasons(rows: list[ReasonRow], xlabel: str = "quarantined records") -> bytes:
     fig, ax = _fig(6.2, 0.5 + 0.28 * len(rows))
     y = np.arange(len(rows))
     ax.barh(y, [r.count for r in rows], color=COLORS[3])
     ax.set_yticks(y, [r.reason for r in rows], fontsize=8)
     ax.invert_yaxis()
     ax.tick_params(labelsize=8)
-    ax.set_xlabel("quarantined records", fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=9)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(axis="x", color="#e5e5e5")
     ax.grid(axis="y", visible=False)

@@ -53,6 +53,7 @@ from torch.utils.data import get_worker_info
 
 from parsit_data.format import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from parsit_data.errors import ParsitError
+from parsit_train.data.video_batch import append_blank_video, expand_video, video_pixels
 
 
 def expand_images(
@@ -106,6 +107,7 @@ class Collator:
         pack_length: int | None = None,
         blank_image: tuple[int, int] | None = None,
         loss_weighting: str = "token",
+        video_processor=None,
     ) -> None:
         if image_token_id < 0:
             raise ParsitError(f"image_token_id {image_token_id} is not a vocabulary id: pass the model's image token id")
@@ -122,6 +124,9 @@ class Collator:
         if loss_weighting not in ("token", "sample"):
             raise ParsitError(f"loss_weighting must be 'token' or 'sample', got {loss_weighting!r}")
         self.loss_weighting = loss_weighting
+        # Video (parsit_train.data.video_batch): the build's VideoPixels; the model's video token id and the
+        # blank video are set by the trainer once the model exists (parsit_train.video_model.configure_video).
+        self.video_processor, self.video_token_id, self.blank_video = video_processor, None, False
 
     def _check_crops(self, item: dict) -> None:
         if self.tokens_per_crop is None or "crops_per_image" not in item:
@@ -175,6 +180,7 @@ class Collator:
             np.asarray(item["input_ids"]), np.asarray(item["labels"]), item["num_image_tokens"],
             self.image_token_id, sid,
         )
+        ids, labels = expand_video(ids, labels, item, self.video_token_id)
         limit = self.pack_length or self.max_length
         if ids.shape[0] > limit:
             raise ParsitError(
@@ -250,7 +256,7 @@ class Collator:
             input_ids[0, width:] = self.image_token_id
             pixels = torch.zeros((1, 3, self.blank_image[0], self.blank_image[0]), dtype=torch.float32)
         real = int(attention.sum())
-        return {
+        out = {
             "input_ids": input_ids,
             "labels": labels,
             "targets": targets,
@@ -267,7 +273,11 @@ class Collator:
             "num_padded": int(input_ids.numel()),
             "num_supervised": int((targets != IGNORE_INDEX).sum()),
             "num_samples_supervised": int(samples_supervised),
+            "pixel_values_videos": video_pixels(items, self.video_processor),
         }
+        if out["pixel_values_videos"] is None and self.blank_video:
+            append_blank_video(out, self.video_processor, self.video_token_id, self.pad_token_id)
+        return out
 
 
 PACKED_ROW_KEYS = ("input_ids", "labels", "targets", "target_weights", "position_ids")

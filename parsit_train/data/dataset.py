@@ -35,6 +35,7 @@ from parsit_data.errors import ParsitError
 from parsit_data.format import (IGNORE_INDEX, IMAGE_TOKEN_INDEX, Build, MappedShard, fingerprint, map_shard,
                                 open_build, resolve_tokenizer_path)
 from parsit_data.format.fsio import RemotePath
+from parsit_train.data.video_batch import video_item, video_tokens
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,7 @@ class ShardDataset:
             )
         self.vision: dict | None = _vision(self.builds[0])
         self.image_processor = image_processor
+        self.video_pixels = None  # the build's VideoPixels (parsit_train.data.video_batch.video_item)
         self.release_every = int(release_every)
         self._reads = 0
         self._touched: set[int] = set()
@@ -281,8 +283,8 @@ class ShardDataset:
         return self._column("num_image_tokens", lambda c: np.diff(c.offsets.to_numpy())).astype(np.int64)
 
     def visual_tokens(self) -> np.ndarray:
-        """Visual tokens of every row (int64), for balancing the vision tower's work across ranks."""
-        return self._column("num_image_tokens", _list_sums).astype(np.int64)
+        """Visual tokens of every row (int64; images and video), for balancing the vision tower's work across ranks."""
+        return self._column("num_image_tokens", _list_sums).astype(np.int64) + video_tokens(self)
 
     def supervised_tokens(self) -> np.ndarray:
         """Supervised tokens of every row (int64): the denominators of the token-exact loss."""
@@ -335,6 +337,7 @@ class ShardDataset:
             item["image_crops"], item["crops_per_image"] = crops, counts
         else:
             item["images"] = images
+        item.update(video_item(batch, r, item["input_ids"], self.video_pixels, item["sample_id"]))
         self._touched.add(k)
         self._reads += 1
         if self.release_every and self._reads % self.release_every == 0:

@@ -24,6 +24,7 @@ from parsit_train.data.collator import Collator
 from parsit_train.data.dataset import ShardDataset
 from parsit_train.data.images import SIGLIP_MEAN, SIGLIP_STD, ImageProcessor
 from parsit_train.data.sampler import ResumableBatchSampler
+from parsit_train.data.video_pixels import video_pixels_for
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +182,7 @@ def build_dataloader(
                           "image token id (Qwen3: 151655, <|image_pad|>)")
     processor = image_processor_for(probe.vision, image_mean, image_std) if probe.vision else None
     probe.image_processor = processor
+    probe.video_pixels = video_pixels_for(probe.builds, tokenizer_path)  # None unless a build took video
     dataset = probe
     if pack_length is not None and max_length > pack_length:
         longest = int(dataset.lengths().max()) if len(dataset) else 0
@@ -224,6 +226,7 @@ def build_dataloader(
         pack_length=pack_length,
         blank_image=blank_image,
         loss_weighting=loss_weighting,
+        video_processor=probe.video_pixels,
     )
     workers = dict(
         worker_init_fn=functools.partial(seed_worker, seed=seed, rank=rank),
