@@ -135,7 +135,8 @@ class BuildConfig(_Options):
         "LLaVA-Video's time instruction: prepend 'The video lasts for X seconds, and N frames are uniformly sampled "
         "from it. These frames are located at ...' to the turn holding the video, from the sampled frames' times."))
     video_timeout_s: float = Field(120.0, gt=0, description=(
-        "Wall time allowed to decode one clip; a decoder over it is stopped and the record quarantined (video_timeout)."))
+        "Wall time allowed to decode one clip; a decoder over it is stopped and the record quarantined "
+        "(video_timeout)."))
     video_max_duration_s: float = Field(3600.0, gt=0, description=(
         "Clips longer than this are quarantined before decoding (video_too_long)."))
     # near duplicates and benchmark contamination (parsit_data/dedup; thresholds measured in benchmarks/dedup.py)

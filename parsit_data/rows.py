@@ -23,7 +23,7 @@ from parsit_data.records import Record, Rejection
 from parsit_data.sources import RawItem
 from parsit_data.stats import PartitionStats
 from parsit_data.video import LoadedVideo
-from parsit_data.video_build import video_columns, video_share
+from parsit_data.video_build import video_columns, video_share, video_signature
 
 
 @dataclass(slots=True)
@@ -152,8 +152,9 @@ class PartitionRows:
         cols["truncated"].append(row.truncated)
         for name, value in (NO_VIDEO if row.video is None else video_columns(row.video, row.video_tokens)).items():
             cols[name].append(value)
-        if self.sigs is not None:
-            self.sigs.add(record.sample_id, record.position, record.turns, images)
+        if self.sigs is not None:  # a video signs as one more image (its middle frame), not as text alone
+            sig_images = images if row.video is None else [*images, video_signature(row.video)]
+            self.sigs.add(record.sample_id, record.position, record.turns, sig_images)
         if row.truncated:
             counts.truncated += 1
         counts.kept += 1

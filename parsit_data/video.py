@@ -25,11 +25,14 @@ kept, as JPEG.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import io
 import math
 import multiprocessing
 import os
 import resource
+import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +61,7 @@ class VideoOptions:
     size: tuple[int, int] | None = None
     max_side: int | None = None  # --video-max-side: the longer side at most this, aspect kept (overrides size)
     jpeg_quality: int = 95
+    resample: str = "bicubic"  # the PIL filter of the resize (the video processor's ``resample``)
     max_duration_s: float = 3600.0  # a longer clip is video_too_long (checked before any decode)
     max_pixels: int = 4096 * 2304  # per frame: an 8K clip is video_too_large
     max_file_bytes: int = 8 << 30
@@ -147,6 +151,12 @@ class VideoDecoder:
             ctx = multiprocessing.get_context("forkserver")
             self._pool = cf.ProcessPoolExecutor(1, mp_context=ctx, initializer=_limit_memory,
                                                 initargs=(self.opts.memory_limit_bytes,))
+            # Started (PyAV imported) before any clip's clock runs: the limit is for decoding one clip,
+            # not for starting the child, which takes a second or more on a loaded machine. The child is
+            # started (in submit) without the parent's __main__, see _without_main.
+            with _without_main():
+                ready = self._pool.submit(_ready)
+            ready.result(timeout=_START_TIMEOUT_S)
         return self._pool
 
     def _kill(self) -> None:
@@ -183,6 +193,32 @@ class VideoDecoder:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def _without_main():
+    """Hide the parent's ``__main__`` while the decoder child starts.
+
+    forkserver (like spawn) re-runs the parent's main script in each child unless it is guarded by
+    ``if __name__ == "__main__"``: a user's script that calls ``build()`` at top level, or code piped to
+    ``python -``, would run again in the child (or fail to be found), and every clip would be lost to a
+    crashed decoder. The child needs only this module, which it imports by name.
+    """
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
+
+
+#: How long a fresh decoder child may take to start (a system fault beyond it, not a clip's).
+_START_TIMEOUT_S = 120.0
+
+
+def _ready() -> bool:
+    return True
 
 
 def _limit_memory(limit: int) -> None:
@@ -329,14 +365,15 @@ def _to_jpeg(frame, index: int, time_s: float, opts: VideoOptions) -> SampledFra
     from PIL import Image
 
     img = frame.to_image()  # RGB
+    resample = Image.Resampling[opts.resample.upper()]
     if opts.max_side is not None:
         scale = min(1.0, opts.max_side / max(img.size))
         if scale < 1.0:
             size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-            img = img.resize(size, Image.Resampling.BICUBIC)
+            img = img.resize(size, resample)
     elif opts.size is not None and (img.height, img.width) != tuple(opts.size):
         h, w = opts.size
-        img = img.resize((w, h), Image.Resampling.BICUBIC)
+        img = img.resize((w, h), resample)
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=opts.jpeg_quality)
     return SampledFrame(index=index, time_s=round(time_s, 6), data=buf.getvalue(), width=img.width, height=img.height)

@@ -84,6 +84,8 @@ def normalize(value: dict) -> tuple[dict, list[EmbeddedImage | None]]:
                                                            "the record's 'images': use one")
             value.pop("image", None)
             value["images"] = refs
+    if "videos" in value and "video" not in value:  # the plural spelling (a list of one clip)
+        value = _video_of_list(value)
     field = "images" if "images" in value else "image"
     imgs = value.get(field)
     if isinstance(imgs, EmbeddedImage):
@@ -108,6 +110,16 @@ def _video_of_parts(value: dict, vrefs: list) -> dict:
     if len(refs) != len(vrefs) or (named and len(named) != len(vrefs)):
         raise Reject("video_placeholder_mismatch", f"{len(vrefs)} video part(s) but {len(refs)} video(s) named")
     return {**value, "video": refs[0]}
+
+
+def _video_of_list(value: dict) -> dict:
+    videos = value["videos"]
+    rest = {k: v for k, v in value.items() if k != "videos"}
+    if videos is None or videos == []:
+        return rest
+    if isinstance(videos, list) and len(videos) > 1:
+        raise Reject("video_unsupported", f"the record has {len(videos)} videos; a record holds at most one")
+    return {**rest, "video": videos[0] if isinstance(videos, list) else videos}  # a wrong type: bad_field later
 
 
 def with_embedded(paths: list[str], embedded: list[EmbeddedImage | None]) -> list[Any]:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from parsit_data.format import IMAGE_PLACEHOLDER
+from parsit_data.format import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
 from parsit_data.records import Record
 from parsit_data.templates.base import LLAVA_NEXT, NATIVE, Segment, Template, split_system
 
@@ -44,11 +44,12 @@ LLAVA_NEXT_SYSTEM = "You are a helpful assistant."
 _NOISY_MARK = "QA_GT_caption_based_noisy"
 
 
-def llava_next_multimodal(text: str) -> str:
-    """Upstream ``preprocess_multimodal`` on one turn of a record that has images."""
-    if text.count(IMAGE_PLACEHOLDER) == 1 and not text.startswith(IMAGE_PLACEHOLDER):
-        text = text.replace(IMAGE_PLACEHOLDER, "").strip()
-        text = (IMAGE_PLACEHOLDER + "\n" + text).strip()
+def llava_next_multimodal(text: str, placeholder: str = IMAGE_PLACEHOLDER) -> str:
+    """Upstream ``preprocess_multimodal`` on one turn of a record that has images (or a video: upstream's
+    ``<image>`` there is the video's, which Parsit spells ``<video>``)."""
+    if text.count(placeholder) == 1 and not text.startswith(placeholder):
+        text = text.replace(placeholder, "").strip()
+        text = (placeholder + "\n" + text).strip()
     return text.replace(_NOISY_MARK, "")
 
 
@@ -127,11 +128,12 @@ class ChatMLTemplate(Template):
         system = system_prompt if system_prompt is not None else LLAVA_NEXT_SYSTEM
         segs = [Segment(self.start, True, False, -1), Segment(f"system\n{system}", False, False, -1),
                 Segment(self.end, True, False, -1), Segment("\n", False, False, -1)]
-        has_image = bool(record.images)
+        has_image = bool(record.images) or record.video is not None
+        placeholder = VIDEO_PLACEHOLDER if record.video is not None and not record.images else IMAGE_PLACEHOLDER
         for i, turn in enumerate(record.turns):
             if turn.role == "system":
                 continue  # upstream: source[1:] when the first turn is not from the human
-            content = llava_next_multimodal(turn.content) if has_image else turn.content
+            content = llava_next_multimodal(turn.content, placeholder) if has_image else turn.content
             sup = turn.role == "assistant"
             segs += [Segment(self.start, True, sup, i), Segment(f"{turn.role}\n{content}", False, sup, i),
                      Segment(self.end, True, sup, i), Segment("\n", False, sup, i)]

@@ -140,7 +140,7 @@ def test_shards_are_ipc_streams_with_schema_metadata(demo_build):
         assert reader.schema.equals(shard_schema(meta), check_metadata=True)
         assert reader.schema.equals(SHARD_SCHEMA)  # the columns; the metadata says which build made the shard
         md = reader.schema.metadata
-        assert md[b"parsit.format_version"] == b"2" and md[b"parsit.config_hash"] == m["config_hash"].encode()
+        assert md[b"parsit.format_version"] == b"3" and md[b"parsit.config_hash"] == m["config_hash"].encode()
         assert md[b"parsit.tokenizer_sha256"] == m["tokenizer"]["sha256"].encode()
         assert md[b"parsit.template"] == b"qwen_1_5"
 

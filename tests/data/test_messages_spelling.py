@@ -62,3 +62,14 @@ def test_what_the_parts_cannot_say_is_quarantined_with_a_reason(value, reason):
     with pytest.raises(Reject) as exc:
         _check(value)
     assert exc.value.rejection.reason == reason and exc.value.rejection.detail
+
+
+def test_a_videos_list_of_one_is_the_record_s_video():
+    rec, _ = check_record({"videos": ["a.mp4"], "messages": [{"role": "user", "content": "<video>\nQ?"}, REPLY]},
+                          "s", 0, ValidationOptions())
+    assert rec.video == "a.mp4" and rec.turns[0].content == "<video>\nQ?"
+    with pytest.raises(Reject) as exc:
+        check_record({"videos": ["a.mp4", "b.mp4"], "conversations": [{"from": "human", "value": "<video>"},
+                                                                      {"from": "gpt", "value": "x"}]},
+                     "s", 0, ValidationOptions())
+    assert exc.value.reason == "video_unsupported"

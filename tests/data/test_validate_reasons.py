@@ -146,7 +146,8 @@ def _hostile_videos(image_root: Path, tmp: Path) -> Path:
     (tmp / "outside").mkdir(exist_ok=True)
     make_clip(tmp / "outside" / "clip.mp4", 3)
     # 2 frames 2 hours apart: over the default 1-hour limit, read from the container without decoding
-    make_clip(videos / "long.mkv", 2, codec="ffv1", size=(32, 32), pts=[0, 2 * 3600 * 1000], time_base=Fraction(1, 1000))
+    make_clip(videos / "long.mkv", 2, codec="ffv1", size=(32, 32), pts=[0, 2 * 3600 * 1000],
+              time_base=Fraction(1, 1000))
     make_clip(videos / "8k.mkv", 1, codec="mjpeg", size=(7680, 4320), pix_fmt="yuvj420p")
     make_clip(videos / "slow.avi", 600, codec="mpeg4", size=(320, 240))
     return videos

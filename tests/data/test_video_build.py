@@ -43,6 +43,7 @@ def clips(tmp_path_factory) -> Path:
     make_clip(root / "a.mp4", 40, size=(160, 96))
     make_clip(root / "b.webm", 5, codec="libvpx-vp9", size=(98, 66))
     make_clip(root / "c.avi", 305, codec="mpeg4", size=(64, 48))
+    make_clip(root / "odd.mkv", 1, codec="ffv1", size=(67, 35))  # one frame, odd sizes
     Image.new("RGB", (64, 64), "blue").save(root / "img.png")
     return root
 
@@ -79,11 +80,12 @@ def test_every_spelling_builds_a_row_with_the_sampled_frames_and_exact_tokens(tm
         {"id": "both", "image": "img.png", "video": "a.mp4",
          "conversations": _conv("<image>\n<video>\nCompare.")},
         {"id": "text", "conversations": _conv("Just text.")},
+        {"id": "odd", "video": "odd.mkv", "conversations": _conv()},
     ]
     m, rows, q = _build(tmp_path, records, clips, processor=str(ov_dir), video_frames=8)
     assert q == []
     by = {r["sample_id"]: r for r in rows}
-    totals = {"llava": 40, "hf": 5, "parts": 305, "part_ref": 40, "both": 40}
+    totals = {"llava": 40, "hf": 5, "parts": 305, "part_ref": 40, "both": 40, "odd": 1}
     ref = ov_proc._get_num_multimodal_tokens(video_sizes=[(n, 384, 384) for n in (8, 5)])["num_video_tokens"]
     assert ref == [8 * 196 + 1, 5 * 196 + 1]
     for sid, total in totals.items():
@@ -102,6 +104,8 @@ def test_every_spelling_builds_a_row_with_the_sampled_frames_and_exact_tokens(tm
     assert by["hf"]["num_video_tokens"] == ref[1] and by["llava"]["num_video_tokens"] == ref[0]
     assert by["both"]["num_image_tokens"] and by["both"]["images"]
     assert by["llava"]["video_path"] == "a.mp4" and by["llava"]["video_info"]["width"] == 160
+    assert (by["odd"]["video_info"]["width"], by["odd"]["video_info"]["height"]) == (67, 35)
+    assert by["odd"]["num_video_tokens"] == 197
     t = by["text"]
     assert (t["video_path"], t["video_frames"], t["video_info"], t["num_video_tokens"]) == (None, [], None, 0)
     assert m.format_version == 3 and m.video is not None
@@ -186,3 +190,87 @@ def test_parquet_with_a_video_path_column_and_the_cli_flags(tmp_path, ov_dir, cl
     assert Image.open(io.BytesIO(rows[0]["video_frames"][0])).size == (100, 60)  # 160x96 at max side 100
     assert rows[1]["num_video_tokens"] == 16 * 196 + 1
     assert (m.video.frames, m.video.fps, m.video.max_side) == (16, 2.0, 100)
+
+
+def test_time_instruction_is_llava_video_s_sentence_from_the_stored_times(tmp_path, ov_dir, clips, qwen):
+    from parsit_data.decode import decode_ids
+
+    records = [{"id": "v", "video": "a.mp4", "conversations": _conv("What happens?\n<image>")}]
+    m, rows, q = _build(tmp_path, records, clips, processor=str(ov_dir), video_frames=3, video_time_instruction=True)
+    (r,) = rows
+    assert r["video_frame_indices"] == [0, 19, 39]
+    text = decode_ids(qwen, r["input_ids"])
+    want = ("<video>\nThe video lasts for 1.60 seconds, and 3 frames are uniformly sampled from it. These frames are "
+            "located at 0.00s,0.76s,1.56s.Please answer the following questions related to this video.\n"
+            "What happens?\n")
+    assert f"<|im_start|>user\n{want}<|im_end|>" in text
+    n_text = len(r["input_ids"]) - 1
+    assert r["length"] == n_text + 3 * 196 + 1 and m.video.time_instruction is True
+    _, plain, _ = _build(tmp_path / "off", records, clips, processor=str(ov_dir), video_frames=3)
+    assert "The video lasts" not in decode_ids(qwen, plain[0]["input_ids"])
+
+
+def test_llava_next_policy_moves_the_video_placeholder_as_upstream_moves_its_image(tmp_path, ov_dir, clips, qwen):
+    from parsit_data.decode import decode_ids
+
+    records = [{"id": "v", "video": "a.mp4", "conversations": _conv("What happens?\n<image>")}]
+    m, rows, q = _build(tmp_path, records, clips, processor=str(ov_dir), video_frames=2, label_policy="llava-next")
+    text = decode_ids(qwen, rows[0]["input_ids"])
+    # preprocess_multimodal: the one placeholder moved to the start, "\n", the rest stripped
+    assert "<|im_start|>user\n<video>\nWhat happens?<|im_end|>" in text
+
+
+def test_the_folder_s_video_processor_config_decides_the_stored_frames_and_the_manifest(tmp_path, ov_dir, clips):
+    import shutil
+
+    folder = tmp_path / "ov-video"
+    shutil.copytree(ov_dir, folder)
+    (folder / "video_preprocessor_config.json").write_text(json.dumps({
+        "video_processor_type": "LlavaOnevisionVideoProcessor", "size": {"height": 224, "width": 320},
+        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25], "resample": 2}))
+    records = [{"id": "v", "video": "a.mp4", "conversations": _conv()}]
+    m, rows, q = _build(tmp_path, records, clips, processor=str(folder), video_frames=2)
+    assert all(Image.open(io.BytesIO(f)).size == (320, 224) for f in rows[0]["video_frames"])
+    assert (m.video.size, m.video.image_mean, m.video.image_std, m.video.resample) == (
+        {"height": 224, "width": 320}, [0.5] * 3, [0.25] * 3, "bilinear")
+    assert m.video.video_processor_source == "video_preprocessor_config.json"
+    assert m.video.video_processor["size"] == {"height": 224, "width": 320}
+    # another video config at the same path is another build (its configs are fingerprinted)
+    _, rows2, _ = _build(tmp_path / "again", records, clips, processor=str(ov_dir), video_frames=2)
+    assert load_manifest(tmp_path / "out").config_hash != load_manifest(tmp_path / "again" / "out").config_hash
+
+
+def test_near_duplicates_tell_videos_apart_that_share_their_text(tmp_path, ov_dir, clips):
+    same_text = _conv()
+    records = [{"id": "a", "video": "a.mp4", "conversations": same_text},
+               {"id": "c", "video": "c.avi", "conversations": same_text},
+               {"id": "a-again", "video": "a.mp4", "conversations": same_text}]
+    src = tmp_path / "data.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    out = tmp_path / "out"
+    m = build(BuildConfig(inputs=[str(src)], out=str(out), image_root=str(clips), processor=str(ov_dir),
+                          video_frames=4, near_duplicates="quarantine"))
+    rows = [r["sample_id"] for s in m.shards for r in read_shard(out / s.path).to_pylist()]
+    q = [json.loads(x) for x in (out / "quarantine.jsonl").read_text().splitlines()]
+    assert rows == ["a", "c"]
+    assert [(x["sample_id"], x["reason"]) for x in q] == [("a-again", "near_duplicate")]
+
+
+def test_truncation_cuts_at_a_turn_boundary_and_keeps_or_drops_the_whole_video(tmp_path, ov_dir, clips):
+    long_reply = " ".join(f"word{i}" for i in range(400))
+    first = {"id": "first", "video": "a.mp4", "conversations": _conv() + [
+        {"from": "human", "value": "And then?"}, {"from": "gpt", "value": long_reply}]}
+    later = {"id": "later", "video": "a.mp4", "conversations": [
+        {"from": "human", "value": "Hi."}, {"from": "gpt", "value": "Hello."},
+        {"from": "human", "value": "<video>\nWhat happens?"}, {"from": "gpt", "value": long_reply}]}
+    m, rows, q = _build(tmp_path, [first, later], clips, processor=str(ov_dir), video_frames=2,
+                        max_length=2 * 196 + 1 + 60, overlong="truncate")
+    by = {r["sample_id"]: r for r in rows}
+    assert q == [] and by["first"]["truncated"] and by["later"]["truncated"]
+    f = by["first"]  # cut after the first reply: the video stays whole
+    assert f["num_video_tokens"] == 2 * 196 + 1 and f["input_ids"].count(VIDEO_TOKEN_INDEX) == 1
+    assert f["length"] == len(f["input_ids"]) - 1 + 2 * 196 + 1 <= 2 * 196 + 1 + 60
+    lt = by["later"]  # cut before the video's turn: the row has no video left
+    assert VIDEO_TOKEN_INDEX not in lt["input_ids"]
+    assert (lt["video_path"], lt["video_frames"], lt["num_video_tokens"]) == (None, [], 0)
+    assert lt["length"] == len(lt["input_ids"])
