@@ -63,6 +63,8 @@ def test_video_rows_reach_the_logits_and_train_the_vision_side(video_build, tmp_
     batch = loader.collator([ds[short], ds[long]])  # ragged: 3 and 4 frames in one micro-batch
     assert batch["pixel_values"] is None and [v.shape[0] for v in batch["pixel_values_videos"]] == [3, VIDEO_FRAMES]
     assert int((batch["input_ids"] == VIDEO_ID).sum()) == (3 + 1) + (VIDEO_FRAMES + 1)
+    supervised = ds.supervised_tokens()  # the token-exact loss's denominators, from the build
+    assert batch["num_supervised"] == int(supervised[short] + supervised[long]) > 0
     model.train()
     loss = forward_loss(model, batch, "cpu", torch.float32)
     assert torch.isfinite(loss) and loss.item() > 0
