@@ -279,8 +279,7 @@ def export_hf(engine, cfg: TrainConfig, rank: int) -> Path:
     if rank == 0:
         state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
         engine.module.save_pretrained(str(out), state_dict=state, safe_serialization=True)
-        manifest = load_manifest(cfg.data.builds[0].path)
-        vision = manifest.vision.model_dump(mode="json")
+        vision = load_manifest(cfg.data.builds[0].path).vision.model_dump(mode="json")
         vc = engine.module.config.vision_config
         write_serving_files(out, resolve_tokenizer_path(cfg.data.tokenizer), vision, build_template(cfg),
                             engine.module.config.image_token_id, vc.patch_size,

@@ -24,7 +24,7 @@ from parsit_train.data.collator import Collator
 from parsit_train.data.dataset import ShardDataset
 from parsit_train.data.images import SIGLIP_MEAN, SIGLIP_STD, ImageProcessor
 from parsit_train.data.sampler import ResumableBatchSampler
-from parsit_train.data.video_pixels import video_pixels_for
+from parsit_train.data.video_batch import run_video_pixels
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def build_dataloader(
                           "image token id (Qwen3: 151655, <|image_pad|>)")
     processor = image_processor_for(probe.vision, image_mean, image_std) if probe.vision else None
     probe.image_processor = processor
-    probe.video_pixels = video_pixels_for(probe.builds, tokenizer_path)  # None unless a build took video
+    probe.video_pixels = run_video_pixels(probe, tokenizer_path)  # None unless a row has a video
     dataset = probe
     if pack_length is not None and max_length > pack_length:
         longest = int(dataset.lengths().max()) if len(dataset) else 0

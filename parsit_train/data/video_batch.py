@@ -148,3 +148,15 @@ def video_tokens(dataset) -> np.ndarray:
     except KeyError:
         return np.zeros(n, dtype=np.int64)
     return np.asarray(col, dtype=np.int64) if len(col) == n else np.zeros(n, dtype=np.int64)
+
+
+def run_video_pixels(dataset, tokenizer_path=None):
+    """The run's :class:`~parsit_train.data.video_pixels.VideoPixels`, or None when no row has a video (a
+    build made with a video-capable processor records a ``video`` entry even when it took no clip; such a run
+    needs no video pixels and no blank video). A build read through the shard cache cannot be scanned
+    cheaply: its video entry is trusted."""
+    from parsit_train.data.video_pixels import video_pixels_for
+
+    if dataset.cache is None and not video_tokens(dataset).any():
+        return None
+    return video_pixels_for(dataset.builds, tokenizer_path)

@@ -157,7 +157,7 @@ def test_export_processor_reproduces_training_ids_and_pixels_of_video_records(tm
     collate = Collator(ds.pad_token_id, 151655, 256, image_processor=pixels, video_processor=frames_px)
     collate.video_token_id = 151656
     records = {json.loads(line)["id"]: json.loads(line) for line in (tmp_path / "b" / "records.jsonl").read_text().splitlines()}
-    counts = set()
+    counts, both = set(), 0
     for i in range(len(ds)):
         item = ds[i]
         rec = records[item["sample_id"]]
@@ -166,16 +166,26 @@ def test_export_processor_reproduces_training_ids_and_pixels_of_video_records(tm
         batch = collate([item])
         ids, labels = batch["input_ids"][0].numpy(), batch["labels"][0].numpy()
         start = int(np.flatnonzero(labels != -100)[0])
-        question = rec["conversations"][0]["value"].replace("<image>", "<video>")  # the build's spelling
+        question = rec["conversations"][0]["value"]
+        if "image" not in rec:
+            question = question.replace("<image>", "<video>")  # LLaVA-Video's spelling, rewritten by the build
         prompt = processor.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
                                                tokenize=False)
         keep, ds.video_pixels = ds.video_pixels, None
         jpegs = ds[i]["video_frames"]
         ds.video_pixels = keep
         frames = np.stack([np.asarray(Image.open(io.BytesIO(f)).convert("RGB")) for f in jpegs])
-        enc = processor(text=prompt, videos=[frames], return_tensors="pt")
+        images = None
+        if "image" in rec:
+            images = [[Image.open(tmp_path / "b" / "media" / rec["image"]).convert("RGB")]]
+            both += 1
+        enc = processor(text=prompt, images=images, videos=[frames], return_tensors="pt")
         assert enc["input_ids"][0].tolist() == ids[:start].tolist(), item["sample_id"]
         assert int((enc["input_ids"] == 151656).sum()) == item["num_video_tokens"]
         torch.testing.assert_close(enc["pixel_values_videos"][0], batch["pixel_values_videos"][0], rtol=0, atol=1e-5)
+        if images:
+            n = item["crops_per_image"][0]
+            torch.testing.assert_close(enc["pixel_values"][0][:n], batch["pixel_values"][0][:n], rtol=0, atol=1e-5)
+            assert int((enc["input_ids"] == 151655).sum()) == sum(item["num_image_tokens"])
         counts.add(len(jpegs))
-    assert counts == {3, 4}
+    assert counts == {3, 4} and both == 1

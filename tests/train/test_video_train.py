@@ -63,6 +63,8 @@ def test_video_rows_reach_the_logits_and_train_the_vision_side(video_build, tmp_
     batch = loader.collator([ds[short], ds[long]])  # ragged: 3 and 4 frames in one micro-batch
     assert batch["pixel_values"] is None and [v.shape[0] for v in batch["pixel_values_videos"]] == [3, VIDEO_FRAMES]
     assert int((batch["input_ids"] == VIDEO_ID).sum()) == (3 + 1) + (VIDEO_FRAMES + 1)
+    supervised = ds.supervised_tokens()  # the token-exact loss's denominators, from the build
+    assert batch["num_supervised"] == int(supervised[short] + supervised[long]) > 0
     model.train()
     loss = forward_loss(model, batch, "cpu", torch.float32)
     assert torch.isfinite(loss) and loss.item() > 0
@@ -86,18 +88,20 @@ def test_video_tokens_count_as_vision_work_for_rank_balance(video_build, tmp_pat
     for i in range(len(ds)):
         item = ds[i]
         assert work[i] == sum(item["num_image_tokens"]) + item["num_video_tokens"], item["sample_id"]
-    assert sum(ds[i]["num_video_tokens"] > 0 for i in range(len(ds))) == 9
+    assert sum(ds[i]["num_video_tokens"] > 0 for i in range(len(ds))) == 10
+    both = next(i for i in range(len(ds)) if ds[i]["sample_id"] == "both-000")
+    assert work[both] == sum(ds[both]["num_image_tokens"]) + VIDEO_FRAMES + 1 > VIDEO_FRAMES + 1
 
 
 @pytest.mark.timeout(120)
 def test_loader_video_throughput_counts_every_video_row_of_an_epoch(video_build):
     """The benchmark's loader measure (parsit_train.data.video_throughput) over one epoch: every video row's
-    frames reached a batch (9 videos, 3 of them the 3-frame clip), nothing else counted as video."""
+    frames reached a batch (10 videos, 3 of them the 3-frame clip), nothing else counted as video."""
     from parsit_train.data.video_throughput import loader_video_throughput
 
-    r = loader_video_throughput(video_build, "qwen3", batch_size=4, num_workers=0, warmup_batches=0)
-    assert r["samples"] == 20 and r["video_samples"] == 9
-    assert r["frames"] == 3 * 3 + 6 * VIDEO_FRAMES
+    r = loader_video_throughput(video_build, "qwen3", batch_size=7, num_workers=0, warmup_batches=0)  # 21 rows: 3 full
+    assert r["samples"] == 21 and r["video_samples"] == 10
+    assert r["frames"] == 3 * 3 + 7 * VIDEO_FRAMES
     assert r["video_samples_per_s"] > 0 and r["seconds"] > 0
 
 

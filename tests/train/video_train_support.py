@@ -4,7 +4,7 @@ Clips are made with tests/data/video_support.py (each frame carries its index in
 folder is transformers' own ``LlavaOnevisionProcessor`` at the tiny geometry (crop 28, patch 14: 4 patch
 tokens a crop, 1 pooled token a frame) with a video processor at 28x28 and its class's OpenAI CLIP
 mean/std. ``--video-frames 4``: the 12- and 40-frame clips give 4 frames (5 video tokens), the 3-frame clip
-keeps its 3 (4 tokens).
+keeps its 3 (4 tokens). One record holds an image and a video.
 """
 
 from __future__ import annotations
@@ -56,6 +56,9 @@ def video_records(n_video: int = 9, n_image: int = 6, n_text: int = 5) -> list[d
         recs.append({"id": f"img-{i:03d}", "image": f"img{i % 4}.png", "conversations": [
             {"from": "human", "value": "<image>\nWhat colour is it?"},
             {"from": "gpt", "value": f"It is {colours[i % 4]}."}]})
+    recs.append({"id": "both-000", "image": "img1.png", "video": "mid.mp4", "conversations": [  # image and video
+        {"from": "human", "value": "<image>\n<video>\nDoes the picture match the clip?"},
+        {"from": "gpt", "value": "No, the picture is green."}]})
     for i in range(n_text):
         recs.append({"id": f"txt-{i:03d}", "conversations": [
             {"from": "human", "value": f"Say the number {i}."}, {"from": "gpt", "value": f"{i}."}]})
