@@ -158,25 +158,6 @@ def model_section(mcfg, view):
     return mcfg.model_copy(update=update) if update else mcfg
 
 
-def check_image_token(image_token_id: int, vision: dict | None, tokenizer) -> None:
-    """A build made with ``--processor`` names its image token: the run's ``model.image_token_id`` must be that
-    token's id in the run's tokenizer (the export's processor expands that token)."""
-    from tokenizers import Tokenizer
-
-    from parsit_data.format import resolve_tokenizer_path
-
-    token = (vision or {}).get("image_token")
-    if not token or not (vision or {}).get("processor"):
-        return
-    path = resolve_tokenizer_path(tokenizer) / "tokenizer.json"
-    if not path.is_file():
-        return
-    want = Tokenizer.from_file(str(path)).token_to_id(token)
-    if want is not None and want != int(image_token_id):
-        raise ParsitError(f"model.image_token_id is {image_token_id}, but the build's processor uses {token!r}, id {want} "
-                          f"in this tokenizer: set model.image_token_id: {want}")
-
-
 def check_model_section(mcfg, vision: dict | None) -> None:
     """Before any rank starts: the config's model agrees with the build (``launch``'s preflight).
 

@@ -274,19 +274,6 @@ def finish_model(model: LlavaForConditionalGeneration, mcfg: ModelConfig) -> Lla
     return model
 
 
-def fill_vision_geometry(mcfg: ModelConfig, vision: dict) -> None:
-    """An inline (tiny) vision config without image_size/patch_size takes the build's geometry.
-
-    A pretrained tower has its own geometry; a mismatch is refused by :func:`check_compatibility`.
-    """
-    spec = mcfg.vision_tower
-    if spec is None or spec.config is None:
-        return
-    for key in ("image_size", "patch_size"):
-        if key not in spec.config and key in vision:
-            spec.config[key] = int(vision[key])
-
-
 def check_compatibility(model: LlavaForConditionalGeneration, vision: dict, vocab_size: int) -> None:
     """Refuse a model whose vision geometry or vocabulary disagrees with the shards' manifest."""
     vc = model.config.vision_config

@@ -181,7 +181,7 @@ def _model_section(build: Path, **model):
 
 
 @pytest.mark.timeout(300)
-def test_a_llava_processor_build_is_fed_exactly_as_llava_processor_and_its_model(llava_build):
+def test_a_llava_processor_build_is_fed_exactly_as_llava_processor_and_its_model(llava_build, tmp_path):
     from PIL import Image
     from transformers import AutoProcessor
 
@@ -193,6 +193,10 @@ def test_a_llava_processor_build_is_fed_exactly_as_llava_processor_and_its_model
     assert mcfg.image_token_id == VISION_PAD  # derived from the build's placeholder, not the 151655 default
     processor = AutoProcessor.from_pretrained(str(proc_dir))
     assert type(processor).__name__ == "LlavaProcessor"
+    from parsit_train.serving import write_serving_files
+
+    write_serving_files(tmp_path / "export", view.tokenizer, view.vision, view.template, mcfg.image_token_id)
+    served = AutoProcessor.from_pretrained(str(tmp_path / "export"))  # what the export serves with
     loader, _ = open_loader([build], image_token_id=mcfg.image_token_id, batch_size=1, max_length=256,
                             shuffle=False, drop_last=False)
     torch.manual_seed(0)
@@ -206,6 +210,9 @@ def test_a_llava_processor_build_is_fed_exactly_as_llava_processor_and_its_model
         assert image.size == CLIP_SIZES[i]
         enc = processor(images=[image], text="<|vision_pad|>\nDescribe it.", return_tensors="pt")
         np.testing.assert_allclose(batch.pixel_values.numpy(), enc["pixel_values"].numpy(), atol=1e-5, rtol=0)
+        again = served(images=[image], text="<|vision_pad|>\nDescribe it.", return_tensors="pt")
+        assert torch.equal(again["input_ids"], enc["input_ids"])
+        np.testing.assert_allclose(again["pixel_values"].numpy(), enc["pixel_values"].numpy(), atol=1e-6, rtol=0)
         tokens = int((enc["input_ids"] == VISION_PAD).sum())
         assert tokens == 5 == int((batch.input_ids == VISION_PAD).sum())  # 2x2 patches + CLS (full)
         with torch.no_grad():
