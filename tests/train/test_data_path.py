@@ -67,7 +67,7 @@ def test_a_built_collator_is_frozen_and_survives_the_trip_to_a_worker():
         copy.blank_image = None
 
 
-def test_batch_moves_and_feeds_by_field_metadata_so_a_new_input_is_one_field():
+def test_batch_moves_and_feeds_by_field_metadata_so_a_new_input_is_one_field(monkeypatch):
     ids = torch.tensor([[1, 2, 3]])
     base = dict(input_ids=ids, labels=ids, targets=ids, sample_ids=("a",), num_tokens=3, num_padded=3,
                 num_supervised=2, num_samples_supervised=1)
@@ -77,6 +77,13 @@ def test_batch_moves_and_feeds_by_field_metadata_so_a_new_input_is_one_field():
     assert moved.pixel_values.dtype == torch.bfloat16 and moved.input_ids.dtype == torch.long
     assert moved.batch_num_images is b.batch_num_images  # kept on the host, as the model reads it
     assert set(b.model_inputs()) == {"input_ids", "attention_mask", "pixel_values", "batch_num_images"}
+    # DataLoader(pin_memory=True) pins a Batch through its own pin_memory (no CUDA here: count the calls)
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a, **k: pinned.append(self) or self)
+    out = pin_memory(b)
+    assert isinstance(out, Batch) and out.sample_ids == ("a",) and len(pinned) == 6
 
     @dataclasses.dataclass(frozen=True)
     class WithVideo(Batch):  # what the video branch adds: one field
