@@ -124,6 +124,7 @@ def open_data(cfg: TrainConfig, rank: int, world_size: int, local_rank: int = 0,
     mcfg = model_section(cfg.model, view)
     spec = BatchSpec(batch_size=cfg.optim.micro_batch_size, image_token_id=mcfg.image_token_id, seed=cfg.seed,
                      rank=rank, world_size=world_size, loss_weighting=cfg.optim.loss_weighting,
+                     video_token_id=mcfg.video_token_id,
                      # A batch without images gets one blank image (masked out / its own segment, never
                      # supervised): every rank must run the same modules each micro-step, or ZeRO-3's
                      # per-module gathers pair up wrongly and ZeRO-2 misses gradients.

@@ -19,9 +19,11 @@ the same sample; a sample's last position holds -100), which is what the trainer
 position is ever trained on another sample's token.
 
 Output: a frozen :class:`parsit_train.data.batch.Batch` (typed fields; the loop reads
-``batch.num_supervised``, never a key). Video (the -201 sentinel, branch video-train) is one place here:
-:func:`expand_images` is where a sentinel becomes its model token ids, and the batch's ``pixel_values_videos``
-is filled next to ``pixel_values`` at the end of :meth:`Collator.__call__`.
+``batch.num_supervised``, never a key). Video (the -201 sentinel, branch video-train): the model's
+``video_token_id`` is already a constructor argument (derived from the build view like the image token id);
+what remains is :meth:`Collator._sequence`, where each row's sentinels are expanded (next to the -200
+expansion of :func:`expand_images`), and the ``Batch(...)`` at the end of :meth:`Collator.__call__`, where
+``pixel_values_videos`` is set next to ``pixel_values``.
 
 Packing: items carrying a ``pack`` slot (the sampler's ``(index, slot)`` keys) are concatenated into one
 row per slot, with ``position_ids`` restarting at 0 for each sample and NO ``attention_mask`` (None): the
@@ -123,6 +125,7 @@ class Collator:
         pack_length: int | None = None,
         blank_image: tuple[int, int] | None = None,
         loss_weighting: str = "token",
+        video_token_id: int | None = None,
     ) -> None:
         if image_token_id < 0:
             raise ParsitError(f"image_token_id {image_token_id} is not a vocabulary id: pass the model's image token id")
@@ -139,6 +142,8 @@ class Collator:
         if loss_weighting not in ("token", "sample"):
             raise ParsitError(f"loss_weighting must be 'token' or 'sample', got {loss_weighting!r}")
         self.loss_weighting = loss_weighting
+        #: The model's video token id (OneVision; from the build view), what a -201 sentinel expands to.
+        self.video_token_id = None if video_token_id is None else int(video_token_id)
         self._frozen = True
 
     def _check_crops(self, item: dict) -> None:

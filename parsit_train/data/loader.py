@@ -134,6 +134,7 @@ class BatchSpec:
     drop_last: bool = True
     group_size: int | None = None
     pad_to_multiple_of: int | None = None
+    video_token_id: int | None = None  # OneVision: what the collator expands a video's -201 sentinel to
 
 
 def image_processor_for(vision: dict | None):
@@ -210,6 +211,7 @@ def build_dataloader(view: BuildView, data: DataConfig, workers: DataLoaderConfi
         pack_length=pack_length,
         blank_image=blank,
         loss_weighting=spec.loss_weighting,
+        video_token_id=spec.video_token_id,
     )
     n = workers.num_workers
     extra = dict(
