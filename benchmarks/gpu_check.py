@@ -230,9 +230,9 @@ def run_case(cfg_path: Path, result: Path) -> None:
     cfg = load_config(cfg_path)
     rank, world, _ = setup_distributed()
     data = open_data(cfg, rank, world, verify_checksums=True)
-    loader, sampler = data.loader, data.sampler
+    loader = data.loader
     ds = deepspeed_config(cfg, world)
-    model, keep = load_model(cfg.model.init_from, cfg.model, torch.bfloat16, ds)
+    model, keep = load_model(cfg.model.init_from, data.model, torch.bfloat16, ds)
     set_trainable(model, cfg.trainable_parts())
     groups = param_groups(model, cfg.optim.lr.model_dump(), 0.0)
     engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(groups), config=ds)

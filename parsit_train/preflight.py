@@ -23,7 +23,6 @@ and launch does not check, as before verification was done once (benchmarks/star
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os

@@ -35,7 +35,7 @@ import pyarrow as pa
 from parsit_data.errors import ParsitError
 from parsit_data.format import Build, MappedShard, map_shard
 from parsit_data.format.fsio import RemotePath
-from parsit_train.data.view import BuildView, check_compatible, open_view, vision_key  # noqa: F401 (re-exported)
+from parsit_train.data.view import BuildView, open_view
 
 log = logging.getLogger(__name__)
 
