@@ -2,7 +2,8 @@
 
 argv: training config (YAML), output JSON path. Counts every read of a ``manifest.json`` file by this rank
 process (``Path.read_text`` / ``read_bytes`` / ``open``: whatever reads the file goes through one of them),
-runs the real training (data, model, steps, export), and writes ``{manifest path: reads}``.
+runs the real training (data, model, steps, export), and writes ``{manifest path: reads}`` and the builds
+this rank hashed (``verify_shards`` calls).
 """
 
 from __future__ import annotations
@@ -35,8 +36,13 @@ def main() -> None:
         return real_open(file, *a, **kw)
 
     builtins.open = open_counted
+    import parsit_train.train as train_module
     from parsit_train.config import load_config
     from parsit_train.train import train
+
+    hashed = []
+    verify = train_module.verify_shards
+    train_module.verify_shards = lambda view: hashed.append(len(view.builds)) or verify(view)
 
     cfg = load_config(config)  # reads the YAML only
     before = dict(reads)
@@ -45,7 +51,7 @@ def main() -> None:
     import torch
 
     rank = torch.distributed.get_rank()
-    json.dump({"rank": rank, "steps": result.steps, "before_train": before, "reads": dict(reads)},
+    json.dump({"rank": rank, "steps": result.steps, "before_train": before, "reads": dict(reads), "hashed": hashed},
               real_open(out, "w"))
 
 

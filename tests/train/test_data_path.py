@@ -96,7 +96,11 @@ def test_batch_moves_and_feeds_by_field_metadata_so_a_new_input_is_one_field(mon
 
 # --- one manifest read per build per rank -----------------------------------------------------------------
 @pytest.mark.timeout(240)
-def test_each_rank_reads_each_manifest_once_in_a_real_two_rank_run(tmp_path):
+@pytest.mark.parametrize("started", ["directly", "by_launch"])
+def test_each_rank_reads_each_manifest_once_in_a_real_two_rank_run(tmp_path, started):
+    """Two ranks, two builds, a real run (data, model, checkpoints, export): each rank reads each manifest once.
+    Started directly, local rank 0 hashes the shards; started by launch (its stamp written by the launch's
+    own check), no rank hashes, and the stamp is checked against the manifests the ranks already read."""
     a = make_build(tmp_path / "a", n=8)
     b = make_build(tmp_path / "b", n=4, n_text=4)
     cfg = tiny_config(a, tmp_path / "out", optim={"micro_batch_size": 2, "max_steps": 2, "schedule": "constant",
@@ -104,13 +108,22 @@ def test_each_rank_reads_each_manifest_once_in_a_real_two_rank_run(tmp_path):
                       checkpoint={"export_hf": True, "every_steps": 1})
     cfg["data"] = {"builds": [str(a), {"path": str(b), "weight": 0.5}]}
     path = write_config(tmp_path / "train.yaml", cfg)
+    launch_env = {}
+    if started == "by_launch":
+        from parsit_train.config import load_config
+        from parsit_train.faults import LAUNCH_DIR_ENV
+        from parsit_train.preflight import verify_before_launch
+
+        folder = tmp_path / "launch"
+        folder.mkdir()
+        verify_before_launch(load_config(path), folder)
+        launch_env = {LAUNCH_DIR_ENV: str(folder)}
     port = free_port()
     procs = []
     for rank in range(2):
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "DS_ACCELERATOR": "cpu",
-               "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        env.pop("PARSIT_LAUNCH_DIR", None)
+               "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **launch_env}
         procs.append(subprocess.Popen([sys.executable, str(WORKER), str(path), str(tmp_path / f"r{rank}.json")],
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     logs = []
@@ -127,6 +140,7 @@ def test_each_rank_reads_each_manifest_once_in_a_real_two_rank_run(tmp_path):
         r = json.loads((tmp_path / f"r{rank}.json").read_text())
         assert r["steps"] == 2 and r["before_train"] == {}
         assert r["reads"] == want, (rank, r["reads"])  # data, model, checkpoints and export: one read each
+        assert r["hashed"] == ([2] if started == "directly" and rank == 0 else []), (rank, r["hashed"])
     assert (tmp_path / "out" / "hf" / "config.json").is_file()
 
 
