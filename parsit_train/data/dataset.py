@@ -79,7 +79,12 @@ class ShardDataset:
     the row, -200 placeholders and -100 labels as stored), ``num_image_tokens`` (list[int]), ``image_sizes`` (list of
     (width, height), original), ``build`` (index of the build), and either ``images`` (list of encoded
     bytes) or, when an ``image_processor`` is set, ``image_crops`` (uint8 [crops, S, S, 3], resized / padded /
-    cut per the manifest's geometry, normalised later by the collator) and ``crops_per_image`` (list[int]).
+    cut per the manifest's geometry, normalised later by the collator; float32 patches from a processor
+    folder's image processor) and ``crops_per_image`` (list[int]).
+
+    ``builds``: the rank's :class:`parsit_train.data.view.BuildView` (the trainer: manifests already read,
+    ``max_length`` the view's), or build directories that are opened here with the other arguments (tools
+    and tests). The image processor is given at construction (the trainer never sets it afterwards).
     """
 
     def __init__(
