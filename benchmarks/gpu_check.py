@@ -150,9 +150,7 @@ def run_pack_check(cfg_path: Path, result: Path, attns: list[str]) -> None:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model, _ = load_model(cfg.model.init_from, cfg.model.model_copy(update={"attn_implementation": "sdpa"}), dtype)
     model = model.to(device).eval()
-    vc = model.config.vision_config
-    loader, _sampler, _vision, _vocab = open_data(cfg, cfg.model.image_token_id, 0, 1)
-    loader.collator.blank_image = (vc.image_size, (vc.image_size // vc.patch_size) ** 2)
+    loader = open_data(cfg, 0, 1, verify_checksums=True).loader  # the blank image: from the build view
     batch = next(iter(loader))
     rows = []
     for attn in attns:
@@ -231,9 +229,10 @@ def run_case(cfg_path: Path, result: Path) -> None:
 
     cfg = load_config(cfg_path)
     rank, world, _ = setup_distributed()
-    loader, sampler, vision, _vocab = open_data(cfg, cfg.model.image_token_id, rank, world)
+    data = open_data(cfg, rank, world, verify_checksums=True)
+    loader = data.loader
     ds = deepspeed_config(cfg, world)
-    model, keep = load_model(cfg.model.init_from, cfg.model, torch.bfloat16, ds)
+    model, keep = load_model(cfg.model.init_from, data.model, torch.bfloat16, ds)
     set_trainable(model, cfg.trainable_parts())
     groups = param_groups(model, cfg.optim.lr.model_dump(), 0.0)
     engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(groups), config=ds)
@@ -242,7 +241,7 @@ def run_case(cfg_path: Path, result: Path) -> None:
     loader.collator.blank_image = (IMAGE_SIZE, (IMAGE_SIZE // PATCH) ** 2)
 
     def step(batch) -> None:
-        micro_step(engine, batch, max(1, int(batch["num_supervised"])), world, torch.bfloat16)  # batch mean
+        micro_step(engine, batch, max(1, int(batch.num_supervised)), world, torch.bfloat16)  # batch mean
         engine.step()
 
     def batches():
@@ -258,7 +257,7 @@ def run_case(cfg_path: Path, result: Path) -> None:
     n, tok, t0 = cfg.optim.max_steps, 0, time.perf_counter()
     for _ in range(n):
         b = next(it)
-        tok += b["num_tokens"]
+        tok += b.num_tokens
         step(b)
     torch.cuda.synchronize()
     real = (time.perf_counter() - t0) / n

@@ -50,7 +50,8 @@ from parsit_data.build import build  # noqa: E402
 from parsit_data.config import BuildConfig  # noqa: E402
 from parsit_data.format import IGNORE_INDEX, IMAGE_TOKEN_INDEX  # noqa: E402
 from parsit_data.format import bundled_qwen3_tokenizer  # noqa: E402
-from parsit_train.data import ImageProcessor, build_dataloader, seed_worker  # noqa: E402
+from parsit_train.config import DataConfig, DataLoaderConfig  # noqa: E402
+from parsit_train.data import BatchSpec, ImageProcessor, build_dataloader, open_view, seed_worker  # noqa: E402
 
 QWEN_IMAGE_PAD = 151655
 SYSTEM = "You are a helpful assistant."
@@ -204,12 +205,12 @@ def llava_loader(src: Path, img_dir: Path, args, fast: bool) -> DataLoader:
 
 
 def parsit_loader(build_dir: Path, args, workers: int | None = None, batch_size: int | None = None):
-    loader, sampler = build_dataloader(
-        [build_dir], tokenizer_path=bundled_qwen3_tokenizer(), image_token_id=QWEN_IMAGE_PAD,
-        batch_size=batch_size or args.batch_size, max_length=args.max_length, seed=args.seed,
-        num_workers=args.workers if workers is None else workers, prefetch_factor=args.prefetch,
-        persistent_workers=False)
-    return loader, sampler
+    loader = build_dataloader(
+        open_view([build_dir], bundled_qwen3_tokenizer(), max_length=args.max_length), DataConfig(builds=[str(build_dir)]),
+        DataLoaderConfig(num_workers=args.workers if workers is None else workers, prefetch_factor=args.prefetch,
+                         persistent_workers=False),
+        BatchSpec(batch_size=batch_size or args.batch_size, image_token_id=QWEN_IMAGE_PAD, seed=args.seed))
+    return loader, loader.sampler
 
 
 # -- measurement ---------------------------------------------------------------------------------------

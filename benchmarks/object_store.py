@@ -47,7 +47,8 @@ from PIL import Image  # noqa: E402
 from parsit_data.format import fsio  # noqa: E402
 from parsit_data.build import build  # noqa: E402
 from parsit_data.config import BuildConfig  # noqa: E402
-from parsit_train.data import build_dataloader  # noqa: E402
+from parsit_train.config import DataConfig, DataLoaderConfig  # noqa: E402
+from parsit_train.data import BatchSpec, build_dataloader, open_view  # noqa: E402
 
 WORDS = "invoice total amount due date account balance payment reference customer address page".split()
 
@@ -80,17 +81,19 @@ def upload(build_dir: Path, uri: str) -> None:
 
 
 def loader(where, args, **kw):
-    return build_dataloader([where], tokenizer_path="qwen3", image_token_id=151655, batch_size=args.batch_size,
-                            max_length=1024, num_workers=args.workers, persistent_workers=False, seed=1,
-                            shuffle_window_shards=args.window, **kw)
+    view = open_view([where], "qwen3", max_length=1024, **kw)
+    loader = build_dataloader(view, DataConfig(builds=[str(where)], shuffle_window_shards=args.window),
+                              DataLoaderConfig(num_workers=args.workers, persistent_workers=False),
+                              BatchSpec(batch_size=args.batch_size, image_token_id=151655, seed=1))
+    return loader, loader.sampler
 
 
 def epoch(ld) -> tuple[float, int, list]:
     t0 = time.perf_counter()
     n, ids = 0, []
     for batch in ld:
-        n += len(batch["sample_ids"])
-        ids.extend(batch["sample_ids"])
+        n += len(batch.sample_ids)
+        ids.extend(batch.sample_ids)
     return time.perf_counter() - t0, n, ids
 
 

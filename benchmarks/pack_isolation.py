@@ -36,9 +36,9 @@ def _crops(input_ids: torch.Tensor, image_token_id: int, tokens_per_crop: int) -
     return int((input_ids == image_token_id).sum()) // tokens_per_crop
 
 
-def probe(batch: dict, image_token_id: int, tokens_per_crop: int) -> dict:
+def probe(batch, image_token_id: int, tokens_per_crop: int) -> dict:
     """The probed sample of a 2-pack micro-batch: its row, span, the 1-row micro-batch and the sample alone."""
-    ids, pos, tgt, pixels = batch["input_ids"], batch["position_ids"], batch["targets"], batch["pixel_values"]
+    ids, pos, tgt, pixels = batch.input_ids, batch.position_ids, batch.targets, batch.pixel_values
     if ids.shape[0] != 2 or pos is None:
         raise ValueError(f"need a packed micro-batch of 2 packs, got {tuple(ids.shape)} (packed: {pos is not None})")
     row = 1
@@ -54,10 +54,11 @@ def probe(batch: dict, image_token_id: int, tokens_per_crop: int) -> dict:
     def cut(lo, n):
         return None if pixels is None or n == 0 else pixels[lo : lo + n]
 
-    one = {**batch, "input_ids": ids[row : row + 1], "position_ids": pos[row : row + 1], "targets": tgt[row : row + 1],
-           "labels": batch["labels"][row : row + 1], "pixel_values": cut(before_row, in_row), "target_weights": None}
-    alone = {"input_ids": ids[row : row + 1, a:b], "targets": tgt[row : row + 1, a:b], "labels": None,
-             "attention_mask": None, "position_ids": None, "pixel_values": cut(before, mine), "target_weights": None}
+    one = batch.replace(input_ids=ids[row : row + 1], position_ids=pos[row : row + 1], targets=tgt[row : row + 1],
+                        labels=batch.labels[row : row + 1], pixel_values=cut(before_row, in_row), target_weights=None)
+    alone = batch.replace(input_ids=ids[row : row + 1, a:b], targets=tgt[row : row + 1, a:b],
+                          labels=batch.labels[row : row + 1, a:b], attention_mask=None, position_ids=None,
+                          pixel_values=cut(before, mine), target_weights=None)
     return {"row": row, "span": (a, b), "one_row": one, "alone": alone,
             "supervised": int((tgt[row, a:b] != IGNORE).sum())}
 
@@ -66,13 +67,13 @@ def _loss(model, batch: dict, row: int | None, span: tuple[int, int] | None, dev
     """(the probed sample's loss sum, its logits at its supervised positions [n, vocab], float32)."""
     from parsit_train.train import forward_loss
 
-    b = dict(batch)
-    keep = b["targets"] != IGNORE
+    b = batch
+    keep = b.targets != IGNORE
     mine = keep.clone()
     if span is not None:
-        w = torch.zeros(b["targets"].shape, dtype=torch.float32)
+        w = torch.zeros(b.targets.shape, dtype=torch.float32)
         w[row, span[0] : span[1]] = 1.0
-        b["target_weights"] = w
+        b = b.replace(target_weights=w)
         mine &= w.bool()
     seen = []
     hook = model.lm_head.register_forward_hook(lambda _m, _i, out: seen.append(out.detach().float()))

@@ -218,7 +218,8 @@ def train_throughput(steps: int, samples: int) -> dict:
     from parsit_data.config import BuildConfig
     from parsit_data.format import bundled_qwen3_tokenizer
     from parsit_train.config import parse_config
-    from parsit_train.data import build_dataloader
+    from parsit_train.config import DataConfig, DataLoaderConfig
+    from parsit_train.data import BatchSpec, build_dataloader, open_view
     from parsit_train.model import build_model
     from parsit_train.train import forward_loss
 
@@ -239,9 +240,11 @@ def train_throughput(steps: int, samples: int) -> dict:
         torch.manual_seed(0)
         model = build_model(cfg.model).float()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        loader, _ = build_dataloader([out], tokenizer_path="qwen3", image_token_id=151655,
-                                     batch_size=batch if mode == "padded" else 1, max_length=512, num_workers=0,
-                                     pack_length=pack if mode == "packed" else None, blank_image=(28, 4))
+        loader = build_dataloader(open_view([out], "qwen3", max_length=512),
+                                  DataConfig(builds=[str(out)], pack_length=pack if mode == "packed" else None),
+                                  DataLoaderConfig(num_workers=0),
+                                  BatchSpec(batch_size=batch if mode == "padded" else 1, image_token_id=151655,
+                                            blank_image=True))
         batches, it = [], iter(loader)
         while len(batches) < steps + 2:
             try:
@@ -252,13 +255,13 @@ def train_throughput(steps: int, samples: int) -> dict:
         elapsed = 0.0
         for k, b in enumerate(batches):
             t = time.perf_counter()
-            loss = forward_loss(model, b, "cpu", torch.float32) / max(1, b["num_supervised"])
+            loss = forward_loss(model, b, "cpu", torch.float32) / max(1, b.num_supervised)
             loss.backward()
             opt.step()
             opt.zero_grad()
             if k >= 2:  # two warm-up steps
                 elapsed += time.perf_counter() - t
-                sup, tok, padded = sup + b["num_supervised"], tok + b["num_tokens"], padded + b["num_padded"]
+                sup, tok, padded = sup + b.num_supervised, tok + b.num_tokens, padded + b.num_padded
         results[mode] = {"sup_per_s": sup / elapsed, "util": tok / padded, "sup": sup, "s": elapsed}
     results["batch"], results["pack"], results["rows"] = batch, pack, samples
     return results

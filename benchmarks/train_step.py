@@ -29,15 +29,15 @@ def main() -> None:
     import deepspeed
 
     from parsit_train.config import load_config
-    from parsit_train.model import build_model, fill_vision_geometry, param_groups, set_trainable
+    from parsit_train.model import build_model, param_groups, set_trainable
     from parsit_train.train import deepspeed_config, forward_loss, open_data, setup_distributed
 
     cfg = load_config(args.config, args.overrides + ["optim.gradient_accumulation_steps=1"])
     rank, world, _ = setup_distributed()
-    loader, sampler, vision, _ = open_data(cfg, cfg.model.image_token_id, rank, world)
-    fill_vision_geometry(cfg.model, vision)
+    data = open_data(cfg, rank, world, verify_checksums=True)
+    loader, sampler = data.loader, data.sampler
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model)
+    model = build_model(data.model)
     set_trainable(model, cfg.trainable_parts())
     opt = torch.optim.AdamW(param_groups(model, cfg.optim.lr.model_dump(), cfg.optim.weight_decay))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=deepspeed_config(cfg, world))
@@ -45,7 +45,7 @@ def main() -> None:
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
 
     def step(batch) -> None:
-        loss = forward_loss(engine, batch, engine.device, dtype) / max(1, batch["num_supervised"])  # a sum
+        loss = forward_loss(engine, batch, engine.device, dtype) / max(1, batch.num_supervised)  # a sum
         engine.backward(loss)
         engine.step()
 

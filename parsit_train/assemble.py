@@ -218,6 +218,7 @@ def assemble(
     projector: Path | None = None,
     *,
     image_token_id: int = 151655,
+    video_token_id: int | None = None,
     vision_feature_layer: int = -2,
     seed: int = 0,
     tokenizer: str | Path = "qwen3",
@@ -246,7 +247,7 @@ def assemble(
                               "Face folder (nothing is downloaded)")
     vc = vision_config_of(TowerSpec(path=vision_tower))
     tc = text_config_of(TowerSpec(path=language_model))
-    cfg = combine_configs(vc, tc, image_token_id, vision_feature_layer, vision)
+    cfg = combine_configs(vc, tc, image_token_id, vision_feature_layer, vision, video_token_id)
     if image_token_id >= tc.vocab_size:
         raise ParsitError(f"image token id {image_token_id} is outside the language model's vocabulary ({tc.vocab_size})")
     tok_dir = resolve_tokenizer_path(tokenizer)
@@ -344,7 +345,7 @@ def starting_folder(cfg, vision: dict, template: dict, rank: int) -> Path:
         geometry = vision if tokens else None
         if m.vision_tower.path is not None and m.language_model.path is not None:
             assemble(m.vision_tower.path, m.language_model.path, out, image_token_id=m.image_token_id,
-                     vision_feature_layer=feature_layer(m), seed=cfg.seed, tokenizer=cfg.data.tokenizer,
+                     video_token_id=m.video_token_id, vision_feature_layer=feature_layer(m), seed=cfg.seed, tokenizer=cfg.data.tokenizer,
                      vision=geometry, template=template)
         else:  # an inline (tiny) config: built in memory with the run's seed, then saved
             torch.manual_seed(cfg.seed)

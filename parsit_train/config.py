@@ -96,9 +96,10 @@ class ModelConfig(_Strict):
     )
     projector: Literal["mlp2x_gelu"] = "mlp2x_gelu"
     projector_weights: Path | None = Field(None, description="projector.safetensors of a pretrain run to start from")
-    image_token_id: int = Field(151655, ge=0, description="Qwen3 <|image_pad|>; must agree with the collator")
-    video_token_id: int = Field(151656, ge=0, description="Qwen3 <|video_pad|>: OneVision's video token of a model "
-                                "built from towers (an init_from folder keeps its own)")
+    image_token_id: int = Field(151655, ge=0, description="Qwen3 <|image_pad|>; a build made with --processor "
+                                "sets it (its placeholder token's id), and a different value here is refused")
+    video_token_id: int | None = Field(None, ge=0, description="OneVision's video token id; None: the build's "
+                                       "processor's, else the model's own")
     vision_feature_layer: int | None = Field(
         None, description="hidden state of the vision tower fed to the projector (-1: the last layer's). Unset: -2, "
         "or with init_from the folder's own; set with init_from, it replaces the folder's (logged)"

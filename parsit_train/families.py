@@ -101,6 +101,9 @@ def check_model_matches(cfg, vision: dict | None, where: str = "the model") -> N
         problems.append(f"crop size: build {g.image_size}, model {vc.image_size}")
     if int(vc.patch_size) != g.patch_size:
         problems.append(f"patch size: build {g.patch_size}, model {vc.patch_size}")
+    if have == g.family == "llava" and g.processor is not None and cfg.vision_feature_select_strategy != g.vision_feature_select_strategy:
+        problems.append(f"vision_feature_select_strategy: build {g.vision_feature_select_strategy}, model "
+                        f"{cfg.vision_feature_select_strategy}")
     if have == g.family and have != "llava":
         model_pins = [list(map(int, p)) for p in cfg.image_grid_pinpoints]
         if model_pins != [list(p) for p in g.grid_pinpoints]:
@@ -116,23 +119,43 @@ def check_model_matches(cfg, vision: dict | None, where: str = "the model") -> N
                           "the model the build was made for")
 
 
-def check_image_token(image_token_id: int, vision: dict | None, tokenizer) -> None:
-    """A build made with ``--processor`` names its image token: the run's ``model.image_token_id`` must be that
-    token's id in the run's tokenizer (the export's processor expands that token)."""
-    from tokenizers import Tokenizer
+def model_section(mcfg, view):
+    """The run's ``model`` section completed from the build view, as a NEW config (nothing is changed in place):
 
-    from parsit_data.format import resolve_tokenizer_path
+    - ``image_token_id`` (and OneVision's ``video_token_id``): a build made with ``--processor`` names its
+      placeholder tokens; their ids in the run's tokenizer are the model's. A config that sets another id,
+      or an ``init_from`` folder whose config has another, is refused naming both. A build without a
+      processor keeps the config's id (default Qwen3's ``<|image_pad|>``).
+    - an inline (tiny) vision tower without ``image_size`` / ``patch_size`` takes the build's geometry."""
+    ids = view.placeholder_ids
+    update: dict = {}
+    folder = None
+    if mcfg.init_from is not None and (mcfg.init_from / "config.json").is_file():
+        from transformers import AutoConfig
 
-    token = (vision or {}).get("image_token")
-    if not token or not (vision or {}).get("processor"):
-        return
-    path = resolve_tokenizer_path(tokenizer) / "tokenizer.json"
-    if not path.is_file():
-        return
-    want = Tokenizer.from_file(str(path)).token_to_id(token)
-    if want is not None and want != int(image_token_id):
-        raise ParsitError(f"model.image_token_id is {image_token_id}, but the build's processor uses {token!r}, id {want} "
-                          f"in this tokenizer: set model.image_token_id: {want}")
+        folder = AutoConfig.from_pretrained(str(mcfg.init_from))
+    for kind, field in (("image", "image_token_id"), ("video", "video_token_id")):
+        if kind not in ids:
+            continue
+        want, token = ids[kind], view.processor_tokens[kind]
+        have = getattr(mcfg, field)
+        if field in mcfg.model_fields_set and have is not None and int(have) != want:
+            raise ParsitError(f"model.{field} is {have}, but the build's processor uses {token!r}, id {want} in the "
+                              f"run's tokenizer: set model.{field}: {want} or leave it unset (it is derived)")
+        theirs = None if folder is None else getattr(folder, field, None)
+        if theirs is not None:
+            if int(theirs) != want:
+                raise ParsitError(f"model.init_from {mcfg.init_from} has {field} {theirs}, but the build's processor uses "
+                                  f"{token!r}, id {want} in the run's tokenizer: train the model the build was made for, "
+                                  "or rebuild with this model's processor (--processor)")
+        update[field] = want
+    spec = mcfg.vision_tower
+    vision = view.vision or {}
+    if spec is not None and spec.config is not None:
+        filled = {k: int(vision[k]) for k in ("image_size", "patch_size") if k not in spec.config and k in vision}
+        if filled:
+            update["vision_tower"] = spec.model_copy(update={"config": {**spec.config, **filled}})
+    return mcfg.model_copy(update=update) if update else mcfg
 
 
 def check_model_section(mcfg, vision: dict | None) -> None:
@@ -219,7 +242,7 @@ def image_processor(g: VisionGeometry):
     import transformers
 
     if g.family == "llava":
-        raise ParsitError("family llava uses parsit_train.data.images.ImageProcessor")
+        return _llava_image_processor(g)
     want = "LlavaNextImageProcessor" if g.family == "llava_next" else "LlavaOnevisionImageProcessor"
     if g.image_processor:
         cfg = dict(g.image_processor)
@@ -234,6 +257,28 @@ def image_processor(g: VisionGeometry):
                "resample": 3}
     cfg["image_grid_pinpoints"] = [list(p) for p in g.grid_pinpoints]
     return getattr(transformers, want + "Pil")(**cfg)
+
+
+#: Image processors a ``LlavaProcessor`` folder may name (llava-hf: CLIP; SigLIP towers: SigLIP; LLaVA's own).
+LLAVA_IMAGE_PROCESSORS = ("CLIPImageProcessor", "SiglipImageProcessor", "LlavaImageProcessor")
+
+
+def _llava_image_processor(g: VisionGeometry):
+    """A ``LlavaProcessor`` folder's image processor (CLIP's resize-shortest-edge + centre crop, CLIP mean/std,
+    as its config says), rebuilt from the config the build stored; PIL backend (no torchvision). A plain-LLaVA
+    build made without ``--processor`` stored none: it uses :class:`parsit_train.data.images.ImageProcessor`."""
+    import transformers
+
+    if not g.image_processor:
+        raise ParsitError("a llava build without a processor folder uses parsit_train.data.images.ImageProcessor")
+    cfg = dict(g.image_processor)
+    name = str(cfg.pop("image_processor_type", "") or "").removesuffix("Fast").removesuffix("Pil")
+    if name not in LLAVA_IMAGE_PROCESSORS:
+        raise ParsitError(f"the build's LlavaProcessor uses image processor {name or 'none'!r}; the trainer feeds "
+                          f"{', '.join(LLAVA_IMAGE_PROCESSORS)} exactly: rebuild with one of those")
+    for k in ("processor_class", "auto_map", "_processor_class"):
+        cfg.pop(k, None)
+    return getattr(transformers, name + "Pil")(**cfg)
 
 
 def allow_onevision_processor() -> None:

@@ -122,19 +122,28 @@ def apply_feature_layer(config: LlavaConfig, wanted: int | None, source: Path) -
 def combine_configs(vc: SiglipVisionConfig, tc: Qwen3Config, image_token_id: int,
                     vision_feature_layer: int, vision: dict | None = None,
                     video_token_id: int | None = None) -> LlavaConfig:
-    """The model config: plain LLaVA, or the build's anyres family (``vision``: the manifest's block)."""
+    """The model config: plain LLaVA, or the build's anyres family (``vision``: the manifest's block).
+
+    Plain LLaVA takes the build's ``vision_feature_select_strategy`` (a ``LlavaProcessor`` folder's: ``full``
+    keeps a CLIP tower's CLS, ``default`` drops it) and its per-image count as ``image_seq_length``; a build
+    made without a processor is ``full`` (SigLIP has no CLS)."""
+    from parsit_train.families import geometry_of
+
     if vision and (vision.get("family") or "llava") != "llava":
-        from parsit_train.families import geometry_of, model_config
+        from parsit_train.families import model_config
 
         return model_config(geometry_of(vision), vc, tc, image_token_id, vision_feature_layer, video_token_id)
-    tokens = (vc.image_size // vc.patch_size) ** 2
+    strategy, tokens = "full", (vc.image_size // vc.patch_size) ** 2
+    if vision and vision.get("family"):
+        g = geometry_of(vision)
+        strategy, tokens = g.vision_feature_select_strategy, g.tokens_for(g.image_size, g.image_size, 1)
     return LlavaConfig(
         vision_config=vc,
         text_config=tc,
         image_token_index=image_token_id,
         image_seq_length=tokens,
         projector_hidden_act="gelu",
-        vision_feature_select_strategy="full",
+        vision_feature_select_strategy=strategy,
         vision_feature_layer=vision_feature_layer,
         tie_word_embeddings=bool(getattr(tc, "tie_word_embeddings", False)),
     )
@@ -268,19 +277,6 @@ def finish_model(model: LlavaForConditionalGeneration, mcfg: ModelConfig) -> Lla
     return model
 
 
-def fill_vision_geometry(mcfg: ModelConfig, vision: dict) -> None:
-    """An inline (tiny) vision config without image_size/patch_size takes the build's geometry.
-
-    A pretrained tower has its own geometry; a mismatch is refused by :func:`check_compatibility`.
-    """
-    spec = mcfg.vision_tower
-    if spec is None or spec.config is None:
-        return
-    for key in ("image_size", "patch_size"):
-        if key not in spec.config and key in vision:
-            spec.config[key] = int(vision[key])
-
-
 def check_compatibility(model: LlavaForConditionalGeneration, vision: dict, vocab_size: int) -> None:
     """Refuse a model whose vision geometry or vocabulary disagrees with the shards' manifest."""
     vc = model.config.vision_config
@@ -294,7 +290,8 @@ def check_compatibility(model: LlavaForConditionalGeneration, vision: dict, voca
             + "; ".join(problems)
             + "): rebuild the data with this tower's --image-size/--patch-size, or use a matching tower"
         )
-    if (vision or {}).get("family") not in (None, "llava") or not isinstance(model.config, LlavaConfig):
+    if ((vision or {}).get("family") not in (None, "llava") or (vision or {}).get("processor")
+            or not isinstance(model.config, LlavaConfig)):
         from parsit_train.families import check_model_matches
 
         check_model_matches(model.config, vision)

@@ -4,7 +4,8 @@
 shard sizes and sha256, tokenizer fingerprint, pad id, image token index and id, vision geometry, row
 counts and lengths; without importing torch) *before* it starts torchrun, so a bad build is one ``error:`` line and exit code 2. Having
 hashed the shards it writes a stamp into the launch folder: for every build the sha256 of its
-``manifest.json`` and each shard's size and mtime. A rank started by that launch finds the stamp, checks
+manifest (as parsed: the rank compares the manifest it read once, :mod:`parsit_train.data.view`, without
+reading the file again) and each shard's size and mtime. A rank started by that launch finds the stamp, checks
 that the manifest and every shard's size and mtime are unchanged (a ``stat`` per shard) and skips the
 hashing; it still runs every other check, which read only the manifest and the shards' footers.
 
@@ -22,7 +23,6 @@ and launch does not check, as before verification was done once (benchmarks/star
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -47,92 +47,83 @@ def _identity(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
-def build_stamp(build_dirs: list[Path]) -> dict:
-    """What a later process checks to trust that these builds' bytes are the ones just hashed."""
-    from parsit_data.format import build_files, load_manifest
+def build_stamp(view) -> dict:
+    """What a later process checks to trust that these builds' bytes are the ones just hashed: per build the
+    sha256 of its manifest as parsed (canonical bytes) and each shard's size and mtime."""
+    from parsit_train.data.view import manifest_digest
 
     builds = {}
-    for root in build_dirs:
-        raw = build_files(root).manifest.read_bytes()
-        shards = {e.path: _identity(root / e.path) for e in load_manifest(root).shards}
-        builds[str(root)] = {"manifest_sha256": hashlib.sha256(raw).hexdigest(), "shards": shards}
+    for build in view.builds:
+        shards = {e.path: _identity(p) for e, p in zip(build.manifest.shards, build.shard_paths, strict=True)}
+        builds[str(build.root)] = {"manifest_sha256": manifest_digest(build), "shards": shards}
     return {"builds": builds}
 
 
-def stamp_covers(stamp_path: Path, build_dirs: list[Path]) -> bool:
-    """True when the stamp names every build with an unchanged manifest and unchanged shard sizes/mtimes."""
-    from parsit_data.format import build_files
-    from parsit_data.format.fsio import is_uri
+def stamp_covers(stamp_path: Path, view) -> bool:
+    """True when the stamp names every build of the rank's view with an unchanged manifest (the one the view
+    read: no second read) and unchanged shard sizes/mtimes."""
+    from parsit_data.format.fsio import RemotePath
+    from parsit_train.data.view import manifest_digest
 
-    if any(is_uri(str(b)) for b in build_dirs):
+    if any(isinstance(p, RemotePath) for b in view.builds for p in b.shard_paths):
         return False  # builds on an object store: each shard is verified as it reaches the cache instead
     try:
         stamp = json.loads(stamp_path.read_text())["builds"]
-        for root in build_dirs:
-            entry = stamp[str(root)]
-            if hashlib.sha256(build_files(root).manifest.read_bytes()).hexdigest() != entry["manifest_sha256"]:
+        for build in view.builds:
+            entry = stamp[str(build.root)]
+            if manifest_digest(build) != entry["manifest_sha256"]:
                 return False
-            if any(_identity(root / rel) != ident for rel, ident in entry["shards"].items()):
+            if any(_identity(build.root / rel) != ident for rel, ident in entry["shards"].items()):
                 return False
     except (OSError, ValueError, KeyError, TypeError):
         return False
     return True
 
 
-def rank_hashes(cfg: TrainConfig, local_rank: int) -> tuple[bool, str]:
-    """(whether this rank hashes the shards, why) -- see the module doc."""
+def rank_hashes(cfg: TrainConfig, local_rank: int, view) -> tuple[bool, str]:
+    """(whether this rank hashes the shards of its view, why) -- see the module doc."""
     if cfg.data.verify == "size":
         return False, "data.verify is size: shard sizes and manifests checked, not hashed"
     if os.environ.get(EVERY_RANK_ENV) == "1":
         return True, f"{EVERY_RANK_ENV}=1: every rank hashes"
     folder = launch_dir()
-    if folder is not None and stamp_covers(folder / STAMP_NAME, [b.path for b in cfg.data.builds]):
+    if folder is not None and stamp_covers(folder / STAMP_NAME, view):
         return False, "shards hashed once by launch (stamp checked: manifests, sizes, mtimes unchanged)"
     if local_rank == 0:
         return True, "local rank 0 hashes the shards for this node"
     return False, "local rank 0 hashes the shards for this node"
 
 
-def data_max_length(cfg: TrainConfig, manifests: list) -> int:
-    """The run's sequence length limit: the config's, else the builds' largest ``--max-length``."""
-    max_length = cfg.data.max_length or max(
-        (int(m.config.get("max_length") or 0) for m in manifests), default=0
-    )
-    # A build without --max-length: its longest row bounds the sequence length.
-    return max_length if max_length > 0 else 1 << 20
-
-
-def check_data(cfg: TrainConfig, verify_checksums: bool = True) -> None:
+def check_data(cfg: TrainConfig, verify_checksums: bool = True):
     """Open the builds with the checks a rank makes (see :func:`parsit_train.train.open_data`), without
-    importing torch or the model (start-up time before any rank starts). Raises ParsitError."""
-    from parsit_data.format import load_manifest
+    importing torch or the model (start-up time before any rank starts). Returns the build view; raises
+    ParsitError."""
     from parsit_train.data.dataset import ShardDataset
+    from parsit_train.data.view import view_of
 
-    manifests = [load_manifest(b.path) for b in cfg.data.builds]
-    dataset = ShardDataset([b.path for b in cfg.data.builds], cfg.data.tokenizer,
-                           max_length=data_max_length(cfg, manifests), verify_checksums=verify_checksums,
-                           cache_dir=cfg.data.cache_dir, cache_limit=cfg.data.cache_limit,
-                           default_cache_dir=cfg.output_dir / "shard-cache")
-    vocab = int(dataset.builds[0].manifest.tokenizer.vocab_size or 0)
+    view = view_of(cfg, verify_checksums=verify_checksums)
+    ShardDataset(view)  # maps every shard: row counts against the manifests, lengths against max_length
     token = cfg.model.image_token_id
+    vocab = view.vocab_size
     if vocab and not 0 <= token < vocab:
         raise ParsitError(f"model.image_token_id {token} is outside the tokenizer's {vocab} ids: use the model's "
                           "image token id (Qwen3: 151655, <|image_pad|>)")
-    from parsit_train.families import check_image_token, check_model_section
+    from parsit_train.families import check_model_section, model_section
 
-    check_image_token(token, dataset.vision, cfg.data.tokenizer)
-    check_model_section(cfg.model, dataset.vision)  # a model of another family / geometry: refused here, once
+    model_section(cfg.model, view)  # the build's placeholder ids against the config's and init_from's
+    check_model_section(cfg.model, view.vision)  # a model of another family / geometry: refused here, once
+    return view
 
 
 def verify_before_launch(cfg: TrainConfig, folder: Path) -> float:
     """Check the builds as a rank would (raises ParsitError); write the stamp. Returns seconds spent."""
     t0 = time.perf_counter()
     full = cfg.data.verify == "full"
-    check_data(cfg, verify_checksums=full)
+    view = check_data(cfg, verify_checksums=full)
     from parsit_data.format.fsio import is_uri
 
     if full and not any(is_uri(str(b.path)) for b in cfg.data.builds):  # remote: verified in the cache
-        (folder / STAMP_NAME).write_text(json.dumps(build_stamp([b.path for b in cfg.data.builds])))
+        (folder / STAMP_NAME).write_text(json.dumps(build_stamp(view)))
     return time.perf_counter() - t0
 
 

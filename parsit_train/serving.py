@@ -195,7 +195,8 @@ def write_serving_files(out: Path, tokenizer_dir: Path, vision: dict, template: 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     family = (vision or {}).get("family") or "llava"
     token = IMAGE_TOKEN
-    if family != "llava" and vision.get("image_token") and tok.convert_tokens_to_ids(vision["image_token"]) == image_token_id:
+    from_processor = family != "llava" or bool(vision.get("processor"))  # a build made with --processor
+    if from_processor and vision.get("image_token") and tok.convert_tokens_to_ids(vision["image_token"]) == image_token_id:
         token = vision["image_token"]  # the processor's own placeholder (e.g. <image> of llava-hf models)
     if tok.convert_tokens_to_ids(token) != image_token_id:
         raise ParsitError(f"the tokenizer's {token} is id {tok.convert_tokens_to_ids(token)}, the model's "
@@ -205,6 +206,14 @@ def write_serving_files(out: Path, tokenizer_dir: Path, vision: dict, template: 
     if family != "llava":
         processor, image_note = family_processor(vision, tok, chat, token, video)
         image_proc = None
+    elif vision.get("image_processor"):  # a LlavaProcessor folder's build: its own image processor and counts
+        from parsit_train.families import describe, geometry_of, image_processor
+
+        g = geometry_of(vision)
+        processor = LlavaProcessor(image_processor=image_processor(g), tokenizer=tok, patch_size=g.patch_size,
+                                   vision_feature_select_strategy=g.vision_feature_select_strategy, chat_template=chat,
+                                   image_token=token, num_additional_image_tokens=g.num_additional_image_tokens)
+        image_proc, image_note = None, f"image processor: {type(processor.image_processor).__name__} ({describe(g)})"
     else:
         processor = None
         image_proc, image_note = image_processor_for(vision)

@@ -39,13 +39,15 @@ from parsit_train.checkpoint import gathered_projector, resume, save_checkpoint
 from parsit_train.config import TrainConfig, config_to_json
 from parsit_train.assemble import starting_folder
 from parsit_train.compat import disable_shm_comm_op, packs_need_one_row, zero3_consolidated_state_dict
-from parsit_train.data.collator import one_row
+from parsit_train.config import ModelConfig
+from parsit_train.data.batch import Batch
+from parsit_train.data.loader import BatchSpec, ParsitLoader, build_dataloader
+from parsit_train.data.view import BuildView, verify_shards, view_of
 from parsit_train.faults import fail_hook
-from parsit_train.video_model import configure_video, video_inputs
+from parsit_train.video_model import check_video_model
 from parsit_train.model import (
     PROJECTOR_FILE,
     check_compatibility,
-    fill_vision_geometry,
     format_report,
     load_model,
     param_groups,
@@ -90,45 +92,47 @@ def seed_everything(seed: int) -> None:
 
 
 # --- 2. data --------------------------------------------------------------------------------------------
-def open_data(cfg: TrainConfig, image_token_id: int, rank: int, world_size: int, verify_checksums: bool = True):
-    """(loader, sampler, vision geometry, tokenizer vocab size) for this rank, from the builds' manifests.
+@dataclass(frozen=True)
+class RunData:
+    """This rank's data, from its build view (every manifest read once): the view, the ``model`` section
+    completed from it (the build's image / video token ids, an inline tower's geometry), and the loader."""
 
-    ``verify_checksums`` False skips the shards' sha256 (done once per launch or node: see preflight)."""
-    from parsit_data.format import load_manifest
-    from parsit_train.data import build_dataloader
-    from parsit_train.preflight import data_max_length
+    view: BuildView
+    model: ModelConfig
+    loader: ParsitLoader
+    hashed: str = ""  # why this rank hashed the shards or not
 
-    manifests = [load_manifest(b.path) for b in cfg.data.builds]
-    max_length = data_max_length(cfg, manifests)
-    dl = cfg.dataloader
-    loader, sampler = build_dataloader(
-        [b.path for b in cfg.data.builds],
-        [b.weight for b in cfg.data.builds],
-        tokenizer_path=cfg.data.tokenizer,
-        image_token_id=image_token_id,
-        batch_size=cfg.optim.micro_batch_size,
-        max_length=max_length,
-        seed=cfg.seed,
-        rank=rank,
-        world_size=world_size,
-        num_workers=dl.num_workers,
-        group_by_length=cfg.data.group_by_length,
-        prefetch_factor=dl.prefetch_factor,
-        persistent_workers=dl.persistent_workers,
-        pin_memory=dl.pin_memory,
-        pack_length=cfg.data.pack_length,
-        max_images_per_pack=cfg.data.max_images_per_pack,
-        pack_window=cfg.data.pack_window,
-        loss_weighting=cfg.optim.loss_weighting,
-        verify_checksums=verify_checksums,
-        cache_dir=cfg.data.cache_dir,
-        cache_limit=cfg.data.cache_limit,
-        default_cache_dir=cfg.output_dir / "shard-cache",
-        shuffle_window_shards=cfg.data.shuffle_window_shards,
-    )
-    vision = manifests[0].vision.model_dump(mode="json")  # the dataset refused builds of other geometries
-    vocab = max(m.tokenizer.vocab_size for m in manifests)
-    return loader, sampler, vision, vocab
+    @property
+    def sampler(self):
+        return self.loader.sampler
+
+
+def open_data(cfg: TrainConfig, rank: int, world_size: int, local_rank: int = 0,
+              verify_checksums: bool | None = None) -> RunData:
+    """This rank's :class:`RunData`. Each build's manifest is read once (:func:`parsit_train.data.view.open_view`);
+    the shards are hashed when ``verify_checksums`` says so, or (None) when :func:`rank_hashes` does: once per
+    launch or node, not per rank. Everything the collator needs from the model (image token id, the blank
+    image) is derived from the view before the loader is built."""
+    from parsit_train.families import model_section
+    from parsit_train.preflight import rank_hashes
+
+    view = view_of(cfg, verify_checksums=bool(verify_checksums))
+    why = "verify_checksums given"
+    if verify_checksums is None:
+        hashes, why = rank_hashes(cfg, local_rank, view)
+        if hashes:
+            verify_shards(view)
+    mcfg = model_section(cfg.model, view)
+    spec = BatchSpec(batch_size=cfg.optim.micro_batch_size, image_token_id=mcfg.image_token_id, seed=cfg.seed,
+                     rank=rank, world_size=world_size, loss_weighting=cfg.optim.loss_weighting,
+                     video_token_id=mcfg.video_token_id,
+                     # A batch without images gets one blank image (masked out / its own segment, never
+                     # supervised): every rank must run the same modules each micro-step, or ZeRO-3's
+                     # per-module gathers pair up wrongly and ZeRO-2 misses gradients. A run whose rows
+                     # hold a video gives a batch without one a blank video, for the same reason.
+                     blank_image=True)
+    loader = build_dataloader(view, cfg.data, cfg.dataloader, spec)
+    return RunData(view=view, model=mcfg, loader=loader, hashed=why)
 
 
 # --- 3. optimisation pieces -----------------------------------------------------------------------------
@@ -252,22 +256,10 @@ class Metrics:
 # --- 5. exports (checkpoints: parsit_train.checkpoint) ------------------------------------------------
 
 
-def build_template(cfg: TrainConfig) -> dict:
-    """The first build's manifest ``template`` block (what the export's chat template reproduces)."""
-    from parsit_data.format import load_manifest
-
-    blocks = [load_manifest(b.path).template for b in cfg.data.builds]
-    keys = ("name", "system_prompt", "label_policy")
-    if any({k: b.get(k) for k in keys} != {k: blocks[0].get(k) for k in keys} for b in blocks[1:]):
-        log.warning("the builds use different templates; the export's chat template follows the first one")
-    return blocks[0]
-
-
-def export_hf(engine, cfg: TrainConfig, rank: int) -> Path:
+def export_hf(engine, cfg: TrainConfig, view: BuildView, rank: int) -> Path:
     """A servable Hugging Face folder: config, safetensors, and the serving files (tokenizer, processor,
     chat template, generation config: :mod:`parsit_train.serving`), so that ``AutoProcessor`` and
     ``LlavaForConditionalGeneration.from_pretrained`` of it reproduce the training inputs."""
-    from parsit_data.format import load_manifest, resolve_tokenizer_path
     from parsit_train.serving import write_serving_files
     from parsit_train.video_serving import export_video_entry
 
@@ -279,11 +271,9 @@ def export_hf(engine, cfg: TrainConfig, rank: int) -> Path:
     if rank == 0:
         state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
         engine.module.save_pretrained(str(out), state_dict=state, safe_serialization=True)
-        vision = load_manifest(cfg.data.builds[0].path).vision.model_dump(mode="json")
         vc = engine.module.config.vision_config
-        write_serving_files(out, resolve_tokenizer_path(cfg.data.tokenizer), vision, build_template(cfg),
-                            engine.module.config.image_token_id, vc.patch_size,
-                            video=export_video_entry(cfg.data.builds))
+        write_serving_files(out, view.tokenizer, view.vision, view.template, engine.module.config.image_token_id,
+                            vc.patch_size, video=export_video_entry(view.builds))
         log.info("exported Hugging Face model to %s", out)
     torch.distributed.barrier()
     return out
@@ -298,17 +288,7 @@ class TrainResult:
     stopped_early: bool = False
 
 
-def family_inputs(batch: dict, device) -> dict:
-    """LLaVA-NeXT / OneVision's extra image inputs (``image_sizes``; OneVision's ``batch_num_images``), when the
-    collator made them (:mod:`parsit_train.data.pixels`); nothing for plain LLaVA."""
-    extra = {}
-    for key in ("image_sizes", "batch_num_images"):
-        if batch.get(key) is not None:
-            extra[key] = batch[key].to(device) if key == "image_sizes" else batch[key]
-    return extra
-
-
-def forward_loss(model, batch: dict, device, dtype) -> torch.Tensor:
+def forward_loss(model, batch: Batch, device, dtype) -> torch.Tensor:
     """SUM of the next-token cross-entropies over the batch's targets (weighted by ``target_weights`` when
     the collator gives them), projecting only the supervised positions onto the vocabulary.
 
@@ -325,33 +305,19 @@ def forward_loss(model, batch: dict, device, dtype) -> torch.Tensor:
     supervised ones, and Qwen3's vocabulary is 151k wide.
     """
     if packs_need_one_row(model):  # flash attention finds a pack's boundaries in one row only
-        batch = one_row(batch)
-    targets = batch.get("targets")
-    if targets is None:  # a batch made elsewhere: one sample per row, shift the labels by one
-        targets = torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)
-    targets = targets.to(device)
-    keep = targets != IGNORE_INDEX
+        batch = batch.one_row()
+    batch = batch.to(device, dtype)
+    keep = batch.targets != IGNORE_INDEX
     empty = not bool(keep.any())
     if empty:  # nothing supervised in this micro-batch: a zero loss that still touches every part
         keep[0, 0] = True
-    pixels, mask, positions = batch["pixel_values"], batch.get("attention_mask"), batch.get("position_ids")
-    out = model(
-        input_ids=batch["input_ids"].to(device),
-        attention_mask=None if mask is None else mask.to(device),
-        position_ids=None if positions is None else positions.to(device),
-        pixel_values=None if pixels is None else pixels.to(device, dtype),
-        logits_to_keep=keep,
-        use_cache=False,
-        **family_inputs(batch, device),
-        **video_inputs(batch, device, dtype),
-    )
+    out = model(**batch.model_inputs(), logits_to_keep=keep, use_cache=False)
     logits = out.logits.float().reshape(-1, out.logits.shape[-1])
     if empty:
         return logits.sum() * 0.0
-    ce = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="none")
-    weights = batch.get("target_weights")
-    if weights is not None:
-        ce = ce * weights.to(device)[keep]
+    ce = torch.nn.functional.cross_entropy(logits, batch.targets[keep], reduction="none")
+    if batch.target_weights is not None:
+        ce = ce * batch.target_weights[keep]
     return ce.sum()
 
 
@@ -378,7 +344,7 @@ def step_scale(denominator: int, world_size: int) -> float:
     return world_size / max(1, denominator)
 
 
-def micro_step(engine, batch: dict, denominator: int, world_size: int, dtype) -> torch.Tensor:
+def micro_step(engine, batch: Batch, denominator: int, world_size: int, dtype) -> torch.Tensor:
     """Forward and backward of one micro-batch of a step whose loss denominator is ``denominator``;
     returns the micro-batch's loss sum (detached)."""
     loss = forward_loss(engine, batch, engine.device, dtype)
@@ -390,31 +356,32 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
     """Run (or resume) the configured training on this rank. ``stop_after``: stop at that step (a drill)."""
     import deepspeed
 
-    from parsit_train.preflight import agree, rank_hashes
+    from parsit_train.preflight import agree
 
     rank, world_size, local_rank = setup_distributed(cfg.deepspeed.comm_timeout_s)
     if rank == 0:
         cfg.output_dir.mkdir(parents=True, exist_ok=True)
         (cfg.output_dir / "train_config.json").write_text(json.dumps(config_to_json(cfg), indent=2) + "\n")
 
-    # Data first: a bad build is refused before minutes of model loading.
-    # Shards are hashed once per launch (or per node), not per rank; every rank refuses if any rank did.
-    hashes, why = rank_hashes(cfg, local_rank)
+    # Data first: a bad build is refused before minutes of model loading. Each rank reads each build's
+    # manifest once (its build view); shards are hashed once per launch (or per node), not per rank; every
+    # rank refuses if any rank did.
     t_data = time.perf_counter()
-    loader, sampler, vision, vocab = agree(
-        lambda: open_data(cfg, cfg.model.image_token_id, rank, world_size, verify_checksums=hashes))
-    log.info("rank %d: data ready in %.2fs (%s)", rank, time.perf_counter() - t_data, why)
+    data = agree(lambda: open_data(cfg, rank, world_size, local_rank))
+    view, loader, sampler = data.view, data.loader, data.sampler
+    log.info("rank %d: data ready in %.2fs (%s)", rank, time.perf_counter() - t_data, data.hashed)
     check_epoch_fills_a_batch(sampler)  # every rank computes the same numbers: all refuse together
+    # The model section as the build completes it (image / video token ids, an inline tower's geometry).
+    cfg = cfg.model_copy(update={"model": data.model})
 
     # Model: one from_pretrained of a merged LLaVA folder (assembled into output_dir/init by rank 0 when the
     # config names two towers); under ZeRO-3 it is created partitioned (keep_alive: see load_model).
-    fill_vision_geometry(cfg.model, vision)
     seed_everything(cfg.seed)
     ds_config = deepspeed_config(cfg, world_size)
-    init = starting_folder(cfg, vision, build_template(cfg), rank)
+    init = starting_folder(cfg, view.vision, view.template, rank)
     dtype = torch.bfloat16 if cfg.deepspeed.bf16 else torch.float32
     model, keep_alive = load_model(init, cfg.model, dtype, ds_config)
-    check_compatibility(model, vision, vocab)
+    check_compatibility(model, view.vision, view.vocab_size)
     set_trainable(model, cfg.trainable_parts())
     report = parameter_report(model)
     if rank == 0:
@@ -431,12 +398,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
         config=ds_config,
     )
     del keep_alive  # the engine exists: transformers' ZeRO-3 hook is no longer needed
-    vc = engine.module.config.vision_config
-    # A batch without images gets one blank image from the collator (masked out / its own segment, never
-    # supervised): every rank must run the same modules each micro-step, or ZeRO-3's per-module gathers
-    # pair up wrongly and ZeRO-2 misses gradients. "full" feature strategy: every patch is a token.
-    loader.collator.blank_image = (vc.image_size, (vc.image_size // vc.patch_size) ** 2)
-    configure_video(loader.collator, engine.module.config)  # -201 -> the model's video token; blank video
+    check_video_model(loader.collator, engine.module.config)  # changes nothing: the collator was made for it
 
     step, run_id = resume(engine, cfg, sampler, rank, cfg.output_dir / METRICS_FILE)  # restores the RNG streams too
     if step == 0:
@@ -457,14 +419,14 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
         for batch in loader:
             from_start = False
             if denominator is None:  # first micro-batch of a step: its loss denominator, from the plan
-                denominator, planned = step_denominator(cfg, sampler, batch["data_position"])
+                denominator, planned = step_denominator(cfg, sampler, batch.data_position)
             loss = micro_step(engine, batch, denominator, world_size, dtype)
             boundary = engine.is_gradient_accumulation_boundary()
             engine.step()
             loss_sum += loss.double()  # no host sync per micro-batch; read once per step
-            acc += torch.tensor([0, 1, batch["num_tokens"], batch["num_supervised"], batch["num_padded"],
-                                 batch["num_samples_supervised"]], dtype=torch.float64)
-            step_ids.extend(batch["sample_ids"])
+            acc += torch.tensor([0, 1, batch.num_tokens, batch.num_supervised, batch.num_padded,
+                                 batch.num_samples_supervised], dtype=torch.float64)
+            step_ids.extend(batch.sample_ids)
             if not boundary:
                 continue
 
@@ -523,6 +485,6 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> TrainResult:
                 save_projector(state, engine.module.config, cfg.output_dir / PROJECTOR_FILE)
                 log.info("exported projector to %s", cfg.output_dir / PROJECTOR_FILE)
         if cfg.checkpoint.export_hf:
-            export_hf(engine, cfg, rank)
+            export_hf(engine, cfg, view, rank)
     torch.distributed.barrier()
     return result

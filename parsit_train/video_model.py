@@ -15,13 +15,14 @@ micro-batch also keeps ZeRO-3's per-module gathers paired across ranks (with the
 
 A plain tensor still goes to transformers' method untouched (inference, generation, the export).
 
-:func:`video_inputs` is the trainer's forward hook; :func:`configure_video` wires the collator to the model
-(video token id, blank video) once the model exists.
+:class:`parsit_train.data.batch.Batch` carries the list as its ``pixel_values_videos`` field (a tuple), which
+the trainer's forward passes with the other model inputs. The collator's video token id and blank video are
+decided from the build view before the collator is made (:func:`parsit_train.data.loader.build_dataloader`);
+:func:`check_video_model` only checks them against the model once it exists.
 """
 
 from __future__ import annotations
 
-import math
 import types
 
 import torch
@@ -56,24 +57,19 @@ def enable_ragged_videos(model) -> None:
     inner.get_video_features = types.MethodType(_ragged_video_features, inner)
 
 
-def video_inputs(batch: dict, device, dtype) -> dict:
-    """``pixel_values_videos`` for the model's forward (a list, one tensor per video), when the batch has video."""
-    videos = batch.get("pixel_values_videos")
-    if not videos:
-        return {}
-    return {"pixel_values_videos": [v.to(device, dtype) for v in videos]}
-
-
 def tokens_per_frame(config) -> int:
     """OneVision's pooled tokens of one frame: the base crop's patch grid pooled 2x2 (ceil)."""
+    from parsit_train.data.video_pixels import pooled_tokens_per_frame
+
     vc = config.vision_config
-    return math.ceil((vc.image_size // vc.patch_size) / 2) ** 2
+    return pooled_tokens_per_frame(vc.image_size, vc.patch_size)
 
 
-def configure_video(collator, config) -> None:
-    """After the model exists: the collator expands -201 to the model's ``video_token_id`` and, when the run
-    has video, gives a micro-batch without one a blank video (every rank runs the same modules). A build
-    whose per-frame count differs from the model's is refused."""
+def check_video_model(collator, config) -> None:
+    """After the model exists, a check that changes nothing: the collator (made before the model, from the
+    build view) expands -201 to the model's ``video_token_id`` and counts the model's tokens per frame. The
+    model section derived from the build already agrees (:func:`parsit_train.families.model_section`); this
+    refuses a model built otherwise (an ``init_from`` folder, a hand-made config)."""
     processor = getattr(collator, "video_processor", None)
     if processor is None:
         return
@@ -81,16 +77,15 @@ def configure_video(collator, config) -> None:
     if video_id is None or not hasattr(config, "vision_aspect_ratio"):
         raise ParsitError(f"the builds hold videos but the model ({type(config).__name__}) takes none: train a "
                           "LLaVA-OneVision model (build with a OneVision --processor)")
-    built = getattr(processor, "video_token_id", None)
+    built = processor.video_token_id if processor.video_token_id is not None else collator.video_token_id
     if built is not None and int(built) != int(video_id):
         raise ParsitError(f"the model's video_token_id is {video_id}, but the build's video token "
                           f"{processor.video_token!r} is id {built} in this tokenizer (the export's processor expands "
                           f"that token): set model.video_token_id: {built}")
+    if collator.video_token_id is not None and int(collator.video_token_id) != int(video_id):
+        raise ParsitError(f"the collator expands videos to id {collator.video_token_id}, the model's video_token_id "
+                          f"is {video_id}: set model.video_token_id: {collator.video_token_id}")
     want = tokens_per_frame(config)
-    if processor.tokens_per_frame is None:
-        processor.tokens_per_frame = want
-    elif processor.tokens_per_frame != want:
+    if processor.tokens_per_frame is not None and processor.tokens_per_frame != want:
         raise ParsitError(f"the build counted {processor.tokens_per_frame} tokens per video frame, the model pools "
                           f"each frame to {want}: rebuild with this model's processor")
-    collator.video_token_id = int(video_id)
-    collator.blank_video = True

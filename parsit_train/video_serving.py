@@ -42,12 +42,9 @@ def video_processor_for(video: dict | None):
 
 def export_video_entry(builds) -> dict | None:
     """The video entry the export's video processor follows: the first of the run's builds that took video
-    (the loader refused builds whose video processors differ)."""
-    from parsit_data.format import load_manifest
-    from parsit_train.data.video_pixels import video_entry
+    (the loader refused builds whose video processors differ). ``builds``: the opened builds of the rank's
+    :class:`~parsit_train.data.view.BuildView` (their manifests as read once; nothing is read again)."""
+    from parsit_train.data.video_pixels import video_entries
 
-    for b in builds:
-        entry = video_entry(load_manifest(b.path))
-        if entry is not None:
-            return entry
-    return None
+    entries = video_entries(builds)
+    return entries[0][1] if entries else None

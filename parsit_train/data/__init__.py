@@ -1,24 +1,19 @@
 """The trainer's data path: verified, memory-mapped Parsit shards to padded batches.
 
-The training loop needs one call::
+The training loop needs two calls: the rank's build view (every manifest read once), then the loader
+made from it and the run's config sections (:mod:`parsit_train.config`)::
 
-    from parsit_train.data import build_dataloader
+    from parsit_train.data import BatchSpec, build_dataloader, view_of
 
-    loader, sampler = build_dataloader(
-        build_dirs=["out/docs", "out/captions"],   # one or more finished build directories
-        weights=[1.0, 0.5],                        # per-epoch multiplicity of each build (None: all 1.0)
-        tokenizer_path="qwen3",                    # the run's tokenizer (checked against every manifest)
-        image_token_id=151655,                     # the model's image token (Qwen3: <|image_pad|>)
-        pad_token_id=None,                         # None: the manifest's; else must equal it
-        batch_size=4,                              # per rank
-        max_length=4096,                           # multimodal length limit of a sample (see collator)
-        seed=0, rank=0, world_size=1,
-        num_workers=2, group_by_length=True,
-    )
+    view = view_of(cfg)                            # BuildView: builds, geometry, tokenizer, template, video
+    loader = build_dataloader(view, cfg.data, cfg.dataloader,
+                              BatchSpec(batch_size=4, image_token_id=151655, seed=0, rank=0, world_size=1,
+                                        blank_image=True))
+    sampler = loader.sampler
     for epoch in range(start_epoch, epochs):
         sampler.set_epoch(epoch)                   # no-op when resuming inside this epoch
-        for batch in loader:                       # dict: input_ids, labels, attention_mask,
-            ...                                    # pixel_values, sample_ids, num_tokens, num_supervised
+        for batch in loader:                       # a frozen Batch: batch.input_ids, batch.num_supervised ...
+            out = model(**batch.to(device, dtype).model_inputs(), use_cache=False)
             ckpt["data"] = sampler.state_dict()    # exact data position: save it with the checkpoint
 
     # on resume (any world size, same seed/batch order):
@@ -37,11 +32,12 @@ consumes ((S // patch)² tokens per crop). Length policy: a sample over ``max_le
 builds are checked when the loader is built), never truncated by the loader; rebuild with
 ``--max-length``. Padding is right-sided; ``attention_mask`` comes from lengths, never from ids.
 
-Packing: ``pack_length=N`` makes ``batch_size`` count packs of up to N tokens (docs/PACKING.md); batches
-then hold ``position_ids`` and no ``attention_mask``. Every batch holds ``targets`` (labels shifted per
-sample) and ``data_position`` (where in the stream it starts, for ``sampler.step_totals``).
+Packing: ``data.pack_length=N`` makes ``batch_size`` count packs of up to N tokens (docs/PACKING.md);
+batches then hold ``position_ids`` and no ``attention_mask``. Every batch holds ``targets`` (labels shifted
+per sample) and ``data_position`` (where in the stream it starts, for ``sampler.step_totals``).
 
-Modules: ``dataset`` (builds opened with ``parsit_data.format.open_build``, zero-copy rows), ``images``
+Modules: ``view`` (the rank's build view: manifests read once, checked against the run), ``batch`` (the
+typed :class:`Batch`), ``dataset`` (builds opened with ``parsit_data.format.open_build``, zero-copy rows), ``images``
 (pixel values for SigLIP-style towers), ``collator`` (padding or packing, image-token expansion,
 per-sample targets), ``sampler`` (deterministic, resumable batch sampler; ``DataPosition``), ``packing``
 (the pack plan), ``loader`` (the DataLoader factory and seeded workers).
@@ -52,6 +48,11 @@ import importlib
 # Imported on first use (PEP 562), so that `parsit-train launch` can open and verify builds through
 # `parsit_train.data.dataset` without importing torch (seconds of start-up before any rank starts).
 _EXPORTS = {
+    "Batch": "batch",
+    "BatchSpec": "loader",
+    "BuildView": "view",
+    "open_view": "view",
+    "view_of": "view",
     "Collator": "collator",
     "ImageProcessor": "images",
     "ParsitLoader": "loader",

@@ -18,6 +18,17 @@ Targets: ``targets`` are the labels shifted by one PER SAMPLE (position t holds 
 the same sample; a sample's last position holds -100), which is what the trainer's loss reads, so no
 position is ever trained on another sample's token.
 
+Output: a frozen :class:`parsit_train.data.batch.Batch` (typed fields; the loop reads
+``batch.num_supervised``, never a key).
+
+Video (OneVision, :mod:`parsit_train.data.video_batch`): the constructor takes the model's
+``video_token_id`` (derived from the build view like the image token id), the run's ``video_processor``
+(:class:`parsit_train.data.video_pixels.VideoPixels`, None when no row has a video) and ``blank_video``;
+:meth:`Collator._sequence` expands each row's -201 sentinel to ``num_video_tokens`` video tokens (label
+-100) next to the -200 expansion, and the batch's ``pixel_values_videos`` is a tuple with one float32
+``[frames_i, 3, H, W]`` per video in token order. With ``blank_video``, a micro-batch without video gets one
+black one-frame video (its tokens after everything else, never supervised).
+
 Packing: items carrying a ``pack`` slot (the sampler's ``(index, slot)`` keys) are concatenated into one
 row per slot, with ``position_ids`` restarting at 0 for each sample and NO ``attention_mask`` (None): the
 model's packed-sequence masking reads the boundaries from ``position_ids`` (see docs/PACKING.md). Padding
@@ -53,6 +64,7 @@ from torch.utils.data import get_worker_info
 
 from parsit_data.format import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from parsit_data.errors import ParsitError
+from parsit_train.data.batch import Batch
 from parsit_train.data.video_batch import append_blank_video, expand_video, video_pixels
 
 
@@ -88,14 +100,25 @@ def _empty_pixels(shape: tuple[int, ...]) -> torch.Tensor:
 
 
 class Collator:
-    """Callable for ``DataLoader(collate_fn=...)`` over :class:`ShardDataset` items.
+    """Callable for ``DataLoader(collate_fn=...)`` over :class:`ShardDataset` items; returns a
+    :class:`parsit_train.data.batch.Batch`.
 
-    Returns ``input_ids`` / ``labels`` / ``targets`` (int64 [B, T]), ``attention_mask`` (int64 [B, T]; None
-    when packed), ``position_ids`` (int64 [B, T] when packed, else None), ``target_weights`` (float32 [B, T]
-    with ``loss_weighting="sample"``, else None), ``pixel_values`` (float32 [crops in batch, 3, S, S] or
-    None), ``sample_ids`` (list[str]), ``num_tokens`` (real tokens), ``num_padded`` (positions computed),
-    ``num_supervised`` (targets != -100) and ``num_samples_supervised``, for the loss and the logs.
+    Complete when constructed and never changed after (assigning an attribute raises): DataLoader workers
+    receive a copy of it when they start, so a change made later would reach some copies and not others.
+    Whatever depends on the model (the image token id, the blank image's size and token count) is known
+    before: the trainer derives it from the build view (:mod:`parsit_train.data.view`).
     """
+
+    _frozen = False
+
+    def __setattr__(self, name: str, value) -> None:
+        if self._frozen:
+            raise AttributeError(f"Collator.{name} cannot be set after construction: the collator is frozen "
+                                 "(its DataLoader workers hold copies); pass it to the constructor")
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"Collator.{name} cannot be deleted: the collator is frozen")
 
     def __init__(
         self,
@@ -107,7 +130,9 @@ class Collator:
         pack_length: int | None = None,
         blank_image: tuple[int, int] | None = None,
         loss_weighting: str = "token",
+        video_token_id: int | None = None,
         video_processor=None,
+        blank_video: bool = False,
     ) -> None:
         if image_token_id < 0:
             raise ParsitError(f"image_token_id {image_token_id} is not a vocabulary id: pass the model's image token id")
@@ -124,9 +149,15 @@ class Collator:
         if loss_weighting not in ("token", "sample"):
             raise ParsitError(f"loss_weighting must be 'token' or 'sample', got {loss_weighting!r}")
         self.loss_weighting = loss_weighting
-        # Video (parsit_train.data.video_batch): the build's VideoPixels; the model's video token id and the
-        # blank video are set by the trainer once the model exists (parsit_train.video_model.configure_video).
-        self.video_processor, self.video_token_id, self.blank_video = video_processor, None, False
+        #: The model's video token id (OneVision; from the build view), what a -201 sentinel expands to.
+        self.video_token_id = None if video_token_id is None else int(video_token_id)
+        #: The run's VideoPixels (parsit_train.data.video_pixels; None: no row has a video).
+        self.video_processor = video_processor
+        if blank_video and (video_processor is None or self.video_token_id is None):
+            raise ParsitError("blank_video needs the run's video processor and the model's video_token_id")
+        #: A micro-batch without video gets one black one-frame video (parsit_train.data.video_batch).
+        self.blank_video = bool(blank_video)
+        self._frozen = True
 
     def _check_crops(self, item: dict) -> None:
         if self.tokens_per_crop is None or "crops_per_image" not in item:
@@ -143,11 +174,15 @@ class Collator:
         if not crops:
             return None
         n = sum(c.shape[0] for c in crops)
-        _, h, w, _ = crops[0].shape
+        floats = crops[0].dtype == np.float32  # [n, 3, S, S] from the processor folder's image processor
+        h, w = crops[0].shape[-2:] if floats else crops[0].shape[1:3]
         out = _empty_pixels((n, 3, h, w))
         view, k = out.numpy(), 0
         for c in crops:
-            self.image_processor.normalise(c, out=view[k : k + c.shape[0]])
+            if floats:
+                view[k : k + c.shape[0]] = c
+            else:
+                self.image_processor.normalise(c, out=view[k : k + c.shape[0]])
             k += c.shape[0]
         return out
 
@@ -190,7 +225,7 @@ class Collator:
             )
         return ids, labels
 
-    def __call__(self, items: Sequence[dict]) -> dict:
+    def __call__(self, items: Sequence[dict]) -> Batch:
         seqs, crops = [], []
         rows: list[list[int]] = []  # which sequences each batch row holds
         slots: dict[int, int] = {}
@@ -212,7 +247,7 @@ class Collator:
             m = self.pad_to_multiple_of
             width = min(self.pack_length or self.max_length, -(-width // m) * m)
         blank = self.blank_image is not None and not crops
-        family = getattr(self.image_processor, "geometry", None) is not None
+        family = getattr(self.image_processor, "anyres", False)  # patches per image, image_sizes
         if blank and family:  # the family's own blank image (its token count is the family's)
             blank_pixels, blank_size, blank_tokens = self.image_processor.blank()
             crops = [{"pixels": [blank_pixels], "sizes": [blank_size]}]
@@ -256,51 +291,30 @@ class Collator:
             input_ids[0, width:] = self.image_token_id
             pixels = torch.zeros((1, 3, self.blank_image[0], self.blank_image[0]), dtype=torch.float32)
         real = int(attention.sum())
-        out = {
-            "input_ids": input_ids,
-            "labels": labels,
-            "targets": targets,
-            "target_weights": weights,
+        fields = dict(
+            input_ids=input_ids,
+            labels=labels,
+            targets=targets,
+            target_weights=weights,
             # Packed: no attention mask (the model reads the sample boundaries from position_ids);
             # padded: the mask from lengths, and position ids left to the model.
-            "attention_mask": None if packed else attention,
-            "position_ids": position_ids if packed else None,
-            "pixel_values": pixels,
-            "image_sizes": image_sizes,
-            "batch_num_images": batch_num_images,
-            "sample_ids": [it["sample_id"] for it in items],
-            "num_tokens": real,
-            "num_padded": int(input_ids.numel()),
-            "num_supervised": int((targets != IGNORE_INDEX).sum()),
-            "num_samples_supervised": int(samples_supervised),
-            "pixel_values_videos": video_pixels(items, self.video_processor),
-        }
-        if out["pixel_values_videos"] is None and self.blank_video:
-            append_blank_video(out, self.video_processor, self.video_token_id, self.pad_token_id)
-        return out
+            attention_mask=None if packed else attention,
+            position_ids=position_ids if packed else None,
+            pixel_values=pixels,
+            image_sizes=image_sizes,
+            batch_num_images=batch_num_images,
+            sample_ids=tuple(it["sample_id"] for it in items),
+            num_tokens=real,
+            num_padded=int(input_ids.numel()),
+            num_supervised=int((targets != IGNORE_INDEX).sum()),
+            num_samples_supervised=int(samples_supervised),
+            pixel_values_videos=video_pixels(items, self.video_processor),
+        )
+        if fields["pixel_values_videos"] is None and self.blank_video:
+            append_blank_video(fields, self.video_processor, self.video_token_id, self.pad_token_id)
+        return Batch(**fields)
 
 
-PACKED_ROW_KEYS = ("input_ids", "labels", "targets", "target_weights", "position_ids")
-
-
-def one_row(batch: dict) -> dict:
-    """A packed batch ``[B, T]`` as one row ``[1, B*T]`` (its packs, padding included, one after the other).
-
-    Why: transformers 5.x's flash-attention path looks for packed sequences in ``position_ids`` only when
-    the batch has one row (``modeling_flash_attention_utils._is_packed_sequence`` returns False for
-    ``batch_size != 1``); with two or more rows it runs plain causal attention over each whole row and the
-    samples of a pack attend to each other. In one row every sample (and each row's trailing padding) is a
-    segment that restarts its ``position_ids`` at 0, so the varlen kernel sees every boundary. Nothing
-    else changes: the same tokens, positions and targets, in the same order (logits come back flattened
-    anyway: the trainer keeps only the supervised positions). A padded batch (with an attention mask) is
-    returned as is.
-    """
-    if batch.get("attention_mask") is not None or batch.get("position_ids") is None:
-        return batch
-    if batch["input_ids"].shape[0] == 1:
-        return batch
-    out = dict(batch)
-    for key in PACKED_ROW_KEYS:
-        if out.get(key) is not None:
-            out[key] = out[key].reshape(1, -1)
-    return out
+def one_row(batch: Batch) -> Batch:
+    """:meth:`Batch.one_row` (a packed batch as one row, for flash attention)."""
+    return batch.one_row()

@@ -15,8 +15,9 @@ Why it looks like this:
   ``release_every`` rows the worker drops the page-table entries of the shards it touched
   (``MADV_DONTNEED`` on a read-only shared file mapping: the data stays in the page cache, a later read
   maps it again with a minor fault), which keeps per-worker RSS flat whatever the dataset size.
-- Opening, verifying and mapping a build is :func:`parsit_data.format.open_build`, the one reader of the
-  format; this module adds what is the trainer's own (tokenizer, pad id, geometry, ``max_length`` checks).
+- Opening and verifying a build (its manifest read once per rank) is the rank's build view
+  (:mod:`parsit_train.data.view`, over :func:`parsit_data.format.open_build`, the one reader of the format);
+  this module maps the view's shards and adds the ``max_length`` check.
 - Checksums are verified once, in the process that opens the dataset. Workers receive the dataset
   without its open shards (see ``__getstate__``) and re-map the same files lazily.
 """
@@ -32,61 +33,16 @@ import numpy as np
 import pyarrow as pa
 
 from parsit_data.errors import ParsitError
-from parsit_data.format import (IGNORE_INDEX, IMAGE_TOKEN_INDEX, Build, MappedShard, fingerprint, map_shard,
-                                open_build, resolve_tokenizer_path)
+from parsit_data.format import Build, MappedShard, map_shard
 from parsit_data.format.fsio import RemotePath
-from parsit_train.data.video_batch import video_item, video_tokens
+from parsit_train.data.video_batch import run_video_pixels, video_item, video_tokens
+from parsit_train.data.view import BuildView, open_view
 
 log = logging.getLogger(__name__)
 
 #: Shards of an object-store build a process keeps mapped (an evicted cache file frees its disk space only
 #: once no process maps it; a batch of the shard-window order spans a few shards).
 MAX_MAPPED_CACHED = 8
-
-
-def check_compatible(build: Build, run_fingerprint: str, run_tokenizer: str, pad_token_id: int | None) -> None:
-    """Refuse a build whose tokens mean something else to this run's tokenizer or collator."""
-    m = build.manifest
-    tok = m.tokenizer
-    where = f"build {build.root}"
-    if tok.sha256 != run_fingerprint:
-        raise ParsitError(
-            f"{where} was tokenized with a different tokenizer: manifest fingerprint "
-            f"{tok.sha256[:16]}… ({tok.path}), this run's tokenizer {run_fingerprint[:16]}… "
-            f"({run_tokenizer}); rebuild with --tokenizer {run_tokenizer} or train with the build's tokenizer"
-        )
-    if pad_token_id is not None and tok.pad_token_id != int(pad_token_id):
-        raise ParsitError(
-            f"{where} pads with id {tok.pad_token_id} ({tok.pad_token!r}), this run with id {pad_token_id}: "
-            "use the build's pad token (pad_token_id=None) or rebuild with --pad-token"
-        )
-    if m.image_token_index != IMAGE_TOKEN_INDEX:
-        raise ParsitError(
-            f"{where} marks images with id {m.image_token_index}, this trainer expands "
-            f"{IMAGE_TOKEN_INDEX}: rebuild with this release of parsit-data"
-        )
-    if m.ignore_index != IGNORE_INDEX:
-        raise ParsitError(f"{where} masks labels with {m.ignore_index}, this trainer with {IGNORE_INDEX}: rebuild it")
-
-
-def _vision(build: Build) -> dict:
-    return build.manifest.vision.model_dump(mode="json")
-
-
-def _vision_key(vision: dict | None) -> Any:
-    if not vision:
-        return None
-    pins = vision.get("grid_pinpoints")
-    return (
-        vision.get("image_size"),
-        vision.get("patch_size"),
-        vision.get("aspect"),
-        tuple(map(tuple, pins)) if pins and vision.get("aspect") == "anyres" else None,
-        vision.get("family") or "llava",
-        vision.get("vision_feature_select_strategy"),
-        vision.get("vision_aspect_ratio"),
-        vision.get("num_additional_image_tokens"),
-    )
 
 
 @dataclass
@@ -124,13 +80,21 @@ class ShardDataset:
     the row, -200 placeholders and -100 labels as stored), ``num_image_tokens`` (list[int]), ``image_sizes`` (list of
     (width, height), original), ``build`` (index of the build), and either ``images`` (list of encoded
     bytes) or, when an ``image_processor`` is set, ``image_crops`` (uint8 [crops, S, S, 3], resized / padded /
-    cut per the manifest's geometry, normalised later by the collator) and ``crops_per_image`` (list[int]).
+    cut per the manifest's geometry, normalised later by the collator; float32 patches from a processor
+    folder's image processor) and ``crops_per_image`` (list[int]).
+
+    ``builds``: the rank's :class:`parsit_train.data.view.BuildView` (the trainer: manifests already read,
+    ``max_length`` the view's), or build directories that are opened here with the other arguments (tools
+    and tests). The image processor is given at construction (the trainer never sets it afterwards). Video
+    rows (OneVision): the video pixels come from the view's video entry when a row has a video, and an item
+    carries its decoded frames (``video``, uint8 ``[frames, 3, H, W]``); ``decode_video=False`` (tools,
+    parity tests) gives the stored JPEGs (``video_frames``) instead.
     """
 
     def __init__(
         self,
-        build_dirs: list[str | Path] | str | Path,
-        tokenizer_path: str | Path,
+        builds: BuildView | list[str | Path] | str | Path,
+        tokenizer_path: str | Path | None = None,
         pad_token_id: int | None = None,
         max_length: int | None = None,
         verify_checksums: bool = True,
@@ -140,32 +104,22 @@ class ShardDataset:
         cache_limit: int | str | None = None,
         rank: int = 0,
         default_cache_dir: str | Path | None = None,
+        decode_video: bool = True,
     ) -> None:
-        if isinstance(build_dirs, (str, Path)):
-            build_dirs = [build_dirs]
-        if not build_dirs:
-            raise ParsitError("no build directory given: pass at least one DIR written by parsit-data build")
-        tok_folder = resolve_tokenizer_path(tokenizer_path)
-        run_fp = fingerprint(tok_folder)
-        self.builds: list[Build] = []
-        for d in build_dirs:
-            build = open_build(d, verify=verify_checksums)
-            check_compatible(build, run_fp, str(tok_folder), pad_token_id)
-            self.builds.append(build)
-        pads = {b.manifest.tokenizer.pad_token_id for b in self.builds}
-        if len(pads) > 1:
-            raise ParsitError(f"the builds pad with different ids {sorted(pads)}: rebuild them with one --pad-token")
-        self.pad_token_id: int = pads.pop()
-        visions = {_vision_key(_vision(b)) for b in self.builds}
-        if len(visions) > 1:
-            raise ParsitError(
-                "the builds were made for different vision geometries "
-                + "; ".join(f"{b.root}: {_vision_key(_vision(b))}" for b in self.builds)
-                + ": one model has one vision tower, rebuild them with the same --image-size/--patch-size/--aspect"
-            )
-        self.vision: dict | None = _vision(self.builds[0])
+        if isinstance(builds, BuildView):  # the trainer's way: the rank's view, manifests already read
+            view = builds
+            check_rows = max_length if max_length is not None else view.max_length
+        else:  # a convenience for tools and tests: open the builds here
+            if tokenizer_path is None:
+                raise ParsitError("ShardDataset of build directories needs the run's tokenizer_path")
+            view = open_view(builds, tokenizer_path, pad_token_id=pad_token_id, verify_checksums=verify_checksums,
+                             cache_dir=cache_dir, cache_limit=cache_limit, default_cache_dir=default_cache_dir)
+            check_rows = max_length
+        self.view = view
+        self.builds: list[Build] = list(view.builds)
+        self.pad_token_id: int = view.pad_token_id
+        self.vision: dict | None = view.vision
         self.image_processor = image_processor
-        self.video_pixels = None  # the build's VideoPixels (parsit_train.data.video_batch.video_item)
         self.release_every = int(release_every)
         self._reads = 0
         self._touched: set[int] = set()
@@ -180,7 +134,7 @@ class ShardDataset:
         self.build_offsets = np.concatenate([[0], np.cumsum(per_build)]).astype(np.int64)
         self._open: dict[int, _OpenShard] = {}
         #: Builds on an object store: their shards come through a local cache (parsit_train.data.cache).
-        self.cache = self._open_cache(cache_dir, cache_limit, rank, verify_checksums, default_cache_dir)
+        self.cache = self._open_cache(view.cache_dir, view.cache_limit, rank, verify_checksums, view.default_cache_dir)
         for k in range(len(self._paths)):
             if self.cache is not None:  # rows from the shard's index, made when it arrived verified
                 n, want = len(self.cache.index(k)["length"]), int(self._shard_starts[k + 1] - self._shard_starts[k])
@@ -188,8 +142,11 @@ class ShardDataset:
                     raise ParsitError(f"shard {self._paths[k]} has {n} rows, its manifest says {want}: rebuild it")
             else:
                 self._shard(k)  # maps it and checks its row count against the manifest
-        if max_length is not None:
-            self._check_max_length(int(max_length))
+        if check_rows is not None:
+            self._check_max_length(int(check_rows))
+        #: The run's VideoPixels from the view's video entry (None unless a row has a video): decodes a
+        #: row's frames in ``__getitem__`` (parsit_train.data.video_batch.video_item).
+        self.video_pixels = run_video_pixels(self) if decode_video else None
         self.release_pages(all_shards=True)
 
     # -- opening -----------------------------------------------------------------------------------

@@ -49,7 +49,12 @@ class ImageProcessor:
                               "(parsit_train.data.pixels.FamilyPixels), not to plain LLaVA's one crop")
         if self.aspect not in {"pad", "square"}:
             raise ParsitError(f"unknown aspect mode {self.aspect!r} in the manifest: expected pad or square")
+        # the family's count for one crop (CLS and strategy arithmetic included); a pre-family manifest: its own
         self.tokens_per_image = int(vision.get("tokens_per_image") or (self.size // int(vision["patch_size"])) ** 2)
+        if vision.get("family"):
+            from parsit_data.format.vision import VisionGeometry
+
+            self.tokens_per_image = VisionGeometry.from_json(vision).tokens_for(self.size, self.size, 1)
         self.mean = np.asarray(mean, dtype=np.float32) * 255.0
         self.inv_std = 1.0 / (np.asarray(std, dtype=np.float32) * 255.0)
         # LLaVA's expand2square (and transformers' LlavaImageProcessor): int(), so mean 0.5 pads with 127.

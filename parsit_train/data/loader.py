@@ -1,4 +1,5 @@
-"""The DataLoader factory: one call from build directories to a resumable stream of batches.
+"""The DataLoader factory: from the rank's build view and the run's config sections to a resumable stream of
+typed batches (torchtune's recipe ``_setup_data`` is the model: config in, loader out, nothing changed after).
 
 What upstream LLaVA code lost and this keeps: workers seeded per (seed, rank, worker) so any random
 choice in a worker is reproducible and differs between workers; ``prefetch_factor`` and persistent
@@ -12,19 +13,22 @@ import functools
 import logging
 import random
 import signal
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from parsit_data.errors import ParsitError
+from parsit_train.config import DataConfig, DataLoaderConfig
+from parsit_train.data.batch import Batch
 from parsit_train.data.collator import Collator
 from parsit_train.data.dataset import ShardDataset
-from parsit_train.data.images import SIGLIP_MEAN, SIGLIP_STD, ImageProcessor
+from parsit_train.data.images import ImageProcessor
 from parsit_train.data.sampler import ResumableBatchSampler
-from parsit_train.data.video_batch import run_video_pixels
+from parsit_train.data.view import BuildView
 
 log = logging.getLogger(__name__)
 
@@ -72,29 +76,28 @@ class ParsitLoader:
     A full pass moves the sampler to the next epoch; breaking out of the loop leaves it where the last
     handed-out batch ended, which is what ``sampler.state_dict()`` then records. Each batch carries
     ``data_position``: the (epoch, consumed units) at which it starts, which the training loop uses to ask
-    the sampler for a step's supervised-token total.
+    the sampler for a step's supervised-token total. ``fetcher``: for builds on an object store, the thread
+    that fills the shard cache ahead of this loader.
     """
 
-    def __init__(
-        self, dataloader: DataLoader, sampler: ResumableBatchSampler, dataset: ShardDataset | None = None
-    ) -> None:
+    def __init__(self, dataloader: DataLoader, sampler: ResumableBatchSampler, dataset: ShardDataset,
+                 fetcher=None) -> None:
         self.dataloader = dataloader
         self.sampler = sampler
-        self.dataset: ShardDataset = dataset if dataset is not None else dataloader.dataset
-        #: For builds on an object store: the thread that fills the shard cache ahead of this loader.
-        self.fetcher = None
+        self.dataset = dataset
+        self.fetcher = fetcher
 
     @property
     def collator(self) -> Collator:
-        """The collate function (configure it, e.g. ``blank_image``, before iterating: workers copy it)."""
+        """The collate function (frozen: complete when the loader was built)."""
         return self.dataloader.collate_fn
 
     def __len__(self) -> int:
         return len(self.sampler)
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Iterator[Batch]:
         for batch in self.dataloader:
-            batch["data_position"] = (self.sampler.epoch, self.sampler.consumed)
+            batch = batch.replace(data_position=(self.sampler.epoch, self.sampler.consumed))
             self.sampler.advance()
             if self.fetcher is not None:
                 self.fetcher.notify()
@@ -112,145 +115,148 @@ class ParsitLoader:
             self.fetcher.notify()
 
 
-def image_processor_for(vision: dict, mean: Sequence[float] = SIGLIP_MEAN, std: Sequence[float] = SIGLIP_STD):
-    """The pixel maker of a build's family: LLaVA's crops, or the anyres family's own image processor."""
+@dataclass(frozen=True)
+class BatchSpec:
+    """What one rank's batches are: how many samples (or packs) each, the model's image token id, the loss
+    weighting, the stream's seed and this rank's place in it; ``blank_image``: a batch without images gets
+    the family's blank image (the trainer's ZeRO needs every rank to run the vision tower each micro-step).
+    ``shuffle`` / ``drop_last`` / ``group_size`` / ``pad_to_multiple_of``: the sampler's and collator's
+    defaults suit training; tests and benchmarks change them."""
+
+    batch_size: int
+    image_token_id: int
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    loss_weighting: Literal["token", "sample"] = "token"
+    blank_image: bool = False
+    shuffle: bool = True
+    drop_last: bool = True
+    group_size: int | None = None
+    pad_to_multiple_of: int | None = None
+    video_token_id: int | None = None  # OneVision: what the collator expands a video's -201 sentinel to
+
+
+def image_processor_for(vision: dict | None):
+    """The pixel maker of a build: the anyres family's image processor, a ``LlavaProcessor`` folder's own
+    image processor, or (plain LLaVA built without a processor folder) LLaVA's crops with SigLIP mean/std."""
+    if not vision:
+        return None
+    from parsit_train.data.pixels import FamilyPixels, ProcessorPixels
+
     if (vision.get("family") or "llava") != "llava":
-        from parsit_train.data.pixels import FamilyPixels
-
         return FamilyPixels(vision)
-    return ImageProcessor(vision, mean=mean, std=std)
+    if vision.get("image_processor"):
+        return ProcessorPixels(vision)
+    return ImageProcessor(vision)
 
 
-def build_dataloader(
-    build_dirs: Sequence[str | Path] | str | Path,
-    weights: Sequence[float] | None = None,
-    *,
-    tokenizer_path: str | Path,
-    image_token_id: int,
-    batch_size: int,
-    max_length: int,
-    pad_token_id: int | None = None,
-    seed: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-    num_workers: int = 2,
-    group_by_length: bool = False,
-    group_size: int | None = None,
-    shuffle: bool = True,
-    drop_last: bool = True,
-    prefetch_factor: int = 4,
-    persistent_workers: bool = True,
-    pin_memory: bool | None = None,
-    image_mean: Sequence[float] = SIGLIP_MEAN,
-    image_std: Sequence[float] = SIGLIP_STD,
-    verify_checksums: bool = True,
-    pad_to_multiple_of: int | None = None,
-    pack_length: int | None = None,
-    max_images_per_pack: int | None = None,
-    pack_window: int | None = None,
-    blank_image: tuple[int, int] | None = None,
-    loss_weighting: str = "token",
-    cache_dir: str | Path | None = None,
-    cache_limit: int | str | None = None,
-    shuffle_window_shards: int | None = None,
-    default_cache_dir: str | Path | None = None,
-) -> tuple[ParsitLoader, ResumableBatchSampler]:
-    """Open and verify the builds and return (loader, sampler) for this rank.
+def check_video_token(videos, video_token_id: int | None) -> None:
+    """The builds hold videos: the collator's ``video_token_id`` (the model's, from the build view) must be
+    the build's video token in the run's tokenizer (the export's processor expands that token)."""
+    built = videos.video_token_id
+    if video_token_id is None:
+        raise ParsitError("the builds hold videos but the run has no video token id: train a LLaVA-OneVision model "
+                          "from a build made with a OneVision --processor (its video token gives the id)"
+                          + (f"; or set model.video_token_id: {built}" if built is not None else ""))
+    if built is not None and int(built) != int(video_token_id):
+        raise ParsitError(f"the model's video_token_id is {video_token_id}, but the build's video token "
+                          f"{videos.video_token!r} is id {built} in this tokenizer (the export's processor expands "
+                          f"that token): set model.video_token_id: {built}")
 
-    Raises ParsitError before any batch when a build is unfinished or corrupt, was made with another
-    tokenizer / pad id / image token index, or holds rows longer than ``max_length``. ``pin_memory``
-    None means: pin when CUDA is available.
 
-    ``pack_length``: batch ``batch_size`` packs of up to that many tokens per rank (see
-    :mod:`parsit_train.data.packing`) instead of ``batch_size`` padded samples. ``blank_image``:
-    ``(image_size, visual tokens)`` of one blank image the collator appends to a batch without images (the
-    trainer's ZeRO needs every rank to run the vision tower each micro-step). ``loss_weighting``: ``sample``
-    makes the collator emit per-token weights 1/(the sample's supervised tokens).
-    Builds given as URIs (``s3://...``) are read through a local shard cache in ``cache_dir`` of at
-    most ``cache_limit`` bytes, filled ahead in this rank's order (:mod:`parsit_train.data.cache`); unset, they
-    default to ``default_cache_dir`` (else the user cache dir) and a limit from the free disk (``cache_settings``).
-    ``shuffle_window_shards`` shuffles within windows of that many shards instead of the whole build, so a
-    small cache reads each shard once per epoch (:mod:`parsit_train.data.window_sampler`).
+def build_dataloader(view: BuildView, data: DataConfig, workers: DataLoaderConfig, spec: BatchSpec) -> ParsitLoader:
+    """This rank's loader over the builds of ``view`` (opened once: :func:`parsit_train.data.view.open_view`).
+
+    ``data``: the run's ``data`` section (grouping, packing, the shard-window shuffle; its builds and weights
+    are the view's). ``workers``: the ``dataloader`` section. ``spec``: :class:`BatchSpec`. Every object is
+    complete when constructed (dataset with its image and video processors, sampler, collator with its blank
+    image, its video token id and, when a row has a video and ``spec.blank_image``, its blank video); none is
+    changed after. Raises ParsitError before any batch when the builds' rows exceed
+    ``data.pack_length`` or the image token id is not a vocabulary id.
     """
-    dirs = [build_dirs] if isinstance(build_dirs, (str, Path)) else list(build_dirs)
-    probe = ShardDataset(dirs, tokenizer_path, pad_token_id=pad_token_id, max_length=max_length,
-                         verify_checksums=verify_checksums, cache_dir=cache_dir, cache_limit=cache_limit, rank=rank,
-                         default_cache_dir=default_cache_dir)
-    vocab = int(probe.builds[0].manifest.tokenizer.vocab_size)
-    if vocab and not 0 <= image_token_id < vocab:
-        raise ParsitError(f"image_token_id {image_token_id} is outside the tokenizer's {vocab} ids: pass the model's "
-                          "image token id (Qwen3: 151655, <|image_pad|>)")
-    processor = image_processor_for(probe.vision, image_mean, image_std) if probe.vision else None
-    probe.image_processor = processor
-    probe.video_pixels = run_video_pixels(probe, tokenizer_path)  # None unless a row has a video
-    dataset = probe
-    if pack_length is not None and max_length > pack_length:
+    vocab = view.vocab_size
+    if vocab and not 0 <= spec.image_token_id < vocab:
+        raise ParsitError(f"image_token_id {spec.image_token_id} is outside the tokenizer's {vocab} ids: pass the "
+                          "model's image token id (Qwen3: 151655, <|image_pad|>)")
+    processor = image_processor_for(view.vision)
+    dataset = ShardDataset(view, image_processor=processor, rank=spec.rank)
+    pack_length = data.pack_length
+    packing = pack_length is not None
+    if packing and view.max_length > pack_length:
         longest = int(dataset.lengths().max()) if len(dataset) else 0
         if longest > pack_length:
             raise ParsitError(f"the builds hold samples of up to {longest} tokens, over data.pack_length="
                               f"{pack_length}: "
                               "packing never splits a sample; raise pack_length or rebuild with --max-length")
-    packing = pack_length is not None
     sampler_cls, window = ResumableBatchSampler, {}
-    if shuffle_window_shards is not None:
+    if data.shuffle_window_shards is not None:
         from parsit_train.data.window_sampler import ShardWindowSampler
 
         sampler_cls = ShardWindowSampler
-        window = {"shard_rows": [r for b in dataset.builds for r in b.shard_rows], "window": shuffle_window_shards}
+        window = {"shard_rows": view.shard_rows, "window": data.shuffle_window_shards}
+    group = data.group_by_length
     sampler = sampler_cls(
-        [b.num_rows for b in dataset.builds],
-        batch_size,
-        weights=weights,
-        seed=seed,
-        rank=rank,
-        world_size=world_size,
-        shuffle=shuffle,
-        group_by_length=group_by_length,
-        lengths=dataset.lengths() if group_by_length or packing else None,
-        has_image=dataset.has_image() if group_by_length else None,
-        group_size=group_size,
-        drop_last=drop_last,
-        build_ids=[b.manifest.config_hash for b in dataset.builds],
+        view.build_rows,
+        spec.batch_size,
+        weights=list(view.weights),
+        seed=spec.seed,
+        rank=spec.rank,
+        world_size=spec.world_size,
+        shuffle=spec.shuffle,
+        group_by_length=group,
+        lengths=dataset.lengths() if group or packing else None,
+        has_image=dataset.has_image() if group else None,
+        group_size=spec.group_size,
+        drop_last=spec.drop_last,
+        build_ids=view.build_ids,
         pack_length=pack_length,
-        max_images_per_pack=max_images_per_pack,
+        max_images_per_pack=data.max_images_per_pack,
         image_counts=dataset.image_counts() if packing else None,
         visual_tokens=dataset.visual_tokens() if packing else None,
         supervised=dataset.supervised_tokens(),
-        **({"pack_window": pack_window} if pack_window else {}),
+        pack_window=data.pack_window,
         **window,
     )
+    blank = (view.geometry.image_size, view.blank_image_tokens()) if spec.blank_image and view.vision else None
+    videos = dataset.video_pixels  # the view's video entry; None unless a row has a video
+    if videos is not None:
+        check_video_token(videos, spec.video_token_id)
     collator = Collator(
-        dataset.pad_token_id, image_token_id, max_length,
+        view.pad_token_id, spec.image_token_id, view.max_length,
         image_processor=processor,
-        pad_to_multiple_of=pad_to_multiple_of,
+        pad_to_multiple_of=spec.pad_to_multiple_of,
         pack_length=pack_length,
-        blank_image=blank_image,
-        loss_weighting=loss_weighting,
-        video_processor=probe.video_pixels,
+        blank_image=blank,
+        loss_weighting=spec.loss_weighting,
+        video_token_id=spec.video_token_id,
+        video_processor=videos,
+        blank_video=spec.blank_image and videos is not None,
     )
-    workers = dict(
-        worker_init_fn=functools.partial(seed_worker, seed=seed, rank=rank),
-        prefetch_factor=prefetch_factor,
-        persistent_workers=persistent_workers,
-    ) if num_workers > 0 else {}
-    generator = torch.Generator().manual_seed(worker_seed(seed, rank, 2**32 - 1))  # main-process stream
+    n = workers.num_workers
+    extra = dict(
+        worker_init_fn=functools.partial(seed_worker, seed=spec.seed, rank=spec.rank),
+        prefetch_factor=workers.prefetch_factor,
+        persistent_workers=workers.persistent_workers,
+    ) if n > 0 else {}
+    generator = torch.Generator().manual_seed(worker_seed(spec.seed, spec.rank, 2**32 - 1))  # main-process stream
     loader = DataLoader(
         PackedItems(dataset) if packing else dataset,
         batch_sampler=sampler,
         collate_fn=collator,
-        num_workers=num_workers,
-        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        num_workers=n,
+        pin_memory=torch.cuda.is_available() if workers.pin_memory is None else workers.pin_memory,
         generator=generator,
-        **workers,
+        **extra,
     )
     log.info("data: %d rows in %d build(s), %d batches of %d %s per rank this epoch, %d workers",
-             len(dataset), len(dataset.builds), len(sampler), batch_size,
-             f"packs of {pack_length} tokens" if packing else "samples", num_workers)
-    parsit_loader = ParsitLoader(loader, sampler, dataset)
+             len(dataset), len(view.builds), len(sampler), spec.batch_size,
+             f"packs of {pack_length} tokens" if packing else "samples", n)
+    fetcher = None
     if dataset.cache is not None:
         from parsit_train.data.cache import ShardFetcher
 
-        parsit_loader.fetcher = ShardFetcher(dataset.cache, sampler, dataset._shard_starts).start()
+        fetcher = ShardFetcher(dataset.cache, sampler, dataset._shard_starts).start()
         log.info("data: shard cache %s, limit %d bytes; opening fetched %d bytes", dataset.cache.dir,
                  dataset.cache.limit, dataset.cache_stats["fetched_bytes"])
-    return parsit_loader, sampler
+    return ParsitLoader(loader, sampler, dataset, fetcher)

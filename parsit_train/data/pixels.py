@@ -1,4 +1,7 @@
-"""Pixels of the anyres families (LLaVA-NeXT, LLaVA-OneVision), made by the family's own image processor.
+"""Pixels made by the build's own processor: the anyres families (:class:`FamilyPixels`) and plain LLaVA built
+from a ``LlavaProcessor`` folder (:class:`ProcessorPixels`).
+
+Pixels of the anyres families (LLaVA-NeXT, LLaVA-OneVision), made by the family's own image processor.
 
 :class:`FamilyPixels` is what the dataset and collator use in place of ``images.ImageProcessor`` when the
 build's family is ``llava_next`` or ``llava_onevision``. Each row's images go through transformers'
@@ -36,6 +39,8 @@ class FamilyPixels:
 
     #: The collator's crop check is the llava one; the anyres check is :meth:`check_counts`.
     tokens_per_image = None
+    #: Pixels per image are ``[patches, 3, S, S]`` with ``image_sizes`` (the collator's anyres batch layout).
+    anyres = True
 
     def __init__(self, vision: dict, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.geometry: VisionGeometry = geometry_of(vision)
@@ -104,3 +109,41 @@ class FamilyPixels:
         img = Image.new("RGB", (self.size, self.size), (0, 0, 0))
         pixels, sizes = self.process([img])
         return pixels[0], sizes[0], self.geometry.tokens_for(self.size, self.size, 1)
+
+
+class ProcessorPixels:
+    """Plain LLaVA built from a ``LlavaProcessor`` folder (``--processor``): each image through the folder's own
+    image processor (CLIP: resize the shortest edge, centre crop, CLIP mean/std; as its config says), one
+    crop ``[1, 3, S, S]`` float32 per image, exactly what ``LlavaProcessor`` feeds
+    ``LlavaForConditionalGeneration``. The count per image is the family's (CLS kept by ``full``, dropped by
+    ``default``), checked by the collator against every stored count."""
+
+    def __init__(self, vision: dict, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        self.geometry: VisionGeometry = geometry_of(vision)
+        if self.geometry.family != "llava" or not self.geometry.image_processor:
+            raise ParsitError("ProcessorPixels is for llava builds made with --processor (a LlavaProcessor folder)")
+        self.processor = image_processor(self.geometry)
+        self.size = self.geometry.image_size
+        self.tokens_per_image = self.geometry.tokens_for(self.size, self.size, 1)
+        self.max_pixels = int(max_pixels)
+
+    def decode(self, data: bytes, sample_id: str = "?") -> Image.Image:
+        return FamilyPixels.decode(self, data, sample_id)  # EXIF applied, pixel limit, clear errors
+
+    def decode_crops(self, images: Sequence[bytes], sizes: Sequence[tuple[int, int]], sample_id: str = "?"):
+        """(float32 ``[images, 3, S, S]`` or None, one crop per image)."""
+        if not images:
+            return None, []
+        decoded = []
+        for j, data in enumerate(images):
+            img = self.decode(data, sample_id)
+            if j < len(sizes) and tuple(sizes[j]) != img.size:
+                raise ParsitError(f"image {j} of sample {sample_id!r} decodes to {img.size[0]}x{img.size[1]} (EXIF "
+                                  f"applied), the build recorded {sizes[j][0]}x{sizes[j][1]}: rebuild the shard")
+            decoded.append(img)
+        out = self.processor(images=decoded, return_tensors=None)
+        pixels = np.stack([np.asarray(p, dtype=np.float32) for p in out["pixel_values"]])
+        if pixels.shape[1:] != (3, self.size, self.size):
+            raise ParsitError(f"the build's image processor makes pixels of shape {pixels.shape[1:]}, the vision tower "
+                              f"takes (3, {self.size}, {self.size}): its crop_size and the build's geometry disagree")
+        return pixels, [1] * len(decoded)

@@ -12,7 +12,7 @@ typed data path can take them over):
 - :func:`expand_video` (collator, per sequence, before the length check): the sentinel becomes
   ``num_video_tokens`` copies of the model's ``video_token_id``, labels -100, exactly as -200 becomes the
   image token;
-- :func:`video_pixels` (collator, per batch): the batch's videos as a LIST of float32
+- :func:`video_pixels` (collator, per batch): the batch's videos as a tuple of float32
   ``[frames_i, 3, H, W]``, one per video in the order of their tokens in the batch (row-major: the order in
   which the model's ``masked_scatter`` fills the video token positions). Videos of different frame counts
   (a short clip keeps all its frames) cannot share one ``[n, frames, ...]`` tensor; the model takes the list
@@ -73,7 +73,7 @@ def expand_video(ids: np.ndarray, labels: np.ndarray, item: dict, video_token_id
         return ids, labels
     if video_token_id is None or video_token_id < 0:
         raise ParsitError(f"sample {item['sample_id']!r} has a video but the collator has no video_token_id: the "
-                          "model's config.video_token_id (set by the trainer: parsit_train.video_model.configure_video)")
+                          "model's video token id (derived from the build's processor: BatchSpec.video_token_id)")
     at = int(where[0])
     vid = np.full(n, video_token_id, dtype=np.int64)
     ign = np.full(n, IGNORE_INDEX, dtype=np.int64)
@@ -97,15 +97,15 @@ def token_order(items: Sequence[dict]) -> list[int]:
     return [k for r in rows for k in r]
 
 
-def video_pixels(items: Sequence[dict], processor) -> list[torch.Tensor] | None:
-    """The batch's videos as float32 ``[frames_i, 3, H, W]``, in token order; None without video."""
+def video_pixels(items: Sequence[dict], processor) -> tuple[torch.Tensor, ...] | None:
+    """The batch's videos as float32 ``[frames_i, 3, H, W]``, in token order (a tuple); None without video."""
     videos = [items[k] for k in token_order(items) if items[k].get("num_video_tokens")]
     if not videos:
         return None
     if processor is None or any(v.get("video") is None for v in videos):
         raise ParsitError(f"sample {videos[0]['sample_id']!r} has a video but no pixels: give the dataset and the "
                           "collator the run's VideoPixels (the build's manifest has a video entry)")
-    return [processor.normalise(v["video"]) for v in videos]
+    return tuple(processor.normalise(v["video"]) for v in videos)
 
 
 _COLUMNS = ("input_ids", "labels", "targets", "target_weights", "attention_mask", "position_ids")
@@ -114,7 +114,8 @@ _COLUMNS = ("input_ids", "labels", "targets", "target_weights", "attention_mask"
 def append_blank_video(out: dict, processor, video_token_id: int, pad_token_id: int) -> dict:
     """One black one-frame video after the last column of a batch that has none (row 0 holds its tokens,
     other rows padding): labels/targets -100, weight 0, attention 0 (padded batch), positions a segment of
-    their own (packed batch). ``out`` is the collator's batch; it is changed and returned."""
+    their own (packed batch). ``out`` is the collator's field dict (before it becomes a
+    :class:`~parsit_train.data.batch.Batch`); it is changed and returned."""
     tokens = processor.tokens_per_frame + 1
     ids = out["input_ids"]
     bsz = ids.shape[0]
@@ -131,7 +132,7 @@ def append_blank_video(out: dict, processor, video_token_id: int, pad_token_id: 
         if key == "input_ids":
             extra[0] = video_token_id
         out[key] = torch.cat([t, extra], dim=1)
-    out["pixel_values_videos"] = [processor.normalise(processor.blank())]
+    out["pixel_values_videos"] = (processor.normalise(processor.blank()),)
     out["num_padded"] = int(out["input_ids"].numel())
     return out
 
@@ -150,13 +151,14 @@ def video_tokens(dataset) -> np.ndarray:
     return np.asarray(col, dtype=np.int64) if len(col) == n else np.zeros(n, dtype=np.int64)
 
 
-def run_video_pixels(dataset, tokenizer_path=None):
-    """The run's :class:`~parsit_train.data.video_pixels.VideoPixels`, or None when no row has a video (a
-    build made with a video-capable processor records a ``video`` entry even when it took no clip; such a run
-    needs no video pixels and no blank video). A build read through the shard cache cannot be scanned
-    cheaply: its video entry is trusted."""
-    from parsit_train.data.video_pixels import video_pixels_for
+def run_video_pixels(dataset):
+    """The run's :class:`~parsit_train.data.video_pixels.VideoPixels`, from the dataset's build view (its
+    manifests, read once; no file is read again), or None when no row has a video (a build made with a
+    video-capable processor records a ``video`` entry even when it took no clip; such a run needs no video
+    pixels and no blank video). A build read through the shard cache cannot be scanned cheaply: its video
+    entry is trusted."""
+    from parsit_train.data.video_pixels import video_pixels_of
 
     if dataset.cache is None and not video_tokens(dataset).any():
         return None
-    return video_pixels_for(dataset.builds, tokenizer_path)
+    return video_pixels_of(dataset.view)

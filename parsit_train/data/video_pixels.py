@@ -27,6 +27,7 @@ ParsitError naming the sample and the frame (the build wrote it, so the shard is
 from __future__ import annotations
 
 import io
+import math
 import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -101,13 +102,19 @@ def resize_frames(frames: torch.Tensor, height: int, width: int, mode: str) -> t
 class VideoPixels:
     """A row's encoded frames -> uint8 frames at the processor's size -> normalised float32 pixels."""
 
-    def __init__(self, video: dict, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(self, video: dict, max_pixels: int = DEFAULT_MAX_PIXELS, tokens_per_frame: int | None = None,
+                 video_token_id: int | None = None) -> None:
         self.spec = VideoPixelSpec.from_manifest(video)
-        #: pooled tokens of one frame as the build counted them (a video is frames * this + 1)
-        self.tokens_per_frame = None if video.get("tokens_per_frame") is None else int(video["tokens_per_frame"])
+        built = None if video.get("tokens_per_frame") is None else int(video["tokens_per_frame"])
+        if built is not None and tokens_per_frame is not None and built != int(tokens_per_frame):
+            raise ParsitError(f"the build counted {built} tokens per video frame, the model pools each frame to "
+                              f"{tokens_per_frame}: rebuild with this model's processor")
+        #: pooled tokens of one frame (a video is frames * this + 1): the build's count, else the geometry's
+        self.tokens_per_frame = built if built is not None else (
+            None if tokens_per_frame is None else int(tokens_per_frame))
         #: the build's video token (the export's processor expands it) and its id in the run's tokenizer
         self.video_token: str | None = video.get("video_token")
-        self.video_token_id: int | None = None
+        self.video_token_id: int | None = None if video_token_id is None else int(video_token_id)
         self.max_pixels = int(max_pixels)
         s = self.spec
         # The processor's fused rescale + normalise (``_fuse_mean_std_and_rescale_factor``), in float32.
@@ -158,12 +165,23 @@ def video_entry(manifest) -> dict | None:
     return entry.model_dump(mode="json") if hasattr(entry, "model_dump") else dict(entry)
 
 
-def video_pixels_for(builds, tokenizer_path=None) -> VideoPixels | None:
-    """The run's :class:`VideoPixels` from its builds' manifests (None when none took video). Builds whose
-    frames were made for different pixel parameters or token counts are refused: one model, one video
-    processor. With ``tokenizer_path``, the build's video token is looked up in the run's tokenizer
-    (``video_token_id``; checked against the model's by ``parsit_train.video_model.configure_video``)."""
-    entries = [(b.root, e) for b in builds if (e := video_entry(b.manifest)) is not None]
+def video_entries(builds) -> list[tuple]:
+    """``(root, video entry)`` of the builds that took video (their manifests as already opened)."""
+    return [(b.root, e) for b in builds if (e := video_entry(b.manifest)) is not None]
+
+
+def pooled_tokens_per_frame(image_size: int, patch_size: int) -> int:
+    """OneVision's pooled tokens of one frame: the base crop's patch grid pooled 2x2 (ceil)."""
+    return math.ceil((int(image_size) // int(patch_size)) / 2) ** 2
+
+
+def video_pixels_of(view) -> VideoPixels | None:
+    """The run's :class:`VideoPixels` from a :class:`~parsit_train.data.view.BuildView` (None when no build
+    took video). Builds whose frames were made for different pixel parameters or token counts are refused:
+    one model, one video processor. Tokens per frame: the build's count, checked against the view's
+    geometry (the model's vision tower, checked against the build before this); the video token id: the
+    build's video token in the run's tokenizer."""
+    entries = video_entries(view.builds)
     if not entries:
         return None
     keys = {(VideoPixelSpec.from_manifest(e), e.get("tokens_per_frame")) for _, e in entries}
@@ -171,13 +189,14 @@ def video_pixels_for(builds, tokenizer_path=None) -> VideoPixels | None:
         raise ParsitError("the builds' videos were made for different video processors ("
                           + "; ".join(f"{root}: {VideoPixelSpec.from_manifest(e)}" for root, e in entries)
                           + "): rebuild them with one --processor")
-    pixels = VideoPixels(entries[0][1])
-    if tokenizer_path is not None and pixels.video_token:
-        from tokenizers import Tokenizer
-
-        from parsit_data.format import resolve_tokenizer_path
-
-        path = resolve_tokenizer_path(tokenizer_path) / "tokenizer.json"
-        if path.is_file():
-            pixels.video_token_id = Tokenizer.from_file(str(path)).token_to_id(pixels.video_token)
-    return pixels
+    entry = entries[0][1]
+    g = view.geometry
+    if g is None or g.family != "llava_onevision":
+        raise ParsitError(f"the builds hold videos but their vision family is {None if g is None else g.family!r}: "
+                          "only LLaVA-OneVision trains on video (build with a OneVision --processor)")
+    token = entry.get("video_token")
+    token_id = view.placeholder_ids.get("video")
+    if token_id is None and token:
+        token_id = view.token_id(token)
+    return VideoPixels(entry, tokens_per_frame=pooled_tokens_per_frame(g.image_size, g.patch_size),
+                       video_token_id=token_id)

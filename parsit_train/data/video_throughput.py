@@ -33,15 +33,14 @@ def loader_video_throughput(build_dir: str | Path, tokenizer: str | Path = "qwen
     Returns ``{"samples", "video_samples", "frames", "batches", "seconds", "samples_per_s",
     "video_samples_per_s", "frames_per_s", "num_workers", "batch_size"}``; the first ``warmup_batches``
     (worker start-up) are not timed."""
-    from parsit_train.data import build_dataloader
-    from parsit_train.data.dataset import ShardDataset
+    from parsit_train.config import DataConfig, DataLoaderConfig
+    from parsit_train.data import BatchSpec, build_dataloader, open_view
 
-    probe = ShardDataset([build_dir], tokenizer, verify_checksums=False)
-    max_length = int(probe.lengths().max()) if len(probe) else 1
-    loader, _ = build_dataloader([build_dir], tokenizer_path=tokenizer, image_token_id=image_token_id,
-                                 batch_size=batch_size, max_length=max_length, seed=seed, num_workers=num_workers,
-                                 persistent_workers=False, pin_memory=False, drop_last=False)
-    loader.collator.video_token_id = video_token_id
+    view = open_view([build_dir], tokenizer, verify_checksums=False)
+    loader = build_dataloader(view, DataConfig(builds=[str(build_dir)]),
+                              DataLoaderConfig(num_workers=num_workers, persistent_workers=False, pin_memory=False),
+                              BatchSpec(batch_size=batch_size, image_token_id=image_token_id, seed=seed,
+                                        drop_last=False, video_token_id=video_token_id))
     samples = videos = frames = batches = 0
     start = None
     for batch in loader:
@@ -49,8 +48,8 @@ def loader_video_throughput(build_dir: str | Path, tokenizer: str | Path = "qwen
         if batches == warmup_batches + 1 or (start is None and warmup_batches == 0):
             start = time.perf_counter()
         if batches > warmup_batches:
-            vids = batch.get("pixel_values_videos") or []
-            samples += len(batch["sample_ids"])
+            vids = batch.pixel_values_videos or ()
+            samples += len(batch.sample_ids)
             videos += len(vids)
             frames += sum(int(v.shape[0]) for v in vids)
         if max_batches is not None and batches - warmup_batches >= max_batches:

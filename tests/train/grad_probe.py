@@ -38,7 +38,7 @@ def probe(cfg_path: Path) -> dict:
     import deepspeed
 
     from parsit_train.config import load_config
-    from parsit_train.model import build_model, fill_vision_geometry, param_groups, set_trainable
+    from parsit_train.model import build_model, param_groups, set_trainable
     from parsit_train.train import (
         deepspeed_config,
         micro_step,
@@ -50,23 +50,21 @@ def probe(cfg_path: Path) -> dict:
 
     cfg = load_config(cfg_path)
     rank, world, _ = setup_distributed()
-    loader, sampler, vision, _vocab = open_data(cfg, cfg.model.image_token_id, rank, world)
-    fill_vision_geometry(cfg.model, vision)
+    data = open_data(cfg, rank, world, verify_checksums=True)
+    loader, sampler = data.loader, data.sampler
     seed_everything(cfg.seed)
-    model = build_model(cfg.model)
+    model = build_model(data.model)
     set_trainable(model, cfg.trainable_parts())
     groups = param_groups(model, cfg.optim.lr.model_dump(), cfg.optim.weight_decay)
     optimizer = torch.optim.SGD(groups, lr=0.0)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg, world))
-    vc = engine.module.config.vision_config
-    loader.collator.blank_image = (vc.image_size, (vc.image_size // vc.patch_size) ** 2)
     engine.train()
     denominator, samples = None, []
     for batch in loader:
         if denominator is None:
-            denominator, _ = step_denominator(cfg, sampler, batch["data_position"])
+            denominator, _ = step_denominator(cfg, sampler, batch.data_position)
         micro_step(engine, batch, denominator, world, torch.float32)
-        samples.extend(batch["sample_ids"])
+        samples.extend(batch.sample_ids)
         if engine.is_gradient_accumulation_boundary():
             break  # gradients reduced; read them before the optimizer steps
         engine.step()  # not a boundary: only counts the micro-step, as in the trainer

@@ -66,7 +66,7 @@ def test_a_stored_count_that_is_not_the_familys_is_refused():
     px = FamilyPixels(_vision("llava_next"))
     collate = Collator(151643, 151655, 512, image_processor=px)
     good = _item(px, [(70, 30)], [_png(70, 30)])
-    assert collate([good])["input_ids"].eq(151655).sum() == good["num_image_tokens"][0]
+    assert collate([good]).input_ids.eq(151655).sum() == good["num_image_tokens"][0]
     bad = _item(px, [(70, 30)], [_png(70, 30)], counts=[good["num_image_tokens"][0] + 1])
     with pytest.raises(ParsitError, match=r"sample 's': the build counted \d+ visual tokens for image 0 \(70x30"):
         collate([bad])
@@ -81,15 +81,15 @@ def test_onevision_multi_image_samples_and_the_blank_image():
     assert two["crops_per_image"] == [1, 1] and two["num_image_tokens"] == [5, 5]  # base crop + 1 newline each
     assert one["crops_per_image"] == [10]
     batch = collate([two, one])
-    assert batch["pixel_values"].shape == (3, 10, 3, 28, 28)
-    assert not batch["pixel_values"][0, 1:].any()  # zero patches after an image's own
-    assert batch["image_sizes"].tolist() == [[30, 70], [80, 20], [84, 84]]
-    assert batch["batch_num_images"].tolist() == [2, 1]
-    assert int(batch["input_ids"].eq(151655).sum()) == 10 + one["num_image_tokens"][0]
+    assert batch.pixel_values.shape == (3, 10, 3, 28, 28)
+    assert not batch.pixel_values[0, 1:].any()  # zero patches after an image's own
+    assert batch.image_sizes.tolist() == [[30, 70], [80, 20], [84, 84]]
+    assert batch.batch_num_images.tolist() == [2, 1]
+    assert int(batch.input_ids.eq(151655).sum()) == 10 + one["num_image_tokens"][0]
     text = {**_item(px, [], []), "input_ids": np.array([151644, 9707, 151645], dtype=np.int32),
             "labels": np.array([-100, 9707, 151645], dtype=np.int32)}
     blank = collate([text])
     _, _, tokens = px.blank()
-    assert blank["batch_num_images"].tolist() == [1] and blank["image_sizes"].tolist() == [[28, 28]]
-    assert int(blank["input_ids"].eq(151655).sum()) == tokens == px.geometry.tokens_for(28, 28)
-    assert int(blank["attention_mask"][0].sum()) == 3  # the blank image is masked out
+    assert blank.batch_num_images.tolist() == [1] and blank.image_sizes.tolist() == [[28, 28]]
+    assert int(blank.input_ids.eq(151655).sum()) == tokens == px.geometry.tokens_for(28, 28)
+    assert int(blank.attention_mask[0].sum()) == 3  # the blank image is masked out

@@ -85,7 +85,7 @@ def test_export_processor_reproduces_training_ids_and_pixels(family_build, tmp_p
     for i in range(len(ds)):
         item = ds[i]
         batch = collate([item])
-        ids, labels = batch["input_ids"][0].numpy(), batch["labels"][0].numpy()
+        ids, labels = batch.input_ids[0].numpy(), batch.labels[0].numpy()
         start = int(np.flatnonzero(labels != -100)[0])
         messages = records[item["sample_id"]]
         prompt = processor.apply_chat_template(messages[:1], add_generation_prompt=True, tokenize=False)
@@ -94,14 +94,14 @@ def test_export_processor_reproduces_training_ids_and_pixels(family_build, tmp_p
         enc = processor(text=prompt, images=[images] if images else None, return_tensors="np")
         assert enc["input_ids"][0].tolist() == ids[:start].tolist(), item["sample_id"]
         if images:
-            got, want = enc["pixel_values"], batch["pixel_values"].numpy()
+            got, want = enc["pixel_values"], batch.pixel_values.numpy()
             assert got.shape[0] == want.shape[0] == len(images)
             for j in range(len(images)):
                 n = item["crops_per_image"][j]
                 np.testing.assert_allclose(got[j][:n], want[j][:n], atol=1e-5, rtol=0)
-            assert enc["image_sizes"].tolist() == batch["image_sizes"].tolist()
+            assert enc["image_sizes"].tolist() == batch.image_sizes.tolist()
             if kind == "llava_onevision":
-                assert enc["batch_num_images"].tolist() == batch["batch_num_images"].tolist() == [len(images)]
+                assert enc["batch_num_images"].tolist() == batch.batch_num_images.tolist() == [len(images)]
             multi += len(images) > 1
             checked += 1
     assert checked >= 12 and multi >= 4

@@ -42,7 +42,7 @@ def test_the_family_model_takes_the_collated_batches_and_image_newline_is_the_pr
                                                                                         tmp_path):
     from parsit_data.format import bundled_qwen3_tokenizer
     from parsit_train.config import parse_config
-    from parsit_train.data import build_dataloader
+    from train_support import open_loader
     from parsit_train.model import build_model, check_compatibility, param_groups, set_trainable
     from parsit_train.train import forward_loss
 
@@ -57,13 +57,13 @@ def test_the_family_model_takes_the_collated_batches_and_image_newline_is_the_pr
     set_trainable(model, ["projector"])
     groups = param_groups(model, {"projector": 1.0, "vision_tower": 0.0, "language_model": 0.0}, 0.0)
     assert any(p is model.model.image_newline for g in groups for p in g["params"])
-    loader, _ = build_dataloader([build], [1.0], tokenizer_path=bundled_qwen3_tokenizer(), image_token_id=151655,
-                                 batch_size=2, max_length=256, num_workers=0, pack_length=220, blank_image=(28, 4))
+    loader, _ = open_loader([build], [1.0], tokenizer_path=bundled_qwen3_tokenizer(), image_token_id=151655,
+                            batch_size=2, max_length=256, num_workers=0, pack_length=220, blank_image=True)
     images = 0
     for batch in loader:  # the model scatters one feature per image token or raises: counts == features
         loss = forward_loss(model, batch, "cpu", torch.float32)
         loss.backward()
-        images += 0 if batch["image_sizes"] is None else batch["image_sizes"].shape[0]
+        images += 0 if batch.image_sizes is None else batch.image_sizes.shape[0]
     assert images >= 20
     assert model.model.image_newline.grad is not None and model.model.image_newline.grad.abs().sum() > 0
 

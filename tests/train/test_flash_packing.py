@@ -71,17 +71,17 @@ def test_a_sample_in_a_pack_has_its_loss_alone_for_every_micro_batch_shape(model
     packs = _packs(data)[:rows]
     items = [{**it, "pack": p} for p, pack in enumerate(packs) for it in pack]
     batch = _collator(data, pack_length=512)(items)
-    assert batch["input_ids"].shape[0] == rows and batch["attention_mask"] is None
+    assert batch.input_ids.shape[0] == rows and batch.attention_mask is None
     with torch.no_grad():
         for p, pack in enumerate(packs):
             sizes = [len(it["input_ids"]) - len(it["num_image_tokens"]) + sum(it["num_image_tokens"]) for it in pack]
             bounds = np.concatenate([[0], np.cumsum(sizes)])
-            assert np.flatnonzero(batch["position_ids"][p].numpy() == 0)[: len(pack)].tolist() == bounds[:-1].tolist()
+            assert np.flatnonzero(batch.position_ids[p].numpy() == 0)[: len(pack)].tolist() == bounds[:-1].tolist()
             for k, it in enumerate(pack):
                 a, b = int(bounds[k]), int(bounds[k + 1])
-                mine = torch.zeros_like(batch["targets"], dtype=torch.float32)
+                mine = torch.zeros_like(batch.targets, dtype=torch.float32)
                 mine[p, a:b] = 1.0
-                in_pack = forward_loss(model, {**batch, "target_weights": mine}, "cpu", torch.float32).item()
+                in_pack = forward_loss(model, batch.replace(target_weights=mine), "cpu", torch.float32).item()
                 alone = forward_loss(model, _collator(data)([it]), "cpu", torch.float32).item()
                 assert alone > 0
                 assert in_pack == pytest.approx(alone, rel=1e-5, abs=1e-6), (impl, rows, p, it["sample_id"])
@@ -95,16 +95,16 @@ def test_one_row_keeps_logits_of_every_position_under_flash(models, data, flash_
     items = [{**it, "pack": p} for p, pack in enumerate(_packs(data)) for it in pack]
     batch = _collator(data, pack_length=512)(items)
     flat = one_row(batch)
-    assert flat["input_ids"].shape == (1, batch["input_ids"].numel())
+    assert flat.input_ids.shape == (1, batch.input_ids.numel())
     with torch.no_grad():
-        ref = models["sdpa"](input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                             pixel_values=batch["pixel_values"], use_cache=False).logits
-        got = models["flash_attention_2"](input_ids=flat["input_ids"], position_ids=flat["position_ids"],
-                                          pixel_values=flat["pixel_values"], use_cache=False).logits
+        ref = models["sdpa"](input_ids=batch.input_ids, position_ids=batch.position_ids,
+                             pixel_values=batch.pixel_values, use_cache=False).logits
+        got = models["flash_attention_2"](input_ids=flat.input_ids, position_ids=flat.position_ids,
+                                          pixel_values=flat.pixel_values, use_cache=False).logits
         torch.testing.assert_close(got.reshape(ref.shape), ref, rtol=1e-5, atol=1e-5)
         # what the trainer used to hand flash attention: the [2, T] batch, whose packs leak
-        leaky = models["flash_attention_2"](input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                                            pixel_values=batch["pixel_values"], use_cache=False).logits
+        leaky = models["flash_attention_2"](input_ids=batch.input_ids, position_ids=batch.position_ids,
+                                            pixel_values=batch.pixel_values, use_cache=False).logits
         assert (leaky - ref).abs().max() > 1e-3
 
 
@@ -117,7 +117,7 @@ def test_a_sample_in_a_two_pack_flash_batch_has_its_gradient_alone(models, data,
     first, it = packs[1]
     a = len(first["input_ids"]) - len(first["num_image_tokens"]) + sum(first["num_image_tokens"])
     b = a + len(it["input_ids"]) - len(it["num_image_tokens"]) + sum(it["num_image_tokens"])
-    mine = torch.zeros_like(batch["targets"], dtype=torch.float32)
+    mine = torch.zeros_like(batch.targets, dtype=torch.float32)
     mine[1, a:b] = 1.0
 
     def grads(b):
@@ -125,7 +125,7 @@ def test_a_sample_in_a_two_pack_flash_batch_has_its_gradient_alone(models, data,
         forward_loss(model, b, "cpu", torch.float32).backward()
         return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
-    in_pack, alone = grads({**batch, "target_weights": mine}), grads(_collator(data)([it]))
+    in_pack, alone = grads(batch.replace(target_weights=mine)), grads(_collator(data)([it]))
     model.zero_grad()
     assert alone.keys() <= in_pack.keys()
     for n, g in in_pack.items():  # float32 summation order differs (see test_packing): relative to the scale

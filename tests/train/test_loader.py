@@ -8,10 +8,10 @@ import random
 import numpy as np
 import pytest
 import torch
-from train_support import QWEN_IMAGE_PAD
+from train_support import QWEN_IMAGE_PAD, open_loader
 from torch.utils.data import DataLoader, Dataset
 
-from parsit_train.data import build_dataloader, seed_worker
+from parsit_train.data import seed_worker
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -20,11 +20,11 @@ def _loader(builds, tok_path, **kw):
     args = dict(weights=[1.0, 0.5], tokenizer_path=tok_path, image_token_id=QWEN_IMAGE_PAD, batch_size=3,
                 max_length=512, seed=11, num_workers=2, group_by_length=True, group_size=12)
     args.update(kw)
-    return build_dataloader([builds["a"], builds["b"]], **args)
+    return open_loader([builds["a"], builds["b"]], **args)
 
 
 def _ids(batches):
-    return [b["sample_ids"] for b in batches]
+    return [b.sample_ids for b in batches]
 
 
 def test_same_seed_same_batches(builds, tok_path):
@@ -33,8 +33,8 @@ def test_same_seed_same_batches(builds, tok_path):
     second = list(_loader(builds, tok_path)[0])
     assert len(first) == (40 + 10) // 3 and _ids(first) == _ids(second)
     for x, y in zip(first, second):
-        assert torch.equal(x["input_ids"], y["input_ids"]) and torch.equal(x["labels"], y["labels"])
-        assert (x["pixel_values"] is None and y["pixel_values"] is None) or torch.equal(x["pixel_values"], y["pixel_values"])
+        assert torch.equal(x.input_ids, y.input_ids) and torch.equal(x.labels, y.labels)
+        assert (x.pixel_values is None and y.pixel_values is None) or torch.equal(x.pixel_values, y.pixel_values)
     assert sampler.state_dict()["epoch"] == 1  # a full pass moves to the next epoch
     assert _ids(list(loader)) != _ids(first)  # ... which has its own order
     other = list(_loader(builds, tok_path, seed=12)[0])
@@ -44,12 +44,12 @@ def test_same_seed_same_batches(builds, tok_path):
 def test_batches_are_well_formed(builds, tok_path):
     loader, _ = _loader(builds, tok_path, num_workers=0)
     for batch in loader:
-        n_images = int((batch["input_ids"] == QWEN_IMAGE_PAD).sum()) // 4
-        assert (batch["pixel_values"] is None) == (n_images == 0)
+        n_images = int((batch.input_ids == QWEN_IMAGE_PAD).sum()) // 4
+        assert (batch.pixel_values is None) == (n_images == 0)
         if n_images:
-            assert batch["pixel_values"].shape == (n_images, 3, 28, 28)
-        assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
-        assert batch["num_tokens"] == int(batch["attention_mask"].sum())
+            assert batch.pixel_values.shape == (n_images, 3, 28, 28)
+        assert batch.input_ids.shape == batch.labels.shape == batch.attention_mask.shape
+        assert batch.num_tokens == int(batch.attention_mask.sum())
 
 
 def test_interrupted_run_resumes_with_exactly_the_remaining_batches(builds, tok_path):
@@ -89,7 +89,7 @@ def test_resume_with_another_world_size(builds, tok_path):
                 step = [next(it) for it in its]
             except StopIteration:
                 break
-            seen.extend(i for b in step for i in b["sample_ids"])
+            seen.extend(i for b in step for i in b.sample_ids)
             steps += 1
         return seen, loaders[0][1].state_dict()
 

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from train_helpers import TINY_LM, TINY_VISION, make_build, tiny_config  # noqa: E402
 
 from parsit_data.errors import ParsitError  # noqa: E402
+from parsit_train.data.batch import Batch  # noqa: E402
 from parsit_train.config import SCHEMA_PATH, json_schema, load_config, parse_config  # noqa: E402
 from parsit_train.model import (  # noqa: E402
     build_model,
@@ -288,13 +289,17 @@ def test_forward_loss_equals_the_models_own_loss_on_supervised_positions(tiny_mo
     labels[1, 9:] = -100
     attention = torch.ones_like(ids)
     attention[1, 10:] = 0
-    batch = {"input_ids": ids, "labels": labels, "attention_mask": attention, "pixel_values": torch.randn(2, 3, 28, 28)}
+    pixels = torch.randn(2, 3, 28, 28)
+    shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
+    batch = Batch(input_ids=ids, labels=labels, targets=shifted, attention_mask=attention, pixel_values=pixels,
+                  sample_ids=("a", "b"), num_tokens=int(attention.sum()), num_padded=ids.numel(),
+                  num_supervised=int((shifted != -100).sum()), num_samples_supervised=2)
     with torch.no_grad():
         ours = forward_loss(tiny_model, batch, "cpu", torch.float32)  # a sum: the trainer divides per step
-        ref = tiny_model(**batch).loss
+        ref = tiny_model(input_ids=ids, labels=labels, attention_mask=attention, pixel_values=pixels).loss
     targets = int((labels[:, 1:] != -100).sum())
     assert ours.item() / targets == pytest.approx(ref.item(), rel=1e-6)
-    batch["labels"] = torch.full_like(ids, -100)  # nothing supervised: zero, not NaN
+    batch = batch.replace(targets=torch.full_like(ids, -100))  # nothing supervised: zero, not NaN
     assert forward_loss(tiny_model, batch, "cpu", torch.float32).item() == 0.0
 
 
@@ -311,10 +316,10 @@ def test_blank_image_for_text_only_batches_changes_no_real_position(tiny_model):
         items.append({"sample_id": f"t{k}", "input_ids": ids, "labels": labels, "num_image_tokens": []})
     plain = Collator(151643, 151655, 64)(items)
     fed = Collator(151643, 151655, 64, blank_image=(28, 4))(items)
-    assert plain["pixel_values"] is None
-    assert fed["input_ids"].shape == (2, 14) and int((fed["input_ids"] == 151655).sum()) == 4
-    assert fed["pixel_values"].shape == (1, 3, 28, 28)
-    assert fed["num_supervised"] == plain["num_supervised"] and fed["num_tokens"] == plain["num_tokens"]
+    assert plain.pixel_values is None
+    assert fed.input_ids.shape == (2, 14) and int((fed.input_ids == 151655).sum()) == 4
+    assert fed.pixel_values.shape == (1, 3, 28, 28)
+    assert fed.num_supervised == plain.num_supervised and fed.num_tokens == plain.num_tokens
     with torch.no_grad():
         plain_loss = forward_loss(tiny_model, plain, "cpu", torch.float32)
         blank_loss = forward_loss(tiny_model, fed, "cpu", torch.float32)

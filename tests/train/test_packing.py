@@ -180,9 +180,7 @@ def _loss_and_grads(model, batch, weights=None):
     from parsit_train.train import forward_loss
 
     model.zero_grad()
-    b = dict(batch)
-    if weights is not None:
-        b["target_weights"] = weights
+    b = batch if weights is None else batch.replace(target_weights=weights)
     loss = forward_loss(model, b, "cpu", torch.float32)
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -192,21 +190,21 @@ def _loss_and_grads(model, batch, weights=None):
 def test_every_sample_of_a_pack_has_the_loss_and_gradient_it_has_alone(tiny_model, data):
     items = _items(data, with_images=True)  # image, text only, image
     packed = _collator(data, pack_length=512)([{**it, "pack": 0} for it in items])
-    assert packed["attention_mask"] is None and packed["input_ids"].shape[0] == 1
+    assert packed.attention_mask is None and packed.input_ids.shape[0] == 1
     # the pack's images in order: the first sample's crops, then the third's
     crops = [it["image_crops"].shape[0] for it in items if it["num_image_tokens"]]
-    assert packed["pixel_values"].shape[0] == sum(crops)
-    starts = np.flatnonzero(packed["position_ids"][0].numpy() == 0)
-    bounds = list(starts[: len(items)]) + [packed["num_tokens"]]
+    assert packed.pixel_values.shape[0] == sum(crops)
+    starts = np.flatnonzero(packed.position_ids[0].numpy() == 0)
+    bounds = list(starts[: len(items)]) + [packed.num_tokens]
     assert [b - a for a, b in zip(bounds, bounds[1:])] == [
         len(it["input_ids"]) - len(it["num_image_tokens"]) + sum(it["num_image_tokens"]) for it in items]
-    targets = packed["targets"][0]
+    targets = packed.targets[0]
     for k, it in enumerate(items):
         alone = _collator(data)([it])
         a, b = bounds[k], bounds[k + 1]
         # no target crosses a boundary: the last position of every sample predicts nothing
         assert targets[b - 1] == -100
-        assert torch.equal(targets[a : b - 1], alone["labels"][0, 1 : b - a])
+        assert torch.equal(targets[a : b - 1], alone.labels[0, 1 : b - a])
         mine = torch.zeros_like(targets, dtype=torch.float32)
         mine[a:b] = 1.0
         loss_p, grads_p = _loss_and_grads(tiny_model, packed, mine[None])
@@ -232,15 +230,15 @@ def test_a_cache_or_an_attention_mask_would_attend_across_samples(tiny_model, da
     alone = _collator(data)([items[1]])
     n0 = len(items[0]["input_ids"])
     n1 = len(items[1]["input_ids"])
-    common = dict(input_ids=packed["input_ids"], position_ids=packed["position_ids"])
+    common = dict(input_ids=packed.input_ids, position_ids=packed.position_ids)
     with torch.no_grad():
-        ref = tiny_model(input_ids=alone["input_ids"], use_cache=False).logits[0, :n1]
+        ref = tiny_model(input_ids=alone.input_ids, use_cache=False).logits[0, :n1]
 
         def second(**kw):
             return tiny_model(**common, **kw).logits[0, n0 : n0 + n1]
 
         torch.testing.assert_close(second(use_cache=False), ref, rtol=1e-5, atol=1e-5)
-        ones = torch.ones_like(packed["input_ids"])
+        ones = torch.ones_like(packed.input_ids)
         for leaky in ({}, {"use_cache": True}, {"use_cache": False, "attention_mask": ones}):
             assert (second(**leaky) - ref).abs().max() > 1e-3, leaky
 
@@ -248,12 +246,12 @@ def test_a_cache_or_an_attention_mask_would_attend_across_samples(tiny_model, da
 def test_sample_weighting_gives_each_sample_the_same_weight(data):
     items = _items(data, with_images=True)
     batch = _collator(data, pack_length=512, loss_weighting="sample")([{**it, "pack": 0} for it in items])
-    w = batch["target_weights"][0]
-    starts = np.flatnonzero(batch["position_ids"][0].numpy() == 0)
-    bounds = list(starts[: len(items)]) + [batch["num_tokens"]]
+    w = batch.target_weights[0]
+    starts = np.flatnonzero(batch.position_ids[0].numpy() == 0)
+    bounds = list(starts[: len(items)]) + [batch.num_tokens]
     for a, b in zip(bounds, bounds[1:]):
         assert float(w[a:b].sum()) == pytest.approx(1.0)
-    assert batch["num_samples_supervised"] == 3
+    assert batch.num_samples_supervised == 3
 
 
 def test_a_text_only_pack_gets_a_blank_image_in_its_own_trailing_segment(tiny_model, data):
@@ -262,9 +260,9 @@ def test_a_text_only_pack_gets_a_blank_image_in_its_own_trailing_segment(tiny_mo
     items = _items(data, with_images=False)
     plain = _collator(data, pack_length=512)([{**it, "pack": 0} for it in items])
     fed = _collator(data, pack_length=512, blank_image=(28, 4))([{**it, "pack": 0} for it in items])
-    assert plain["pixel_values"] is None and fed["pixel_values"].shape == (1, 3, 28, 28)
-    real = plain["num_tokens"]
-    assert fed["position_ids"][0, real:].tolist() == [0, 1, 2, 3]
+    assert plain.pixel_values is None and fed.pixel_values.shape == (1, 3, 28, 28)
+    real = plain.num_tokens
+    assert fed.position_ids[0, real:].tolist() == [0, 1, 2, 3]
     with torch.no_grad():
         assert forward_loss(tiny_model, fed, "cpu", torch.float32).item() == pytest.approx(
             forward_loss(tiny_model, plain, "cpu", torch.float32).item(), rel=1e-6)

@@ -20,7 +20,7 @@ from train_helpers import tiny_config, write_config  # noqa: E402
 
 from parsit_data.errors import ParsitError  # noqa: E402
 from parsit_data.format.fsio import location  # noqa: E402
-from parsit_train.data import build_dataloader  # noqa: E402
+from train_support import open_loader  # noqa: E402
 from parsit_train.data.cache import parse_size  # noqa: E402
 from parsit_train.launch import LaunchSpec, launch  # noqa: E402
 
@@ -39,14 +39,14 @@ def _batches(loader, epochs: int, extra: str = "pixel_values") -> list[tuple]:
     out = []
     for _ in range(epochs):
         for batch in loader:
-            out.append((tuple(batch["sample_ids"]), batch["input_ids"].numpy().tobytes(),
-                        batch[extra].numpy().tobytes() if batch.get(extra) is not None else b""))
+            out.append((tuple(batch.sample_ids), batch.input_ids.numpy().tobytes(),
+                        getattr(batch, extra).numpy().tobytes() if getattr(batch, extra) is not None else b""))
     return out
 
 
 def _loader(dirs, **kw):
     kw = {"batch_size": 3, "max_length": 256, **kw}
-    return build_dataloader(dirs, tokenizer_path="qwen3", image_token_id=151655, seed=5, **kw)
+    return open_loader(dirs, tokenizer_path="qwen3", image_token_id=151655, seed=5, **kw)
 
 
 def _shard_bytes(build_dir: Path) -> list[int]:
@@ -317,7 +317,7 @@ def test_a_position_saved_at_two_ranks_resumes_from_s3_at_one(many_shards, s3, t
         first, sampler = _loader([many_shards], num_workers=0, rank=rank, world_size=2, shuffle_window_shards=2)
         it = iter(first)
         for _ in range(3):
-            seen.update(next(it)["sample_ids"])
+            seen.update(next(it).sample_ids)
     assert len(seen) == 18
     state = sampler.state_dict()
     local, local_sampler = _loader([many_shards], num_workers=0, shuffle_window_shards=2)

@@ -96,7 +96,7 @@ def test_zero3_two_ranks_bf16_trains_and_exports(build_dir, tmp_path):
     import torch
     from transformers import LlavaForConditionalGeneration
 
-    from parsit_train.data import build_dataloader
+    from train_support import open_loader
 
     cfg = tiny_config(
         build_dir, tmp_path / "out",
@@ -116,12 +116,12 @@ def test_zero3_two_ranks_bf16_trains_and_exports(build_dir, tmp_path):
     model = LlavaForConditionalGeneration.from_pretrained(str(tmp_path / "out" / "hf"), dtype=torch.float32)
     assert model.config.image_token_id == 151655
     assert model.model.multi_modal_projector.linear_1.weight.abs().sum() > 0
-    loader, _ = build_dataloader([build_dir], tokenizer_path="qwen3", image_token_id=151655, batch_size=2,
-                                 max_length=256, num_workers=0)
+    loader, _ = open_loader([build_dir], tokenizer_path="qwen3", image_token_id=151655, batch_size=2,
+                            max_length=256, num_workers=0)
     batch = next(iter(loader))
     with torch.no_grad():
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
-                    pixel_values=batch["pixel_values"])
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels,
+                    pixel_values=batch.pixel_values)
     assert torch.isfinite(out.loss) and out.loss.item() < losses[0]
 
 

@@ -151,11 +151,12 @@ def test_export_processor_reproduces_training_ids_and_pixels_of_video_records(tm
                         video=manifest["video"])
     processor = AutoProcessor.from_pretrained(str(export))
     assert type(processor).__name__ == "LlavaOnevisionProcessor" and processor.video_token_id == 151656
-    pixels, frames_px = FamilyPixels(manifest["vision"]), VideoPixels(manifest["video"])
-    ds = ShardDataset(build_dir, "qwen3", image_processor=pixels)
-    ds.video_pixels = frames_px
-    collate = Collator(ds.pad_token_id, 151655, 256, image_processor=pixels, video_processor=frames_px)
-    collate.video_token_id = 151656
+    pixels = FamilyPixels(manifest["vision"])
+    ds = ShardDataset(build_dir, "qwen3", image_processor=pixels)  # its video pixels: the build view's entry
+    raw = ShardDataset(build_dir, "qwen3", decode_video=False)  # the stored JPEGs, for the processor
+    assert isinstance(ds.video_pixels, VideoPixels) and ds.video_pixels.video_token_id == 151656
+    collate = Collator(ds.pad_token_id, 151655, 256, image_processor=pixels, video_token_id=151656,
+                       video_processor=ds.video_pixels)
     records = {json.loads(line)["id"]: json.loads(line) for line in (tmp_path / "b" / "records.jsonl").read_text().splitlines()}
     counts, both = set(), 0
     for i in range(len(ds)):
@@ -164,16 +165,14 @@ def test_export_processor_reproduces_training_ids_and_pixels_of_video_records(tm
         if "video" not in rec:
             continue
         batch = collate([item])
-        ids, labels = batch["input_ids"][0].numpy(), batch["labels"][0].numpy()
+        ids, labels = batch.input_ids[0].numpy(), batch.labels[0].numpy()
         start = int(np.flatnonzero(labels != -100)[0])
         question = rec["conversations"][0]["value"]
         if "image" not in rec:
             question = question.replace("<image>", "<video>")  # LLaVA-Video's spelling, rewritten by the build
         prompt = processor.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
                                                tokenize=False)
-        keep, ds.video_pixels = ds.video_pixels, None
-        jpegs = ds[i]["video_frames"]
-        ds.video_pixels = keep
+        jpegs = raw[i]["video_frames"]
         frames = np.stack([np.asarray(Image.open(io.BytesIO(f)).convert("RGB")) for f in jpegs])
         images = None
         if "image" in rec:
@@ -182,10 +181,10 @@ def test_export_processor_reproduces_training_ids_and_pixels_of_video_records(tm
         enc = processor(text=prompt, images=images, videos=[frames], return_tensors="pt")
         assert enc["input_ids"][0].tolist() == ids[:start].tolist(), item["sample_id"]
         assert int((enc["input_ids"] == 151656).sum()) == item["num_video_tokens"]
-        torch.testing.assert_close(enc["pixel_values_videos"][0], batch["pixel_values_videos"][0], rtol=0, atol=1e-5)
+        torch.testing.assert_close(enc["pixel_values_videos"][0], batch.pixel_values_videos[0], rtol=0, atol=1e-5)
         if images:
             n = item["crops_per_image"][0]
-            torch.testing.assert_close(enc["pixel_values"][0][:n], batch["pixel_values"][0][:n], rtol=0, atol=1e-5)
+            torch.testing.assert_close(enc["pixel_values"][0][:n], batch.pixel_values[0][:n], rtol=0, atol=1e-5)
             assert int((enc["input_ids"] == 151655).sum()) == sum(item["num_image_tokens"])
         counts.add(len(jpegs))
     assert counts == {3, 4} and both == 1

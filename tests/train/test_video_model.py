@@ -20,7 +20,7 @@ from train_helpers import TINY_LM  # noqa: E402
 from parsit_data.errors import ParsitError  # noqa: E402
 from parsit_data.format import IGNORE_INDEX, IMAGE_TOKEN_INDEX  # noqa: E402
 from parsit_train.data.video_batch import VIDEO_TOKEN_INDEX, append_blank_video, expand_video, video_pixels  # noqa: E402
-from parsit_train.video_model import enable_ragged_videos, video_inputs  # noqa: E402
+from parsit_train.video_model import enable_ragged_videos  # noqa: E402
 
 IMAGE_ID, VIDEO_ID, PAD = 151655, 151656, 151643
 CROP, PATCH = 56, 14
@@ -92,8 +92,7 @@ def test_video_features_land_on_the_expanded_video_tokens_beside_an_image():
     model.model.language_model.register_forward_pre_hook(keep, with_kwargs=True)
     with torch.no_grad():
         model(input_ids=ids, position_ids=positions, pixel_values=image, image_sizes=torch.tensor([[CROP, CROP]]),
-              batch_num_images=torch.tensor([1]), use_cache=False,
-              **video_inputs({"pixel_values_videos": videos}, "cpu", torch.float32))
+              batch_num_images=torch.tensor([1]), use_cache=False, pixel_values_videos=tuple(videos))
         alone = [type(model.model).get_video_features(model.model, v[None], return_dict=True).pooler_output[0]
                  for v in videos]
         tokens = model.model.get_input_embeddings()(ids)[0]
@@ -137,21 +136,21 @@ def test_collator_expands_the_video_sentinel_and_orders_pixels_as_tokens():
     with label -100, nothing else moves, and the pixel list follows the videos' order in the batch."""
     from parsit_train.data.collator import Collator
 
-    col = Collator(PAD, IMAGE_ID, 64, pack_length=64, video_processor=_Frames())
-    col.video_token_id = VIDEO_ID
+    col = Collator(PAD, IMAGE_ID, 64, pack_length=64, video_token_id=VIDEO_ID, video_processor=_Frames())
     items = [_item("a", [151644, 872, VIDEO_TOKEN_INDEX, 3838, 151645], 2, pack=0, mark=10),
              _item("b", [151644, VIDEO_TOKEN_INDEX, 9707, 151645], 1, pack=1, mark=20),
              _item("c", [151644, 872, VIDEO_TOKEN_INDEX, 151645], 3, pack=0, mark=30)]
     out = col(items)
-    ids, labels = out["input_ids"], out["labels"]
+    ids, labels = out.input_ids, out.labels
     row0 = ids[0].tolist()
     assert row0[:11] == [151644, 872] + [VIDEO_ID] * 9 and row0[11:13] == [3838, 151645]
     assert row0[13:15] == [151644, 872] and row0[15:28] == [VIDEO_ID] * 13 and row0[28] == 151645
     assert (labels[ids == VIDEO_ID] == IGNORE_INDEX).all()
     assert labels[0, 11].item() == 3838
     assert ids[1, :7].tolist() == [151644] + [VIDEO_ID] * 5 + [9707]
-    assert [int(v[0, 0, 0, 0]) for v in out["pixel_values_videos"]] == [10, 30, 20]  # +0.5 floored
-    assert [v.shape[0] for v in out["pixel_values_videos"]] == [2, 3, 1]
+    assert [int(v[0, 0, 0, 0]) for v in out.pixel_values_videos] == [10, 30, 20]  # +0.5 floored
+    assert [v.shape[0] for v in out.pixel_values_videos] == [2, 3, 1]
+    assert out.model_inputs()["pixel_values_videos"] is out.pixel_values_videos
     assert int((ids == VIDEO_ID).sum()) == 9 + 13 + 5
 
 
@@ -161,7 +160,7 @@ def test_collator_refuses_a_video_without_a_token_id_or_count():
     col = Collator(PAD, IMAGE_ID, 64, video_processor=_Frames())
     with pytest.raises(ParsitError, match="video_token_id"):
         col([_item("a", [151644, VIDEO_TOKEN_INDEX, 151645], 1)])
-    col.video_token_id = VIDEO_ID
+    col = Collator(PAD, IMAGE_ID, 64, video_token_id=VIDEO_ID, video_processor=_Frames())
     bad = _item("b", [151644, VIDEO_TOKEN_INDEX, 151645], 1)
     bad["num_video_tokens"] = 0
     with pytest.raises(ParsitError, match="inconsistent"):
@@ -173,15 +172,35 @@ def test_blank_video_for_a_batch_without_one():
     masked out, never a target; a batch with a video gets none."""
     from parsit_train.data.collator import Collator
 
-    col = Collator(PAD, IMAGE_ID, 64, video_processor=_Frames())
-    col.video_token_id, col.blank_video = VIDEO_ID, True
+    col = Collator(PAD, IMAGE_ID, 64, video_token_id=VIDEO_ID, video_processor=_Frames(), blank_video=True)
     out = col([_item("t", [151644, 872, 3838, 151645]), _item("u", [151644, 9707, 151645])])
-    assert out["input_ids"].shape == (2, 4 + PER_FRAME + 1)
-    assert out["input_ids"][0, 4:].tolist() == [VIDEO_ID] * 5 and out["input_ids"][1, 4:].tolist() == [PAD] * 5
-    assert (out["attention_mask"][:, 4:] == 0).all() and (out["targets"][:, 4:] == IGNORE_INDEX).all()
-    assert len(out["pixel_values_videos"]) == 1 and out["pixel_values_videos"][0].shape == (1, 3, 4, 4)
+    assert out.input_ids.shape == (2, 4 + PER_FRAME + 1) and out.num_padded == 2 * (4 + PER_FRAME + 1)
+    assert out.input_ids[0, 4:].tolist() == [VIDEO_ID] * 5 and out.input_ids[1, 4:].tolist() == [PAD] * 5
+    assert (out.attention_mask[:, 4:] == 0).all() and (out.targets[:, 4:] == IGNORE_INDEX).all()
+    assert len(out.pixel_values_videos) == 1 and out.pixel_values_videos[0].shape == (1, 3, 4, 4)
     with_video = col([_item("v", [151644, VIDEO_TOKEN_INDEX, 151645], 1)])
-    assert int((with_video["input_ids"] == VIDEO_ID).sum()) == PER_FRAME + 1
+    assert int((with_video.input_ids == VIDEO_ID).sum()) == PER_FRAME + 1
+    with pytest.raises(AttributeError, match="frozen"):  # decided at construction, never set afterwards
+        col.blank_video = False
+    with pytest.raises(ParsitError, match="blank_video needs"):
+        Collator(PAD, IMAGE_ID, 64, video_processor=_Frames(), blank_video=True)
+
+
+def test_batch_moves_casts_and_pins_each_video_of_its_tuple():
+    """``pixel_values_videos`` is a tuple of ragged tensors: ``Batch.to`` casts each to the run's dtype,
+    ``pin_memory`` and ``model_inputs`` keep it a tuple of the same shapes."""
+    from parsit_train.data.collator import Collator
+
+    col = Collator(PAD, IMAGE_ID, 64, video_token_id=VIDEO_ID, video_processor=_Frames())
+    out = col([_item("a", [151644, VIDEO_TOKEN_INDEX, 151645], 2, mark=3),
+               _item("b", [151644, VIDEO_TOKEN_INDEX, 9707, 151645], 1, mark=5)])
+    moved = out.to("cpu", torch.bfloat16)
+    assert isinstance(moved.pixel_values_videos, tuple)
+    assert [(v.dtype, v.shape[0]) for v in moved.pixel_values_videos] == [(torch.bfloat16, 2), (torch.bfloat16, 1)]
+    assert moved.input_ids.dtype == torch.int64 and float(moved.pixel_values_videos[1][0, 0, 0, 0]) == 5.5
+    assert [v.dtype for v in moved.model_inputs()["pixel_values_videos"]] == [torch.bfloat16] * 2
+    if torch.cuda.is_available():  # pinning needs an accelerator
+        assert all(v.is_pinned() for v in out.pin_memory().pixel_values_videos)
 
 
 def test_blank_video_on_a_packed_batch_is_its_own_segment():

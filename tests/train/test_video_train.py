@@ -31,20 +31,36 @@ def video_build(tmp_path_factory) -> Path:
     return make_video_build(tmp_path_factory.mktemp("vt"))
 
 
-def _model_and_loader(build: Path, tmp_path: Path):
+def _view_and_model_section(build: Path, tmp_path: Path):
     from parsit_data.format import bundled_qwen3_tokenizer
     from parsit_train.config import parse_config
-    from parsit_train.data import build_dataloader
-    from parsit_train.model import build_model
-    from parsit_train.video_model import configure_video
+    from parsit_train.data import open_view
+    from parsit_train.families import model_section
 
-    vision = json.loads((build / "manifest.json").read_text())["vision"]
     cfg = parse_config(family_config(build, tmp_path / "o"), tmp_path)
+    view = open_view([build], bundled_qwen3_tokenizer(), max_length=256)
+    return cfg, view, model_section(cfg.model, view)
+
+
+def _loader(view, cfg, **spec):
+    from parsit_train.config import DataLoaderConfig
+    from parsit_train.data import BatchSpec, build_dataloader
+
+    return build_dataloader(view, cfg.data, DataLoaderConfig(num_workers=0),
+                            BatchSpec(batch_size=2, image_token_id=151655, shuffle=False, **spec))
+
+
+def _model_and_loader(build: Path, tmp_path: Path):
+    """The model and the loader as the trainer makes them: the video token id derived from the build view
+    (model section) before either exists; the model checked against the collator, nothing set afterwards."""
+    from parsit_train.model import build_model
+    from parsit_train.video_model import check_video_model
+
+    cfg, view, mcfg = _view_and_model_section(build, tmp_path)
     torch.manual_seed(0)
-    model = build_model(cfg.model, vision)
-    loader, _ = build_dataloader([build], [1.0], tokenizer_path=bundled_qwen3_tokenizer(), image_token_id=151655,
-                                 batch_size=2, max_length=256, num_workers=0, shuffle=False)
-    configure_video(loader.collator, model.config)
+    model = build_model(mcfg, view.vision)
+    loader = _loader(view, cfg, video_token_id=mcfg.video_token_id)
+    check_video_model(loader.collator, model.config)
     return model, loader
 
 
@@ -61,10 +77,10 @@ def test_video_rows_reach_the_logits_and_train_the_vision_side(video_build, tmp_
     short = next(i for i in videos if ds[i]["video_frame_count"] == 3)
     long = next(i for i in videos if ds[i]["video_frame_count"] == VIDEO_FRAMES)
     batch = loader.collator([ds[short], ds[long]])  # ragged: 3 and 4 frames in one micro-batch
-    assert batch["pixel_values"] is None and [v.shape[0] for v in batch["pixel_values_videos"]] == [3, VIDEO_FRAMES]
-    assert int((batch["input_ids"] == VIDEO_ID).sum()) == (3 + 1) + (VIDEO_FRAMES + 1)
+    assert batch.pixel_values is None and [v.shape[0] for v in batch.pixel_values_videos] == [3, VIDEO_FRAMES]
+    assert int((batch.input_ids == VIDEO_ID).sum()) == (3 + 1) + (VIDEO_FRAMES + 1)
     supervised = ds.supervised_tokens()  # the token-exact loss's denominators, from the build
-    assert batch["num_supervised"] == int(supervised[short] + supervised[long]) > 0
+    assert batch.num_supervised == int(supervised[short] + supervised[long]) > 0
     model.train()
     loss = forward_loss(model, batch, "cpu", torch.float32)
     assert torch.isfinite(loss) and loss.item() > 0
@@ -74,7 +90,7 @@ def test_video_rows_reach_the_logits_and_train_the_vision_side(video_build, tmp_
     assert tower > 0 and proj > 0 and float(model.model.image_newline.grad.abs().sum()) > 0
     model.zero_grad()
     with torch.no_grad():  # other frames, other loss: the frames reach the logits
-        moved = dict(batch, pixel_values_videos=[v.flip(-1) for v in batch["pixel_values_videos"]])
+        moved = batch.replace(pixel_values_videos=tuple(v.flip(-1) for v in batch.pixel_values_videos))
         assert forward_loss(model, moved, "cpu", torch.float32).item() != pytest.approx(loss.item(), rel=1e-6)
 
 
@@ -108,13 +124,38 @@ def test_loader_video_throughput_counts_every_video_row_of_an_epoch(video_build)
 @pytest.mark.timeout(120)
 def test_a_model_whose_video_token_is_not_the_builds_is_refused(video_build, tmp_path):
     from parsit_data.errors import ParsitError
-    from parsit_train.video_model import configure_video
+    from parsit_train.video_model import check_video_model
 
     model, loader = _model_and_loader(video_build, tmp_path)
     assert loader.collator.video_processor.video_token_id == VIDEO_ID  # <|video_pad|> in the run's tokenizer
     model.config.video_token_id = 151647
     with pytest.raises(ParsitError, match="set model.video_token_id: 151656"):
-        configure_video(loader.collator, model.config)
+        check_video_model(loader.collator, model.config)
+
+
+def test_the_collators_video_token_and_blank_video_are_decided_before_it_is_built(video_build, tmp_path):
+    """The video token id comes from the build view (the model section), before any model: a loader for
+    another id, or for none, is refused when it is built; the trainer's loader (open_data) has the build's
+    id and, as the rows hold videos, the blank video, with no attribute set after construction."""
+    from parsit_data.errors import ParsitError
+    from parsit_train.config import parse_config
+    from parsit_train.train import open_data
+
+    cfg, view, mcfg = _view_and_model_section(video_build, tmp_path)
+    assert mcfg.video_token_id == VIDEO_ID and cfg.model.video_token_id is None
+    with pytest.raises(ParsitError, match="set model.video_token_id: 151656"):
+        _loader(view, cfg, video_token_id=151647)
+    with pytest.raises(ParsitError, match="no video token id"):
+        _loader(view, cfg)
+    assert not _loader(view, cfg, video_token_id=VIDEO_ID).collator.blank_video  # no blank_image: none
+    run = parse_config(family_config(video_build, tmp_path / "r", dataloader={"num_workers": 0}), tmp_path)
+    data = open_data(run, 0, 1, verify_checksums=False)
+    col = data.loader.collator
+    assert data.model.video_token_id == VIDEO_ID == col.video_token_id and col.blank_video
+    assert col.video_processor.tokens_per_frame == 1  # a video of n frames is n + 1 tokens in this build
+    text = next(i for i in range(len(data.loader.dataset)) if not data.loader.dataset[i]["num_video_tokens"])
+    blank = col([data.loader.dataset[text]])
+    assert len(blank.pixel_values_videos) == 1 and blank.pixel_values_videos[0].shape[0] == 1
 
 
 def _run_cfg(build: Path, out: Path, zero: int, **over) -> dict:

@@ -61,3 +61,25 @@ def make_build(folder: Path, name: str, n_image: int = 24, n_text: int = 16, **o
                       **{"shard_rows": 16, **options})
     build(cfg)
     return out
+
+
+def open_loader(build_dirs, weights=None, *, tokenizer_path="qwen3", image_token_id=QWEN_IMAGE_PAD, batch_size=2,
+                max_length=None, seed=0, rank=0, world_size=1, num_workers=0, prefetch_factor=4,
+                persistent_workers=True, pin_memory=None, verify_checksums=True, cache_dir=None, cache_limit=None,
+                default_cache_dir=None, **spec):
+    """(loader, sampler) the trainer's way (build view, config sections, BatchSpec) from test-sized arguments:
+    ``spec`` holds the DataConfig fields (group_by_length, pack_length, ...) and the BatchSpec ones."""
+    from parsit_train.config import DataConfig, DataLoaderConfig
+    from parsit_train.data import BatchSpec, build_dataloader, open_view
+
+    dirs = [build_dirs] if isinstance(build_dirs, (str, Path)) else list(build_dirs)
+    data_keys = {"group_by_length", "pack_length", "max_images_per_pack", "pack_window", "shuffle_window_shards"}
+    data = DataConfig(builds=[str(d) for d in dirs], **{k: v for k, v in spec.items() if k in data_keys and v is not None})
+    batch = {k: v for k, v in spec.items() if k not in data_keys}
+    view = open_view(dirs, tokenizer_path, weights=weights, max_length=max_length, verify_checksums=verify_checksums,
+                     cache_dir=cache_dir, cache_limit=cache_limit, default_cache_dir=default_cache_dir)
+    loader = build_dataloader(view, data, DataLoaderConfig(num_workers=num_workers, prefetch_factor=prefetch_factor,
+                                                          persistent_workers=persistent_workers, pin_memory=pin_memory),
+                              BatchSpec(batch_size=batch_size, image_token_id=image_token_id, seed=seed, rank=rank,
+                                        world_size=world_size, **batch))
+    return loader, loader.sampler
