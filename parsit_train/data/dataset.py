@@ -142,11 +142,11 @@ class ShardDataset:
                     raise ParsitError(f"shard {self._paths[k]} has {n} rows, its manifest says {want}: rebuild it")
             else:
                 self._shard(k)  # maps it and checks its row count against the manifest
-        if check_rows is not None:
-            self._check_max_length(int(check_rows))
         #: The run's VideoPixels from the view's video entry (None unless a row has a video): decodes a
         #: row's frames in ``__getitem__`` (parsit_train.data.video_batch.video_item).
         self.video_pixels = run_video_pixels(self) if decode_video else None
+        if check_rows is not None:
+            self._check_max_length(int(check_rows))
         self.release_pages(all_shards=True)
 
     # -- opening -----------------------------------------------------------------------------------
