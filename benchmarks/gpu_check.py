@@ -20,6 +20,11 @@ demo built with ``--processor`` of a LlavaOnevisionProcessor folder (anyres_max_
 pinpoints; a 640x400 page is 3,000+ visual tokens), packed at 16,384 tokens: the family's pixels
 (``pixel_values`` per image, ``image_sizes``, ``batch_num_images``) through the real loader.
 
+``onevision-video``: the same model on the same demo plus 24 video rows (generated H.264 clips of 9 to 300
+frames, 16 frames sampled, 3,137 video tokens each), packed with the image and text rows:
+``pixel_values_videos`` through the real loader and the ragged video features. The clips need PyAV: on a
+machine without it, make the build first with ``--make-data`` and bring it along.
+
 ``--dry-run`` parses the arguments, writes the case configs (validated by the trainer's config model) and
 prints the plan and parameter counts (models built on the meta device): no GPU, no data needed.
 """
@@ -64,7 +69,11 @@ MODELS = {
                "tie_word_embeddings": True, "max_position_embeddings": 32768, "rope_theta": 1000000},
     },
 }
+MODELS["onevision-video"] = {**MODELS["onevision"], "video": True}  # the same model on the demo + video clips
 PACK = 16384
+#: The video rows of ``onevision-video``: generated H.264 clips (frame count each), 16 frames sampled per clip.
+VIDEO_CLIPS = {"clip-long.mp4": 300, "clip-mid.mp4": 96, "clip-short.mp4": 9}
+VIDEO_FRAMES = 16
 
 
 def onevision_vision() -> dict:
@@ -101,7 +110,10 @@ def onevision_processor(root: Path) -> Path:
 
 
 def build_name(model: str) -> str:
-    return "demo-384-onevision" if MODELS[model].get("family") == "llava_onevision" else "demo-384"
+    spec = MODELS[model]
+    if spec.get("family") != "llava_onevision":
+        return "demo-384"
+    return "demo-384-onevision-video" if spec.get("video") else "demo-384-onevision"
 
 
 def case_config(out: Path, build: Path, model: str, zero: int, attn: str, steps: int, batch: int, workers: int) -> dict:
@@ -194,28 +206,61 @@ def make_init(root: Path, model: str) -> Path:
         AutoModelForCausalLM.from_config(text_config_from(spec["lm"])).to(torch.bfloat16).save_pretrained(
             root / f"lm-{model}")
     torch.cuda.empty_cache()
-    vision = None
+    vision, ids = None, {}
     if spec.get("family"):
-        from parsit_data.format import load_manifest
+        from parsit_data.format import bundled_qwen3_tokenizer
+        from parsit_train.data.view import open_view
 
-        vision = load_manifest(root / build_name(model)).vision.model_dump(mode="json")
-    return assemble(root / f"vit-{model}", root / f"lm-{model}", out, vision=vision)
+        # The placeholder ids the build's processor names (the trainer refuses a folder with others).
+        view = open_view(root / build_name(model), bundled_qwen3_tokenizer(), verify_checksums=False)
+        vision, ids = view.vision, view.placeholder_ids
+    return assemble(root / f"vit-{model}", root / f"lm-{model}", out, vision=vision,
+                    image_token_id=ids.get("image", 151655), video_token_id=ids.get("video"))
 
 
-def make_build(root: Path, onevision: bool = False) -> Path:
+def make_build(root: Path, onevision: bool = False, video: bool = False) -> Path:
     """The demo data built for a 384 px / patch 14 tower (real images, real shards); ``onevision``: with
-    ``--processor`` of a LlavaOnevisionProcessor folder, rows up to the pack length."""
+    ``--processor`` of a LlavaOnevisionProcessor folder, rows up to the pack length; ``video``: and video rows
+    from generated clips (PyAV; a machine without it is given the build ready-made: ``--make-data``)."""
     from parsit_data.build import build
     from parsit_data.config import BuildConfig
 
-    out = root / ("demo-384-onevision" if onevision else "demo-384")
+    out = root / ("demo-384-onevision-video" if video else "demo-384-onevision" if onevision else "demo-384")
     if not (out / "manifest.json").is_file():
         demo = REPO / "examples" / "demo"
         extra = {"processor": str(onevision_processor(root)), "tokenizer": "qwen3", "max_length": PACK} if onevision \
             else {"image_size": IMAGE_SIZE, "patch_size": PATCH}
-        build(BuildConfig(inputs=[str(demo / "mixture.yaml")], image_root=str(demo / "images"), out=str(out),
-                          shard_rows=16, **extra))
+        inputs = [str(demo / "mixture.yaml")]
+        if video:
+            inputs.append(str(make_video_records(root)))
+            extra.update(video_root=str(root / "clips"), video_frames=VIDEO_FRAMES)
+        build(BuildConfig(inputs=inputs, image_root=str(demo / "images"), out=str(out), shard_rows=16, **extra))
     return out
+
+
+def make_video_records(root: Path) -> Path:
+    """Clips (a moving gradient, H.264 at 320x240) and 24 records asking about them, under ``root``."""
+    import av
+    import numpy as np
+
+    clips = root / "clips"
+    clips.mkdir(parents=True, exist_ok=True)
+    for name, frames in VIDEO_CLIPS.items():
+        with av.open(str(clips / name), "w") as box:
+            stream = box.add_stream("libx264", rate=30)
+            stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+            x = np.arange(320, dtype=np.int32)[None, :, None]
+            for i in range(frames):
+                rgb = np.broadcast_to(((x + 3 * i) % 256).astype(np.uint8), (240, 320, 3)).copy()
+                box.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+            box.mux(stream.encode())
+    names = list(VIDEO_CLIPS)
+    path = root / "video-records.jsonl"
+    path.write_text("".join(json.dumps({"id": f"video-{i:03d}", "video": names[i % len(names)], "conversations": [
+        {"from": "human", "value": "<image>\nDescribe how the picture moves."},
+        {"from": "gpt", "value": f"A gradient slides to the left; clip {i}, {VIDEO_CLIPS[names[i % len(names)]]} "
+                                 "frames long."}]}) + "\n" for i in range(24)), encoding="utf-8")
+    return path
 
 
 def run_case(cfg_path: Path, result: Path) -> None:
@@ -237,8 +282,6 @@ def run_case(cfg_path: Path, result: Path) -> None:
     groups = param_groups(model, cfg.optim.lr.model_dump(), 0.0)
     engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(groups), config=ds)
     del keep
-    # As the trainer does: a batch without images gets one blank image from the collator.
-    loader.collator.blank_image = (IMAGE_SIZE, (IMAGE_SIZE // PATCH) ** 2)
 
     def step(batch) -> None:
         micro_step(engine, batch, max(1, int(batch.num_supervised)), world, torch.bfloat16)  # batch mean
@@ -287,6 +330,9 @@ def main() -> None:
                     help="largest logit difference (in pack vs alone), relative to the largest logit, still counted "
                          "as isolated (bf16 rounding; a leak measured 0.24 on CPU)")
     ap.add_argument("--dry-run", action="store_true", help="write configs and print the plan; no GPU needed")
+    ap.add_argument("--make-data", action="store_true",
+                    help="make the models' builds under --out and stop (no GPU needed; the video build needs PyAV, "
+                         "so make it here and carry it to a machine without PyAV)")
     ap.add_argument("--run-case", nargs=2, type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--run-pack-check", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -325,12 +371,15 @@ def main() -> None:
     for model in args.models:
         print(f"  model {model}: {param_count(model) / 1e6:,.1f}M parameters")
     for model, zero, attn, path, ds in cases:
-        print(f"  {model:<10} ZeRO-{zero} {attn:<18} {path}  (DeepSpeed: zero {ds['zero_optimization']['stage']}, "
+        print(f"  {model:<16} ZeRO-{zero} {attn:<18} {path}  (DeepSpeed: zero {ds['zero_optimization']['stage']}, "
               f"bf16 {ds['bf16']['enabled']}, micro-batch {ds['train_micro_batch_size_per_gpu']})")
     print(f"  packed attention check: tiny, 2 packs of {args.pack_length} per micro-batch, {', '.join(attns)}"
           f"  {pack_path}")
     if args.dry_run:
         print("dry run: nothing executed")
+        return
+    if args.make_data:
+        make_builds(root, args.models)
         return
 
     import torch
@@ -338,9 +387,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA GPU: the GPU check needs one (use --dry-run to check the plan)")
     t0 = time.perf_counter()
-    make_build(root)
-    if any(MODELS[m].get("family") for m in args.models):
-        make_build(root, onevision=True)
+    make_builds(root, args.models)
     for model in args.models:
         make_init(root, model)
     print(f"data and models ready in {time.perf_counter() - t0:.0f}s")
@@ -368,6 +415,15 @@ def main() -> None:
               f"{r['peak_gpu_gib']:>10.1f}{r['tokens_per_s']:>10.0f}")
     print("loader share target: under 5%")
     pack_check(pack_path, attns, args, t0)
+
+
+def make_builds(root: Path, models: list[str]) -> None:
+    """The builds the cases train on (the packed-attention check's demo build always)."""
+    make_build(root)
+    if any(MODELS[m].get("family") for m in models):
+        make_build(root, onevision=True)
+    if any(MODELS[m].get("video") for m in models):
+        make_build(root, onevision=True, video=True)
 
 
 def pack_check(pack_path: Path, attns: list[str], args, t0: float) -> None:
