@@ -101,7 +101,20 @@ def minhash_candidates(sigs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def jaccard(sigs_a: np.ndarray, sigs_b: np.ndarray) -> np.ndarray:
     """Estimated Jaccard of row pairs (both (P, 128))."""
-    return (sigs_a == sigs_b).mean(axis=1)
+    return np.count_nonzero(sigs_a == sigs_b, axis=1) / sigs_a.shape[1] if len(sigs_a) else np.zeros(0)
+
+
+#: Candidate pairs verified at a time: the two gathered (P, 128) blocks stay a few MB (millions of
+#: candidates gathered at once are gigabytes of fresh memory, and the page faults cost more than the compare).
+PAIR_CHUNK = 1 << 14
+
+
+def pair_jaccard(a: np.ndarray, i: np.ndarray, b: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Estimated Jaccard of ``a[i[k]]`` and ``b[j[k]]`` for every k, in chunks (= ``jaccard(a[i], b[j])``)."""
+    out = np.empty(len(i), np.float64)
+    for s in range(0, len(i), PAIR_CHUNK):
+        out[s:s + PAIR_CHUNK] = jaccard(a[i[s:s + PAIR_CHUNK]], b[j[s:s + PAIR_CHUNK]])
+    return out
 
 
 def _sample_bytes(seed: int = 0) -> np.ndarray:
