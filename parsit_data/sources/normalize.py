@@ -1,8 +1,8 @@
 """One normaliser from the record spellings to the one typed record (:class:`~parsit_data.records.InputRecord`).
 
 Detected per record, no flag: LLaVA ``conversations`` (``from``/``value``) and ``role``/``content``
-strings pass through; chat ``messages`` whose contents are lists of parts are rewritten to what the
-LLaVA spelling of the same turn means (docs/FORMATS.md):
+strings pass through; turns whose contents are lists of parts (chat ``messages``, or the same turns under
+``conversations``) are rewritten to what the LLaVA spelling of the same turn means (docs/FORMATS.md):
 
 - ``{"type": "image"}`` (or ``{"type": "image", "image": ref}``) becomes ``<image>\\n``;
 - ``{"type": "text", "text": s}`` becomes ``s``, as written;
@@ -57,16 +57,16 @@ def _parts_text(parts: list, t: int, refs: list) -> str:
 def normalize(value: dict) -> tuple[dict, list[EmbeddedImage | None]]:
     """The record in a spelling :class:`InputRecord` validates, and the embedded image at each position
     of its image list (None where the entry is a path)."""
-    turns = value.get("messages")
-    if isinstance(turns, list) and "conversations" not in value and \
-            any(isinstance(t, dict) and isinstance(t.get("content"), list) for t in turns):
+    key = "conversations" if "conversations" in value else "messages"  # the list InputRecord reads
+    turns = value.get(key)
+    if isinstance(turns, list) and any(isinstance(t, dict) and isinstance(t.get("content"), list) for t in turns):
         refs: list = []
         new_turns = []
         for t, turn in enumerate(turns):
             if isinstance(turn, dict) and isinstance(turn.get("content"), list):
                 turn = {**turn, "content": _parts_text(turn["content"], t, refs)}
             new_turns.append(turn)
-        value = {k: v for k, v in value.items() if k != "messages"}
+        value = {k: v for k, v in value.items() if k != key}
         value["conversations"] = new_turns
         if refs:
             given = value.get("images", value.get("image"))
