@@ -13,6 +13,10 @@ same bytes would be quarantined for (``invalid_json``, ``non_utf8``, ``non_stand
 ``invalid_unicode``), two ``.json`` members (``bad_field``). A truncated member or a corrupt
 header ends what can be read of the shard: the sample it falls in is quarantined (``unreadable_input``,
 naming the member) and the next shard is read.
+
+Partitions: the driver reads the shards as keys (``read_tars(spec, keys=True)``: each sample's id and the
+byte offset of its first header; image members are read past, never held), and the worker of a partition
+reads its samples from that offset (:func:`load_samples`): the items a front-to-back read gives.
 """
 
 from __future__ import annotations
