@@ -54,12 +54,20 @@ def _parts_text(parts: list, t: int, refs: list) -> str:
     return "".join(out)
 
 
+def _has_parts(turns: list) -> bool:
+    """Whether a turn's content is a list of parts (a plain loop: this runs for every record)."""
+    for t in turns:
+        if type(t) is dict and type(t.get("content")) is list:
+            return True
+    return False
+
+
 def normalize(value: dict) -> tuple[dict, list[EmbeddedImage | None]]:
     """The record in a spelling :class:`InputRecord` validates, and the embedded image at each position
     of its image list (None where the entry is a path)."""
     key = "conversations" if "conversations" in value else "messages"  # the list InputRecord reads
     turns = value.get(key)
-    if isinstance(turns, list) and any(isinstance(t, dict) and isinstance(t.get("content"), list) for t in turns):
+    if type(turns) is list and _has_parts(turns):
         refs: list = []
         new_turns = []
         for t, turn in enumerate(turns):
