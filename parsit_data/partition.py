@@ -30,17 +30,18 @@ class Partition:
         """The partition's records, read where this runs (a Ray worker reads its own row groups)."""
         if self.spec is None:
             return self.items
-        from parsit_data.sources.arrow import load_rows
+        from parsit_data.sources.sampling import load_records
 
-        return load_rows(self.spec, self.items)
+        return load_records(self.spec, self.items)
 
 
 def iter_partitions(specs: list[SourceSpec], shard_rows: int) -> Iterator[Partition]:
     """Stream the sources into partitions (one source per partition), marking duplicate ids.
 
-    A Parquet source is read here as keys (its id column: no image bytes pass through the driver); each
-    partition's rows are read by whoever processes it (:meth:`Partition.records`), so one big file
-    spreads over the workers. The partitions are the same whatever the engine or the number of workers.
+    A Parquet, Arrow or WebDataset source is read here as keys (ids and where each record is: no image
+    bytes pass through the driver or travel in a partition); each partition's records are read by whoever
+    processes it (:meth:`Partition.records`), so one big file or a folder of tar shards spreads over the
+    workers. The partitions are the same whatever the engine or the number of workers.
     """
     seen: set[str] = set()
     index = 0

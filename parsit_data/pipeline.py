@@ -11,6 +11,7 @@ run in, so that Python work overlaps the tokenizer's.
 from __future__ import annotations
 
 import gc
+from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,21 +34,29 @@ from parsit_data.worker import WorkerContext
 #: without the GIL), Python validates the next one and assembles the previous one. The output does
 #: not depend on it.
 CHUNK_ROWS = 512
+#: Chunks submitted to the tokenizer and not yet made rows. Two: while the oldest is assembled (and its
+#: partition committed, the longest Python step) the tokenizer encodes the next one. The output does not
+#: depend on it.
+IN_FLIGHT = 2
 
 
 @contextmanager
 def gc_paused():
-    """Pause the cyclic garbage collector for one step of the pipeline (a chunk, a partition's commit).
+    """The cyclic garbage collector off while the pipeline runs; a young-generation collection after each
+    partition's commit.
 
     A chunk allocates hundreds of thousands of container objects (parsed records, segments, id lists)
-    and creates no reference cycles (tests/data/test_determinism.py checks); with the collector on,
-    each burst triggers full collections that walk the whole heap again and again (about a fifth of a
-    text-only build's time). Between steps it runs as usual, so nothing accumulates.
+    and creates no reference cycles (tests/data/test_determinism.py checks). With the collector on, each
+    burst is walked by young collections and walked again by middle ones while it is still alive (a
+    tenth of a text-only build's time); paused per step, the survivors of every step were still walked
+    once each step ended. Off for the run, a young collection runs after a commit only when the young
+    generation has grown past :data:`YOUNG_LIMIT` objects (what a cycle would leave makes it grow), so
+    nothing accumulates past that bound.
     """
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        yield
+        yield was_enabled
     finally:
         if was_enabled:
             gc.enable()
@@ -61,35 +70,50 @@ def process_partition(part: Partition, ctx: WorkerContext) -> PartitionResult:
 def process_partitions(parts: Iterable[Partition], ctx: WorkerContext) -> Iterator[PartitionResult]:
     """:func:`process_partition` over a stream of partitions, results in order, tokenizer kept busy.
 
-    The work runs in chunks of :data:`CHUNK_ROWS` records across partition boundaries: chunk k+1 is
-    validated (and the next partition read) while chunk k is encoded; a partition is committed while
-    the first chunk of the next one is encoded. At most one partition's rows plus one chunk are held.
+    The work runs in chunks of :data:`CHUNK_ROWS` records across partition boundaries: chunks k+1 and
+    k+2 are validated (and the next partition read) while chunk k is encoded, so the tokenizer still has
+    a chunk queued while a partition is committed. At most one partition's rows plus
+    :data:`IN_FLIGHT` chunks are held.
     """
-    pending: tuple[_PartitionWork, _Chunk, bool] | None = None
-    parts = iter(parts)
-    while True:
-        with gc_paused():
-            part = next(parts, None)  # reading a partition parses its records: a step too
-            items = part.records() if part is not None else []  # a table partition's rows are read here
-        if part is None:
-            break
-        work = _PartitionWork(part, ctx)
-        starts = range(0, max(len(items), 1), CHUNK_ROWS)  # an empty partition still commits (no rows)
-        for start in starts:
-            with gc_paused():
+    with gc_paused() as collect:
+        pending: deque[tuple[_PartitionWork, _Chunk, bool]] = deque()
+        parts = iter(parts)
+        while True:
+            part = next(parts, None)
+            if part is None:
+                break
+            items = part.records()  # a table or tar partition's records are read here
+            work = _PartitionWork(part, ctx)
+            starts = range(0, max(len(items), 1), CHUNK_ROWS)  # an empty partition still commits (no rows)
+            for start in starts:
                 chunk = work.prepare(start, items[start:start + CHUNK_ROWS])
-            if pending is not None and (result := _emit(*pending)) is not None:
-                yield result
-            pending = (work, chunk, start == starts[-1])
-    if pending is not None and (result := _emit(*pending)) is not None:
-        yield result
+                pending.append((work, chunk, start == starts[-1]))
+                while len(pending) > IN_FLIGHT:
+                    if (result := _emit(*pending.popleft())) is not None:
+                        yield _collected(result, collect)
+        while pending:
+            if (result := _emit(*pending.popleft())) is not None:
+                yield _collected(result, collect)
 
 
 def _emit(work: "_PartitionWork", chunk: "_Chunk", last: bool) -> PartitionResult | None:
     """Rows of a tokenized chunk; after the partition's last chunk, its commit."""
-    with gc_paused():
-        work.emit(chunk)
-        return commit_partition(work.part, work.rows, work.ctx) if last else None
+    work.emit(chunk)
+    return commit_partition(work.part, work.rows, work.ctx) if last else None
+
+
+#: With the collector off, the young generation's count is what was allocated and not freed since the last
+#: collection: the records and chunks in flight (tens of thousands of objects), plus whatever a reference
+#: cycle would have left. Past this, a young collection runs after the next commit.
+YOUNG_LIMIT = 250_000
+
+
+def _collected(result: PartitionResult, collect: bool) -> PartitionResult:
+    """After a commit, once the partition's rows are freed: a young collection when the young generation has
+    grown past :data:`YOUNG_LIMIT` (walking 40k live objects costs 20-60 ms, so not after every partition)."""
+    if collect and gc.get_count()[0] > YOUNG_LIMIT:
+        gc.collect(0)
+    return result
 
 
 @dataclass

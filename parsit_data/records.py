@@ -1,7 +1,8 @@
 """Typed records at the boundary: pydantic models for what comes from outside and what goes out.
 
-Input side: :class:`InputRecord` is the record as users write it (LLaVA's ``from``/``value`` turns or the
-``role``/``content`` spelling); its JSON Schema is ``schemas/sample.schema.json``. Validation
+Input side: :class:`InputRecord` is the record as users write it (LLaVA's ``from``/``value`` turns, the
+``role``/``content`` spelling, or ``content`` as a list of parts); its JSON Schema is
+``schemas/sample.schema.json``. Validation
 (:mod:`parsit_data.validate`) runs this model first for structure and types, then the checks a schema
 cannot express (alternation, placeholders, control tokens), and produces a normalised :class:`Record`
 or raises :class:`Reject` with a stable reason code (see :mod:`parsit_data.reasons`).
@@ -62,23 +63,82 @@ class RoleContentTurn(BaseModel):
         return self.content
 
 
+class TextPart(BaseModel):
+    """A text part: ``{"type": "text", "text": str}``, used exactly as written."""
+
+    model_config = ConfigDict(extra="allow", strict=True, title="TextPart")
+    type: Literal["text"]
+    text: str = Field(description="the text, as written (a literal '<image>' in it is refused: use an image part)")
+
+
+class ImagePart(BaseModel):
+    """An image part: ``{"type": "image"}`` (the next image of the record's ``images``) or with the image
+    itself under ``image``, ``path`` or ``url``. It means ``<image>\\n`` in the LLaVA spelling."""
+
+    model_config = ConfigDict(extra="allow", strict=True, title="ImagePart")
+    type: Literal["image"]
+    image: str | None = Field(None, description="this part's image (a path under the image root)")
+    path: str | None = Field(None, description="another name of 'image'")
+    url: str | None = Field(None, description="another name of 'image'")
+
+
+class VideoPart(BaseModel):
+    """A video part: ``{"type": "video", ...}`` (what the build does with it: docs/FORMATS.md)."""
+
+    model_config = ConfigDict(extra="allow", strict=True, title="VideoPart")
+    type: Literal["video"]
+
+
+ContentPart = Annotated[TextPart | ImagePart | VideoPart, Field(discriminator="type")]
+
+
+class RolePartsTurn(BaseModel):
+    """A turn in the chat spelling with content parts (TRL, SmolVLM, Qwen-VL, the Hugging Face hub):
+    ``{"role": ..., "content": [{"type": "image"}, {"type": "text", "text": "..."}]}``. The normaliser
+    (:mod:`parsit_data.sources.normalize`) rewrites it to the string it means before validation."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    role: Literal["user", "assistant", "system"] = Field(description="who speaks")
+    content: list[ContentPart] = Field(description="the parts, in order: an image part is '<image>\\n', a text "
+                                                   "part its text")
+
+    @property
+    def text(self) -> str:
+        from parsit_data.sources.normalize import _parts_text  # the one mapping (it imports this module)
+
+        return _parts_text([p.model_dump(exclude_none=True) for p in self.content], 0, [])
+
+
 def turn_spelling(turn: Any) -> str | None:
     """Which spelling a raw turn uses (decided by its keys, so errors name the right fields)."""
     if isinstance(turn, dict):
         if "from" in turn or "value" in turn:
             return "from_value"
         if "role" in turn or "content" in turn:
-            return "role_content"
-    elif isinstance(turn, (FromValueTurn, RoleContentTurn)):
-        return "from_value" if isinstance(turn, FromValueTurn) else "role_content"
+            return "role_parts" if isinstance(turn.get("content"), list) else "role_content"
+    elif isinstance(turn, (FromValueTurn, RoleContentTurn, RolePartsTurn)):
+        return {FromValueTurn: "from_value", RoleContentTurn: "role_content"}.get(type(turn), "role_parts")
     return None
 
 
 InputTurn = Annotated[
-    Annotated[FromValueTurn, Tag("from_value")] | Annotated[RoleContentTurn, Tag("role_content")],
+    Annotated[FromValueTurn, Tag("from_value")] | Annotated[RoleContentTurn, Tag("role_content")]
+    | Annotated[RolePartsTurn, Tag("role_parts")],
     Discriminator(turn_spelling, custom_error_type="bad_turn",
                   custom_error_message="a turn needs from/value or role/content"),
 ]
+
+
+def _alias_spellings(schema: dict) -> None:
+    """The JSON Schema names the other accepted keys too (pydantic writes only the first alias of each):
+    ``messages`` for ``conversations`` (one of the two is required) and ``images`` for ``image``."""
+    props = schema["properties"]
+    props["messages"] = {**props["conversations"], "description": "another name of 'conversations'"}
+    props["images"] = {**props["image"], "description": "another name of 'image'"}
+    schema["required"] = [r for r in schema.get("required", []) if r != "conversations"]
+    if not schema["required"]:
+        del schema["required"]
+    schema["anyOf"] = [{"required": ["conversations"]}, {"required": ["messages"]}]
 
 
 class InputRecord(BaseModel):
@@ -91,10 +151,12 @@ class InputRecord(BaseModel):
     control token of the template or tokenizer.
     """
 
-    model_config = ConfigDict(extra="allow", strict=True, title="Parsit input record")
+    model_config = ConfigDict(extra="allow", strict=True, title="Parsit input record",
+                              json_schema_extra=_alias_spellings)
     conversations: list[InputTurn] = Field(
         min_length=1, validation_alias=AliasChoices("conversations", "messages"),
-        description="the turns, in order ('messages' is accepted as another name)")
+        description="the turns, in order ('messages' is accepted as another name); a turn's content may be a "
+                    "list of parts (docs/FORMATS.md)")
     image: str | list[str] | None = Field(
         None, validation_alias=AliasChoices("image", "images"),
         description="image path(s) relative to the image root ('images' is accepted as another name)")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from parsit_data.dedup.index import hamming, image_candidates, jaccard, minhash_candidates, sorted_unique
+from parsit_data.dedup.index import hamming, image_candidates, minhash_candidates, pairs_at_least, sorted_unique
 from parsit_data.dedup.signatures import NUM_PERM, PHASH_BYTES, VIEWS, sig_path, table_from_bytes
 
 #: Pairs of each kind kept as examples for the report (the counts are complete).
@@ -164,9 +164,8 @@ def near_duplicates(sig: Signatures, th: Thresholds, exclude: set[int] = frozens
     quarantined for contamination, take no part in clusters)."""
     f = Findings(sig.n)
     ti, tj = minhash_candidates(sig.text)
-    jac = jaccard(sig.text[ti], sig.text[tj])
-    tm = jac >= th.text_jaccard
-    ti, tj, jac = ti[tm], tj[tm], jac[tm]
+    tm, jac = pairs_at_least(sig.text, ti, sig.text, tj, th.text_jaccard)
+    ti, tj = ti[tm], tj[tm]
     img_ok, worst = _positional_match(sig, ti, tj, th.image_bits)
     has_img = np.diff(sig.img_off)
     full = img_ok  # text matches, and images match (or neither row has one)
@@ -231,10 +230,9 @@ def contamination(sig: Signatures, ev: EvalSignatures, th: Thresholds) -> dict[i
         ii, ij = minhash_candidates(np.concatenate([sig.user[long_u], ev.question[long_q]]))
         cross = (ii < u) & (ij >= u)
         ii, ij = ii[cross], ij[cross] - u
-        jac = jaccard(sig.user[long_u[ii]], ev.question[long_q[ij]])
-        ok = jac >= th.eval_text_jaccard
+        ok, jac = pairs_at_least(sig.user, long_u[ii], ev.question, long_q[ij], th.eval_text_jaccard)
         rows = sig.user_row[long_u[ii[ok]]]
-        for r, e, jv in zip(rows.tolist(), ev.question_item[long_q[ij[ok]]].tolist(), jac[ok].tolist()):
+        for r, e, jv in zip(rows.tolist(), ev.question_item[long_q[ij[ok]]].tolist(), jac.tolist()):
             note(r, e, "question", round(jv, 4))
     out = {}
     for r in sorted(hits):

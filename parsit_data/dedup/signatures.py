@@ -112,10 +112,14 @@ _M1, _M2, _P = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.
 
 
 def _mix64(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, in place (``h``: uint64)."""
     with np.errstate(over="ignore"):
-        h = (h ^ (h >> np.uint64(30))) * _M1
-        h = (h ^ (h >> np.uint64(27))) * _M2
-        return h ^ (h >> np.uint64(31))
+        h ^= h >> np.uint64(30)
+        h *= _M1
+        h ^= h >> np.uint64(27)
+        h *= _M2
+        h ^= h >> np.uint64(31)
+    return h
 
 
 def text_signatures(texts: list[str], k: int = SHINGLE) -> np.ndarray:
@@ -131,10 +135,12 @@ def text_signatures(texts: list[str], k: int = SHINGLE) -> np.ndarray:
     data = np.frombuffer(b"".join(enc), np.uint8)
     starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
     total = len(data)
-    win = np.zeros(max(total - k + 1, 0), np.uint64)
+    size = max(total - k + 1, 0)
+    win = data[:size].astype(np.uint64)  # = 0 * P + data[0:size]
     with np.errstate(over="ignore"):
-        for j in range(k):
-            win = win * _P + data[j:j + len(win)].astype(np.uint64)
+        for j in range(1, k):  # in place: one array, not three temporaries per byte of shingle
+            win *= _P
+            win += data[j:j + size]
     win = _mix64(win)
     counts = np.where(lens >= k, lens - k + 1, (lens > 0).astype(np.int64))
     pieces = []

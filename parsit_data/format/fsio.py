@@ -330,13 +330,22 @@ class _RawObject(io.RawIOBase):
         super().close()
 
 
-def open_input(where: str | Path | RemotePath, what: str = "input") -> BinaryIO:
+def open_input(where: str | Path | RemotePath, what: str = "input", offset: int = 0) -> BinaryIO:
     """A buffered binary stream of a local file or an object: read in 1 MiB requests as it is consumed
-    (streamed, never downloaded whole); lines and ``read(n)`` work on both."""
+    (streamed, never downloaded whole); lines and ``read(n)`` work on both. ``offset``: start there (an
+    object is then opened for random access and read from that byte on)."""
     loc = location(where, what)
     if isinstance(loc, RemotePath):
-        return io.BufferedReader(_RawObject(retrying(f"open {loc}", loc.open)), buffer_size=_CHUNK)
-    return open(loc, "rb")
+        if offset:
+            raw = retrying(f"open {loc}", loc.fs.open_input_file, loc.path)
+            raw.seek(offset)
+        else:
+            raw = retrying(f"open {loc}", loc.open)
+        return io.BufferedReader(_RawObject(raw), buffer_size=_CHUNK)
+    f = open(loc, "rb")
+    if offset:
+        f.seek(offset)
+    return f
 
 
 def arrow_input(path: Path | RemotePath):

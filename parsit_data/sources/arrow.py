@@ -154,8 +154,9 @@ def read_parquet_keys(spec: SourceSpec) -> Iterator[RawItem]:
 
 def read_arrow_keys(spec: SourceSpec) -> Iterator[RawItem]:
     """:func:`read_arrow`'s items with only the id and ``at = (file, batch, row)``: local Arrow files are
-    memory-mapped, so reading the id column touches no image bytes. The unreadable rest of a file is the
-    same single rejected item :func:`read_arrow` yields (``at = (file, -1, row)``)."""
+    memory-mapped, so reading the id column touches no image bytes; a remote file is streamed past batch by
+    batch (one batch in memory, nothing kept but the ids). The unreadable rest of a file is the same single
+    rejected item :func:`read_arrow` yields (``at = (file, -1, row)``)."""
     index = 0
     for fi, f in enumerate(spec.files):
         fname, row = _name(f), 0
@@ -175,7 +176,8 @@ def read_arrow_keys(spec: SourceSpec) -> Iterator[RawItem]:
 
 
 def _arrow_groups(spec: SourceSpec, groups: dict[tuple[int, int], dict[int, RawItem]], got: dict) -> None:
-    """Read the wanted batches of local Arrow files (memory-mapped: skipping a batch reads nothing)."""
+    """Read the wanted batches of Arrow files (memory-mapped when local: skipping a batch reads nothing;
+    a remote stream is read up to the last wanted batch)."""
     for fi in sorted({fi for fi, _ in groups}):
         f, wanted = spec.files[fi], {b: need for (i, b), need in groups.items() if i == fi}
         row, fname = 0, _name(f)

@@ -1,8 +1,8 @@
 """One normaliser from the record spellings to the one typed record (:class:`~parsit_data.records.InputRecord`).
 
 Detected per record, no flag: LLaVA ``conversations`` (``from``/``value``) and ``role``/``content``
-strings pass through; chat ``messages`` whose contents are lists of parts are rewritten to what the
-LLaVA spelling of the same turn means (docs/FORMATS.md):
+strings pass through; turns whose contents are lists of parts (chat ``messages``, or the same turns under
+``conversations``) are rewritten to what the LLaVA spelling of the same turn means (docs/FORMATS.md):
 
 - ``{"type": "image"}`` (or ``{"type": "image", "image": ref}``) becomes ``<image>\\n``;
 - ``{"type": "text", "text": s}`` becomes ``s``, as written;
@@ -60,12 +60,20 @@ def _parts_text(parts: list, t: int, refs: list, vrefs: list) -> str:
     return "".join(out)
 
 
+def _has_parts(turns: list) -> bool:
+    """Whether a turn's content is a list of parts (a plain loop: this runs for every record)."""
+    for t in turns:
+        if type(t) is dict and type(t.get("content")) is list:
+            return True
+    return False
+
+
 def normalize(value: dict) -> tuple[dict, list[EmbeddedImage | None]]:
     """The record in a spelling :class:`InputRecord` validates, and the embedded image at each position
     of its image list (None where the entry is a path)."""
-    turns = value.get("messages")
-    if isinstance(turns, list) and "conversations" not in value and \
-            any(isinstance(t, dict) and isinstance(t.get("content"), list) for t in turns):
+    key = "conversations" if "conversations" in value else "messages"  # the list InputRecord reads
+    turns = value.get(key)
+    if type(turns) is list and _has_parts(turns):
         refs: list = []
         vrefs: list = []
         new_turns = []
@@ -73,7 +81,7 @@ def normalize(value: dict) -> tuple[dict, list[EmbeddedImage | None]]:
             if isinstance(turn, dict) and isinstance(turn.get("content"), list):
                 turn = {**turn, "content": _parts_text(turn["content"], t, refs, vrefs)}
             new_turns.append(turn)
-        value = {k: v for k, v in value.items() if k != "messages"}
+        value = {k: v for k, v in value.items() if k != key}
         value["conversations"] = new_turns
         if vrefs:
             value = _video_of_parts(value, vrefs)

@@ -24,7 +24,7 @@ def _readers() -> dict[str, tuple[Callable[[SourceSpec], Iterator[RawItem]], Cal
         "json": (jsonlist.read_json_list, None),
         "parquet": (arrow.read_parquet, arrow.count_parquet),
         "arrow": (arrow.read_arrow, arrow.count_arrow),
-        "webdataset": (wds.read_tars, None),
+        "webdataset": (wds.read_tars, lambda spec: sum(1 for _ in wds.read_tars(spec, keys=True))),
     }
 
 
@@ -36,8 +36,8 @@ def read_all(spec: SourceSpec) -> Iterator[RawItem]:
 def count_records(spec: SourceSpec, *, cheap_only: bool = False) -> int | None:
     """How many items :func:`read_all` yields; None with ``cheap_only`` when that needs a full parse."""
     counter = _readers()[spec.format][1]
-    if cheap_only and spec.format == "arrow" and not has_keys(spec):  # remote Arrow: counting reads it all
-        return None
+    if cheap_only and (spec.format == "webdataset" or spec.format == "arrow" and _remote(spec)):
+        return None  # counting reads every byte (tar members, remote Arrow batches)
     if counter is not None:
         return counter(spec)
     return None if cheap_only else sum(1 for _ in read_all(spec))
@@ -65,22 +65,36 @@ def estimate_total(specs: list[SourceSpec]) -> int | None:
     return total
 
 
-def has_keys(spec: SourceSpec) -> bool:
-    """Whether a source is read as keys first (ids and positions) and its records later, by whoever builds
-    each partition: Parquet (by row group, local or remote), and local Arrow files (memory-mapped)."""
+def _remote(spec: SourceSpec) -> bool:
     from parsit_data.format.fsio import RemotePath
 
-    return spec.format == "parquet" or (spec.format == "arrow" and not any(isinstance(f, RemotePath)
-                                                                           for f in spec.files))
+    return any(isinstance(f, RemotePath) for f in spec.files)
+
+
+def has_keys(spec: SourceSpec) -> bool:
+    """Whether a source is read as keys first (ids and positions) and its records later, by whoever builds
+    each partition: Parquet (by row group), Arrow files (by record batch) and WebDataset tars (by sample,
+    from its byte offset), local or remote. JSON and JSONL records are read by the driver."""
+    return spec.format in ("parquet", "arrow", "webdataset")
 
 
 def read_keys(spec: SourceSpec) -> Iterator[RawItem]:
     """One key item per record of :func:`read_all` (same positions; ``value`` holds only the id; ``at`` says
-    where the record is), read from the id column alone. The worker reads the records with
-    :func:`parsit_data.sources.arrow.load_rows`."""
-    from parsit_data.sources import arrow
+    where the record is): from the id column alone (Parquet; Arrow, memory-mapped when local, each batch
+    streamed past when remote), or from each sample's JSON member with its images read past (tars). The
+    worker reads the records with :func:`load_records`."""
+    from parsit_data.sources import arrow, wds
 
+    if spec.format == "webdataset":
+        return wds.read_tars(spec, keys=True)
     return arrow.read_parquet_keys(spec) if spec.format == "parquet" else arrow.read_arrow_keys(spec)
+
+
+def load_records(spec: SourceSpec, keys: list[RawItem]) -> list[RawItem]:
+    """The records of a partition's key items, read where it runs: what :func:`read_all` yields for them."""
+    from parsit_data.sources import arrow, wds
+
+    return wds.load_samples(spec, keys) if spec.format == "webdataset" else arrow.load_rows(spec, keys)
 
 
 def iter_source(spec: SourceSpec, keys: bool = False) -> Iterator[RawItem]:

@@ -84,10 +84,11 @@ def test_ray_with_two_workers_builds_the_same_bytes_from_every_container(forms, 
     assert [s["read"] for s in ray["sources"]] == [N_RECORDS] * 6
 
 
-@pytest.mark.parametrize("form", ["onevision_parquet", "save_to_disk"])
+@pytest.mark.parametrize("form", ["onevision_parquet", "save_to_disk", "webdataset"])
 def test_a_table_partition_carries_keys_and_its_worker_reads_the_rows(forms, form):
     """The driver reads ids only (no image bytes cross to the workers in the partition); what a worker
-    reads for a partition is exactly what the streaming reader yields for those rows, sampling included."""
+    reads for a partition is exactly what the streaming reader yields for those rows, sampling included.
+    Tar shards too: a partition of samples is read by its worker from the first sample's byte offset."""
     from parsit_data.partition import iter_partitions
     from parsit_data.sources import expand_inputs, iter_source
     from parsit_data.sources.raw import EmbeddedImage
@@ -108,6 +109,40 @@ def test_a_table_partition_carries_keys_and_its_worker_reads_the_rows(forms, for
     spec.sampling, spec.seed = "random:50%", 7
     keys = [k for p in iter_partitions([spec], 3) for k in p.items]
     assert [k.position for k in keys] == [r.position for r in iter_source(spec)] and len(keys) == N_RECORDS // 2
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.usefixtures("no_ray_left")
+def test_tar_shards_on_ray_with_two_workers_are_read_by_the_workers_and_resume(forms, tmp_path):
+    """Tar shards as partitions of keys on Ray (2 workers): the same bytes as the local engine, partitions
+    that straddle two shards included; an interrupted Ray build resumes from the partitions it finished."""
+    from parsit_data.build import build
+    from parsit_data.config import BuildConfig
+    from parsit_data.format import MANIFEST_NAME, part_path
+    from parsit_data.partition import iter_partitions
+    from parsit_data.sources import expand_inputs
+    from validate_helpers import fast_builds
+
+    d, inputs = forms
+    common = dict(image_root=str(d / "images"), shard_rows=3)
+    parts = list(iter_partitions(expand_inputs(inputs["webdataset"]), 3))
+    assert [sorted({k.at[0] for k in p.items}) for p in parts] == [[0], [0], [0, 1], [1], [1]]
+    assert all(set(k.value) <= {"id"} for p in parts for k in p.items)  # no image bytes travel to a worker
+    local = run_build(inputs["webdataset"], tmp_path / "local", **common)
+    ray = run_build(inputs["webdataset"], tmp_path / "ray", engine="ray", workers=2, **common)
+    files = lambda o: {p.relative_to(o).as_posix(): p.read_bytes() for p in sorted(o.rglob("*"))  # noqa: E731
+                       if p.is_file() and p.name not in ("manifest.json", "report.html")}
+    assert files(tmp_path / "local") == files(tmp_path / "ray")
+    strip = lambda m: {k: v for k, v in m.items() if k != "timing"}  # noqa: E731
+    assert strip(local) == strip(ray) and ray["totals"]["kept"] == N_RECORDS
+    (tmp_path / "ray" / MANIFEST_NAME).unlink()  # interrupted: no manifest, partition 2 (two shards) unfinished
+    part_path(tmp_path / "ray", 2).unlink()
+    reused = []
+    with fast_builds():
+        again = build(BuildConfig(inputs=inputs["webdataset"], out=str(tmp_path / "ray"), engine="ray", workers=2,
+                                  **common), on_progress=lambda r: reused.append(r.reused)).model_dump(mode="json")
+    assert sorted(reused) == [False] + [True] * 4
+    assert files(tmp_path / "ray") == files(tmp_path / "local") and strip(again) == strip(local)
 
 
 def test_a_parquet_build_resumes_from_the_partitions_it_finished(forms, tmp_path):

@@ -207,3 +207,24 @@ def test_eval_sets_read_leniently_in_any_input_format(tmp_path):
     assert [(it["eval_set"], it["item"]) for it in ev.items] == [("a", "x1"), ("a", "x2"), ("b", "b:1")]
     assert ev.img_item.tolist() == [0] and ev.question_item.tolist() == [0, 1, 2]
     assert ev.problems == {"a": 2}  # the missing image and the string
+
+
+@pytest.mark.parametrize("threshold", [0.7, 0.55, 0.5, 0.3, 1.0])
+def test_candidate_pairs_are_verified_exactly_as_the_full_comparison(threshold):
+    """pairs_at_least drops a pair as soon as it cannot reach the threshold: the pairs kept and their
+    Jaccards are exactly those of comparing every permutation of every candidate."""
+    import numpy as np
+
+    from parsit_data.dedup import index
+
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 3, (400, 128)).astype(np.uint32)
+    b = rng.integers(0, 3, (300, 128)).astype(np.uint32)
+    b[:30] = a[:30]  # exact copies
+    b[30:60, :40] = a[30:60, :40]  # partial copies: 40 permutations from the start, then ~1/3 by chance
+    i, j = rng.integers(0, 400, 60_000), rng.integers(0, 300, 60_000)
+    i[:200], j[:200] = np.arange(200) % 60, np.arange(200) % 60
+    full = index.jaccard(a[i], b[j])
+    want = np.flatnonzero(full >= threshold)
+    got, jac = index.pairs_at_least(a, i, b, j, threshold)
+    assert len(want) > 0 and np.array_equal(got, want) and np.array_equal(jac, full[want])

@@ -182,6 +182,42 @@ def test_the_pipeline_leaves_no_reference_cycles(tmp_path, monkeypatch):
     assert len(found) > 5 and not any(found), found
 
 
+def test_the_collector_is_off_while_the_pipeline_runs_and_cycles_are_still_freed_in_the_run(tmp_path, monkeypatch):
+    """The collector is off for the run (restored after it); a cycle that a record would leave is freed
+    during the run, once the young generation passes its bound, not only after the build."""
+    import gc
+    import weakref
+
+    from parsit_data import pipeline
+
+    src = tmp_path / "in.jsonl"
+    src.write_text(_mixed_records(400))
+    real_check, real_commit = pipeline.check_item, pipeline.commit_partition
+    freed, states, at_commit = [], [], []
+
+    class Node:
+        pass
+
+    def cyclic_check(item, *a, **k):
+        n = Node()
+        n.me = [n, list(range(50))]  # a reference cycle per record: only the collector frees it
+        weakref.finalize(n, freed.append, 1)
+        states.append(gc.isenabled())
+        return real_check(item, *a, **k)
+
+    def commit(*a):
+        at_commit.append(len(freed))
+        return real_commit(*a)
+
+    monkeypatch.setattr(pipeline, "check_item", cyclic_check)
+    monkeypatch.setattr(pipeline, "commit_partition", commit)
+    monkeypatch.setattr(pipeline, "YOUNG_LIMIT", 2_000)
+    assert gc.isenabled()
+    build(BuildConfig(inputs=[str(src)], out=str(tmp_path / "out"), shard_rows=64, max_length=60))
+    assert gc.isenabled() and states and not any(states)
+    assert len(at_commit) > 3 and at_commit[-1] > 0  # freed during the run, before the last commit
+
+
 def test_an_empty_partition_commits_an_empty_shard(tmp_path):
     """process_partition on no records still writes its shard, quarantine part and part file."""
     from parsit_data.format import part_path

@@ -33,6 +33,14 @@ def test_parts_mean_what_the_llava_spelling_means():
     assert _check(msgs) == _check(llava)
 
 
+def test_content_parts_under_conversations_mean_the_same_as_under_messages():
+    turns = [_user(IMG, {"type": "text", "text": "Colour?"}), REPLY]
+    llava = {"id": "a", "image": "x.png", "conversations": [{"from": "human", "value": "<image>\nColour?"},
+                                                           {"from": "gpt", "value": "Blue."}]}
+    assert _check({"id": "a", "images": ["x.png"], "conversations": turns}) == _check(llava)
+    assert _check({"id": "a", "images": ["x.png"], "messages": turns}) == _check(llava)
+
+
 def test_images_named_in_the_parts_and_embedded_images_come_in_part_order():
     e = EmbeddedImage("f.parquet row 0 images[0]", b"png")
     rec = _check({"messages": [_user({"type": "image", "image": "b.png"}, {"type": "text", "text": "and"},

@@ -343,3 +343,39 @@ def test_parquet_arrow_and_tar_inputs_read_from_s3_give_the_rows_of_local_ones(s
     assert stored == ref
     assert [s["format"] for s in json.loads(server.keys(bucket, "out")["manifest.json"])["sources"]] == \
         ["parquet", "arrow", "webdataset"]
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.usefixtures("no_ray_left")
+def test_s3_parquet_arrow_and_tar_partitions_are_read_by_the_ray_workers(s3, tmp_path):
+    """Remote Parquet, a remote save_to_disk folder and remote tar shards go to the workers as partitions of
+    keys (ids and where each record is; no image bytes through the driver): each Ray worker (2) reads its own
+    row groups, record batches and tar samples from the store, and the rows equal a local build's."""
+    import ray
+
+    from containers_support import write_all
+
+    from parsit_data.partition import iter_partitions
+    from parsit_data.sources import expand_inputs
+
+    server, bucket = s3
+    forms = write_all(tmp_path / "in")
+    names = ("onevision_parquet", "save_to_disk", "webdataset")
+    local = [forms[n][0] for n in names]
+    build(BuildConfig(inputs=local, image_root=str(tmp_path / "in" / "images"), out=str(tmp_path / "local"),
+                      shard_rows=3, engine="local"))
+    root = location(f"s3://{bucket}/in")
+    for p in sorted((tmp_path / "in").rglob("*")):
+        if p.is_file() and not p.name.endswith(".jsonl"):
+            (root / p.relative_to(tmp_path / "in").as_posix()).write_bytes(p.read_bytes())
+    uris = [f"s3://{bucket}/in/{Path(p).relative_to(tmp_path / 'in').as_posix()}" for p in local]
+    parts = list(iter_partitions(expand_inputs(uris), 3))
+    assert {p.source for p in parts} == {"onevision", "hf_saved", "wds"} and len(parts) == 15
+    assert all(p.spec is not None and set(k.value) <= {"id"} and k.at is not None for p in parts for k in p.items)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=256 * 1024 * 1024)
+    try:
+        build(BuildConfig(inputs=uris, image_root=f"s3://{bucket}/in/images", out=f"s3://{bucket}/out",
+                          shard_rows=3, engine="ray", workers=2))
+    finally:
+        ray.shutdown()
+    assert _rows(server.keys(bucket, "out")) == _rows(_local_files(tmp_path / "local"))

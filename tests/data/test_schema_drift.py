@@ -118,6 +118,22 @@ RECORDS = [
     ({"conversations": [_TURN], "id": True}, False),
     ({"conversations": [_TURN], "id": [1]}, False),
     ({"conversations": [["human", "hi"]]}, False),
+    # every accepted spelling is in the schema: the other key names, chat messages with content parts
+    ({"messages": [{"role": "user", "content": "a"}], "images": "a.png"}, True),
+    ({"messages": [{"role": "user", "content": "a"}], "images": [3]}, False),
+    ({"messages": 5}, False),
+    ({"images": ["a.png"], "messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]},
+                                         {"role": "assistant", "content": [{"type": "text", "text": "Blue."}]}]}, True),
+    ({"messages": [{"role": "user", "content": [{"type": "image", "image": "a.png", "text": None},
+                                                {"type": "image", "path": "b.png"}, {"type": "video", "video": "c.mp4"}]},
+                   {"role": "assistant", "content": "mixed spellings per turn"}]}, True),
+    ({"conversations": [{"role": "user", "content": []}]}, True),  # empty: empty_turn, not the schema's job
+    ({"messages": [{"role": "user", "content": [{"type": "audio"}]}]}, False),
+    ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, False),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, False),
+    ({"messages": [{"role": "user", "content": [{"type": "image", "image": 5}]}]}, False),
+    ({"messages": [{"role": "user", "content": ["a string part"]}]}, False),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "?"}], "name": "x"}]}, False),
 ]
 
 
