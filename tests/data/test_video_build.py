@@ -274,3 +274,39 @@ def test_truncation_cuts_at_a_turn_boundary_and_keeps_or_drops_the_whole_video(t
     assert VIDEO_TOKEN_INDEX not in lt["input_ids"]
     assert (lt["video_path"], lt["video_frames"], lt["num_video_tokens"]) == (None, [], 0)
     assert lt["length"] == len(lt["input_ids"])
+
+
+def test_a_video_path_reads_the_same_from_jsonl_a_webdataset_tar_and_a_save_to_disk_folder(tmp_path, ov_dir, clips):
+    """The video is a path field of the record in every container: the same records as JSONL, as
+    WebDataset samples (key.json) and as a ``datasets.save_to_disk`` folder build to identical rows."""
+    import tarfile
+
+    import datasets
+
+    recs = [{"id": f"w{i}", "video": name, "conversations": _conv()} for i, name in enumerate(["a.mp4", "c.avi"])]
+    recs.append({"id": "w2", "conversations": _conv("What is two and two?")})
+    jsonl = tmp_path / "data.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
+    (tmp_path / "wds").mkdir()
+    with tarfile.open(tmp_path / "wds" / "shard-000.tar", "w") as tf:
+        for r in recs:
+            data = json.dumps(r).encode()
+            info = tarfile.TarInfo(f"{r['id']}.json")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    datasets.Dataset.from_list([{**r, "video": r.get("video")} for r in recs]).save_to_disk(str(tmp_path / "saved"))
+
+    def rows_of(src: str, name: str) -> list[dict]:
+        out = tmp_path / f"out-{name}"
+        m = build(BuildConfig(inputs=[src], out=str(out), video_root=str(clips), processor=str(ov_dir),
+                              video_frames=6, near_duplicates="off"))
+        assert m.totals.quarantined == 0, (out / "quarantine.jsonl").read_text()[:400]
+        keep = ("sample_id", "input_ids", "labels", "length", "num_video_tokens", "video_path", "video_frames",
+                "video_frame_indices", "video_frame_times", "video_info")
+        return [{k: r[k] for k in keep} for s in m.shards for r in read_shard(out / s.path).to_pylist()]
+
+    ref = rows_of(str(jsonl), "jsonl")
+    assert [r["num_video_tokens"] for r in ref] == [6 * 196 + 1, 6 * 196 + 1, 0]
+    assert [stored(r) for r in ref[:2]] == [sample_indices(40, 25.0, 6), sample_indices(305, 25.0, 6)]
+    assert rows_of(str(tmp_path / "wds"), "wds") == ref
+    assert rows_of(str(tmp_path / "saved"), "saved") == ref
