@@ -17,13 +17,13 @@ torchvision).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from parsit_data.errors import ParsitError
+from parsit_data.format.vision import _read_json
 
 #: ``LlavaOnevisionVideoProcessor``'s class defaults (transformers 5.x).
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -123,13 +123,8 @@ def _video_config(folder: Path) -> tuple[dict | None, str]:
 
 
 def _read(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ParsitError(f"{path}: not readable JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise ParsitError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return data
+    """A processor file's JSON object (the caller checked that it exists); clear errors otherwise."""
+    return _read_json(path) or {}
 
 
 def _size(size: Any, where: str) -> tuple[int, int]:

@@ -65,7 +65,7 @@ from torch.utils.data import get_worker_info
 from parsit_data.format import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from parsit_data.errors import ParsitError
 from parsit_train.data.batch import Batch
-from parsit_train.data.video_batch import append_blank_video, expand_video, video_pixels
+from parsit_train.data.video_batch import append_blank_video, batch_rows, expand_video, video_pixels
 
 
 def expand_images(
@@ -227,19 +227,11 @@ class Collator:
 
     def __call__(self, items: Sequence[dict]) -> Batch:
         seqs, crops = [], []
-        rows: list[list[int]] = []  # which sequences each batch row holds
-        slots: dict[int, int] = {}
-        for k, item in enumerate(items):
+        for item in items:
             seqs.append(self._sequence(item))
             if item.get("image_crops") is not None:
                 crops.append(item["image_crops"])
-            if "pack" in item:  # packed: the sampler's pack slot decides the row
-                row = slots.setdefault(int(item["pack"]), len(slots))
-                if row == len(rows):
-                    rows.append([])
-                rows[row].append(k)
-            else:
-                rows.append([k])
+        rows = batch_rows(items)  # which sequences each batch row holds (packed: the sampler's pack slot)
         packed = any(len(r) > 1 for r in rows) or any("pack" in it for it in items)
         lengths = [sum(seqs[k][0].shape[0] for k in r) for r in rows]
         width = max(lengths)

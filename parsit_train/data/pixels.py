@@ -34,6 +34,18 @@ from parsit_train.families import describe, geometry_of, image_processor
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 
+
+def decode_checked(decode, images: Sequence[bytes], sizes: Sequence[tuple[int, int]], sample_id: str) -> list:
+    """A row's images decoded by ``decode`` (EXIF applied), each checked against the size the build recorded."""
+    decoded = []
+    for j, data in enumerate(images):
+        img = decode(data, sample_id)
+        if j < len(sizes) and tuple(sizes[j]) != img.size:
+            raise ParsitError(f"image {j} of sample {sample_id!r} decodes to {img.size[0]}x{img.size[1]} (EXIF "
+                              f"applied), the build recorded {sizes[j][0]}x{sizes[j][1]}: rebuild the shard")
+        decoded.append(img)
+    return decoded
+
 class FamilyPixels:
     """A row's encoded images -> per-image pixel patches and sizes, through the family's image processor."""
 
@@ -76,13 +88,7 @@ class FamilyPixels:
         """(``{"pixels": [...], "sizes": [(h, w), ...]}`` or None, patches per image) for a row's images."""
         if not images:
             return None, []
-        decoded = []
-        for j, data in enumerate(images):
-            img = self.decode(data, sample_id)
-            if j < len(sizes) and tuple(sizes[j]) != img.size:
-                raise ParsitError(f"image {j} of sample {sample_id!r} decodes to {img.size[0]}x{img.size[1]} (EXIF "
-                                  f"applied), the build recorded {sizes[j][0]}x{sizes[j][1]}: rebuild the shard")
-            decoded.append(img)
+        decoded = decode_checked(self.decode, images, sizes, sample_id)
         pixels, hw = self.process(decoded)
         n = len(decoded)
         for j, (p, (h, w)) in enumerate(zip(pixels, hw, strict=True)):
@@ -134,13 +140,7 @@ class ProcessorPixels:
         """(float32 ``[images, 3, S, S]`` or None, one crop per image)."""
         if not images:
             return None, []
-        decoded = []
-        for j, data in enumerate(images):
-            img = self.decode(data, sample_id)
-            if j < len(sizes) and tuple(sizes[j]) != img.size:
-                raise ParsitError(f"image {j} of sample {sample_id!r} decodes to {img.size[0]}x{img.size[1]} (EXIF "
-                                  f"applied), the build recorded {sizes[j][0]}x{sizes[j][1]}: rebuild the shard")
-            decoded.append(img)
+        decoded = decode_checked(self.decode, images, sizes, sample_id)
         out = self.processor(images=decoded, return_tensors=None)
         pixels = np.stack([np.asarray(p, dtype=np.float32) for p in out["pixel_values"]])
         if pixels.shape[1:] != (3, self.size, self.size):

@@ -84,6 +84,12 @@ def expand_video(ids: np.ndarray, labels: np.ndarray, item: dict, video_token_id
 def token_order(items: Sequence[dict]) -> list[int]:
     """Item indices in the order their tokens appear in the batch (packs in order of first appearance, items
     in order within a pack; unpacked: one item per row), as the collator lays them out."""
+    return [k for r in batch_rows(items) for k in r]
+
+
+def batch_rows(items: Sequence[dict]) -> list[list[int]]:
+    """Which items each batch row holds: packed items by their pack slot (rows in order of first
+    appearance), an unpacked item a row of its own. The collator lays rows out by this."""
     rows: list[list[int]] = []
     slots: dict[int, int] = {}
     for k, item in enumerate(items):
@@ -94,7 +100,7 @@ def token_order(items: Sequence[dict]) -> list[int]:
             rows[row].append(k)
         else:
             rows.append([k])
-    return [k for r in rows for k in r]
+    return rows
 
 
 def video_pixels(items: Sequence[dict], processor) -> tuple[torch.Tensor, ...] | None:
